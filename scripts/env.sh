@@ -1,0 +1,11 @@
+# Source this file (bash or zsh) to use the checkout: the venv, the built package, and the
+# DDS settings the tools and tests use. Run scripts/setup_env.sh once before.
+_steerseg_root=$(cd "$(dirname "${BASH_SOURCE[0]:-$0}")/.." && pwd)
+. "$_steerseg_root/.venv/bin/activate"
+export AMENT_PREFIX_PATH=$VIRTUAL_ENV CMAKE_PREFIX_PATH=$VIRTUAL_ENV
+# colcon's setup script puts install/ on PYTHONPATH, PATH, LD_LIBRARY_PATH and AMENT_PREFIX_PATH.
+COLCON_TRACE= . "$_steerseg_root/install/setup.sh"
+export PIP_CONSTRAINT=$_steerseg_root/requirements/constraints.txt
+# The default Fast DDS shared-memory segment (512 KiB) is smaller than one camera frame.
+export FASTDDS_DEFAULT_PROFILES_FILE=${FASTDDS_DEFAULT_PROFILES_FILE:-$_steerseg_root/config/fastdds_shm.xml}
+unset _steerseg_root

@@ -1,0 +1,28 @@
+"""pip-installable core and command-line tools, for machines without ROS.
+
+`pip install .` gives the ROS-free core (buffer, grounding, prompts, tracking, tracklets,
+pipeline, metrics) and the offline tools; `pip install .[models]` adds the model backends.
+The ROS 2 node, its messages and the launch file are built with colcon (see README).
+"""
+from setuptools import find_packages, setup
+
+TOOLS = {
+    "steerseg-play": "steerseg_ros.tools.play:main",
+    "steerseg-demo": "steerseg_ros.tools.demo:main",
+}
+
+setup(
+    name="steerseg_ros",
+    version="0.1.0",
+    description="Follow spoken object references: language-grounded segmentation and tracking",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["steerseg_ros", "steerseg_ros.*"]),
+    install_requires=["numpy", "opencv-python-headless", "pyyaml", "tqdm", "psutil"],
+    extras_require={
+        "models": ["torch", "transformers==5.23.0", "safetensors", "pillow"],
+        "export": ["onnx", "onnxscript", "onnxruntime"],
+        "eval": ["matplotlib"],
+    },
+    entry_points={"console_scripts": [f"{name}={target}" for name, target in TOOLS.items()]},
+)

@@ -1,0 +1,188 @@
+"""Frame buffering: a bounded, thread-safe ring of recent camera frames and keyframe selection.
+
+Owns `Frame` (one camera image with its stamp and a buffer-assigned sequence number), the ring
+that keeps the last N of them, and the choice of keyframes that grounding looks at.
+"""
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import cv2
+import numpy as np
+
+NS_PER_S = 1_000_000_000
+
+
+@dataclass(frozen=True, eq=False)
+class Frame:
+    """One camera image. `image` is HxWx3 uint8 RGB and must not be written to."""
+
+    seq: int
+    stamp_ns: int
+    image: np.ndarray
+    frame_id: str = ""
+    name: str = ""
+
+    @property
+    def height(self) -> int:
+        return int(self.image.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.image.shape[1])
+
+    @property
+    def stamp_s(self) -> float:
+        return self.stamp_ns / NS_PER_S
+
+
+class StampError(ValueError):
+    """A frame's stamp is not newer than the newest frame in the buffer."""
+
+
+@dataclass
+class KeyframeConfig:
+    """How keyframes are chosen from the buffer.
+
+    count: how many keyframes (fewer when the window holds fewer usable frames).
+    window_s: keyframes are spread uniformly in time over the last window_s seconds.
+    min_spacing_s: two keyframes are at least this far apart in time.
+    dedup_threshold: skip a frame whose mean absolute grey-level difference to the previous
+        keyframe (on a 32x32 thumbnail, 0..255) is below this; 0 disables the check.
+    """
+
+    count: int = 8
+    window_s: float = 3.0
+    min_spacing_s: float = 0.05
+    dedup_threshold: float = 0.0
+
+    def validate(self) -> None:
+        if self.count < 1:
+            raise ValueError(f"keyframe count must be >= 1, got {self.count}")
+        if self.window_s <= 0:
+            raise ValueError(f"keyframe window must be > 0 s, got {self.window_s}")
+        if self.min_spacing_s < 0:
+            raise ValueError(f"keyframe spacing must be >= 0 s, got {self.min_spacing_s}")
+        if self.dedup_threshold < 0:
+            raise ValueError(f"dedup threshold must be >= 0, got {self.dedup_threshold}")
+
+
+class FrameBuffer:
+    """The last `capacity` frames, oldest first. Safe to use from several threads."""
+
+    def __init__(self, capacity: int = 64):
+        if capacity < 1:
+            raise ValueError(f"buffer capacity must be >= 1, got {capacity}")
+        self._frames: deque[Frame] = deque(maxlen=capacity)
+        self._lock = threading.Lock()
+        self._next_seq = 0
+
+    @property
+    def capacity(self) -> int:
+        return self._frames.maxlen or 0
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._frames)
+
+    def push(self, image: np.ndarray, stamp_ns: int, frame_id: str = "", name: str = "") -> Frame:
+        """Append a frame; the oldest one falls out when full. Raises StampError when the
+        stamp is not strictly newer than the newest frame's."""
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"expected an HxWx3 uint8 image, got {image.dtype} {image.shape}")
+        if image.shape[0] == 0 or image.shape[1] == 0:
+            raise ValueError(f"empty image {image.shape}")
+        with self._lock:
+            if self._frames and stamp_ns <= self._frames[-1].stamp_ns:
+                raise StampError(
+                    f"stamp {stamp_ns / NS_PER_S:.6f} s is not after the newest buffered "
+                    f"frame's {self._frames[-1].stamp_ns / NS_PER_S:.6f} s")
+            frame = Frame(self._next_seq, int(stamp_ns), image, frame_id, name)
+            self._next_seq += 1
+            self._frames.append(frame)
+            return frame
+
+    def clear(self) -> None:
+        """Forget all frames (sequence numbers keep increasing)."""
+        with self._lock:
+            self._frames.clear()
+
+    def latest(self) -> Optional[Frame]:
+        with self._lock:
+            return self._frames[-1] if self._frames else None
+
+    def get(self, seq: int) -> Optional[Frame]:
+        with self._lock:
+            if not self._frames:
+                return None
+            i = seq - self._frames[0].seq
+            # Sequence numbers are contiguous inside the ring, so this is an index.
+            return self._frames[i] if 0 <= i < len(self._frames) else None
+
+    def frames(self) -> list[Frame]:
+        with self._lock:
+            return list(self._frames)
+
+    def frames_after(self, seq: int) -> list[Frame]:
+        """Buffered frames with a sequence number greater than `seq`, oldest first."""
+        with self._lock:
+            if not self._frames:
+                return []
+            start = max(0, seq + 1 - self._frames[0].seq)
+            return [self._frames[i] for i in range(start, len(self._frames))]
+
+    def select_keyframes(self, config: KeyframeConfig, end_seq: Optional[int] = None) -> list[Frame]:
+        """Keyframes for grounding, oldest first, ending at `end_seq` (default: the newest)."""
+        frames = self.frames()
+        if end_seq is not None:
+            frames = [f for f in frames if f.seq <= end_seq]
+        return select_keyframes(frames, config)
+
+
+def _thumbnail(image: np.ndarray) -> np.ndarray:
+    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    return cv2.resize(grey, (32, 32), interpolation=cv2.INTER_AREA).astype(np.float32)
+
+
+def select_keyframes(frames: Sequence[Frame], config: KeyframeConfig) -> list[Frame]:
+    """Choose up to `config.count` frames spread uniformly in time over the window that ends at
+    the newest frame, at least `min_spacing_s` apart, optionally skipping near-duplicates.
+
+    The newest frame is always a keyframe: the grounding is then as fresh as it can be, and the
+    tracker's catch-up from it is shortest.
+    """
+    config.validate()
+    if not frames:
+        return []
+    end = frames[-1].stamp_ns
+    start = end - int(config.window_s * NS_PER_S)
+    window = [f for f in frames if f.stamp_ns >= start]
+    stamps = np.array([f.stamp_ns for f in window], dtype=np.int64)
+    spacing = int(config.min_spacing_s * NS_PER_S)
+    # Targets spread over the span actually covered, so a half-full buffer still gets spread.
+    targets = np.linspace(stamps[0], stamps[-1], config.count) if config.count > 1 else stamps[-1:]
+    chosen: list[int] = []
+    for target in targets[::-1]:  # newest first, so the newest frame is always kept
+        allowed = np.ones(len(window), dtype=bool)
+        if chosen:
+            allowed[chosen[-1]:] = False
+            allowed &= stamps <= stamps[chosen[-1]] - spacing
+        candidates = np.flatnonzero(allowed)
+        if candidates.size == 0:
+            break
+        chosen.append(int(candidates[np.argmin(np.abs(stamps[candidates] - target))]))
+    chosen.sort()
+    keyframes = [window[i] for i in chosen]
+    if config.dedup_threshold > 0 and len(keyframes) > 1:
+        kept = [keyframes[-1]]
+        last_thumb = _thumbnail(keyframes[-1].image)
+        for f in reversed(keyframes[:-1]):
+            thumb = _thumbnail(f.image)
+            if float(np.mean(np.abs(thumb - last_thumb))) >= config.dedup_threshold:
+                kept.append(f)
+                last_thumb = thumb
+        keyframes = kept[::-1]
+    return keyframes

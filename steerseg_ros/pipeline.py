@@ -1,0 +1,487 @@
+"""The streaming pipeline: camera frames and commands in, tracks with masks out.
+
+Owns the state machine idle -> grounding -> tracking (-> lost), the grounding worker thread,
+periodic re-grounding, the catch-up of a new target from its keyframe to the live frame, the
+reconciliation of a re-grounding with the live tracks, and the tracks' ids and states.
+
+Time is the camera's: every timeout and period is measured on frame stamps, so a bag or a
+simulator runs the same as a live camera.
+"""
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from steerseg_ros import tracklets
+from steerseg_ros.buffer import NS_PER_S, Frame, FrameBuffer, KeyframeConfig, StampError
+from steerseg_ros.grounding.base import (MAX_COMMAND_CHARS, Grounder, GroundingError,
+                                         GroundingResult, clean_command)
+from steerseg_ros.render import label_image, label_value
+from steerseg_ros.tracking.base import ObjectState, Tracker
+
+log = logging.getLogger("steerseg_ros.pipeline")
+
+
+class PipelineState(enum.IntEnum):
+    IDLE = 0        # no command
+    GROUNDING = 1   # a command, no track yet
+    TRACKING = 2    # at least one track with a confident mask
+    LOST = 3        # every track lost
+
+
+class TrackState(enum.IntEnum):
+    """Matches the STATE_* constants of steerseg_ros/msg/Track."""
+
+    TRACKING = 1
+    LOST = 2
+    REGROUNDING = 3
+    REPLACED = 4
+
+
+class FrameRejected(ValueError):
+    """A frame was not processed; `reason` is a short key for counting."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass
+class PipelineConfig:
+    """buffer_size: frames kept for keyframes and catch-up (it must cover the keyframe window
+        plus the grounding latency at camera rate).
+    min_keyframes: grounding waits until this many keyframes can be chosen.
+    regrounding_period_s: ground the command again this often while tracking (0: never).
+    grounding_retry_s: after a failed or empty grounding, try again after this long.
+    lost_timeout_s: a track with no confident mask for this long is LOST (and re-grounding starts).
+    min_confidence: a mask below this score does not count as confident.
+    reconcile_iou: a re-grounded target overlapping a live track by at least this much on the
+        keyframe it used is the same object and keeps the id.
+    time_jump_reset_s: a frame this much older than the newest means the source restarted (a
+        bag looping): everything is reset. A smaller step back is rejected.
+    asynchronous: ground in a worker thread (the node) or inline in `process` (offline tools).
+    """
+
+    buffer_size: int = 64
+    keyframes: KeyframeConfig = field(default_factory=KeyframeConfig)
+    min_keyframes: int = 4
+    regrounding_period_s: float = 5.0
+    grounding_retry_s: float = 2.0
+    lost_timeout_s: float = 1.0
+    min_confidence: float = 0.5
+    reconcile_iou: float = 0.5
+    time_jump_reset_s: float = 1.0
+    max_command_chars: int = MAX_COMMAND_CHARS
+    selection: tracklets.SelectionConfig = field(default_factory=tracklets.SelectionConfig)
+    asynchronous: bool = True
+
+    def validate(self) -> None:
+        self.keyframes.validate()
+        self.selection.validate()
+        if self.buffer_size < max(2, self.keyframes.count):
+            raise ValueError(f"buffer_size {self.buffer_size} must hold at least the keyframe count "
+                             f"({self.keyframes.count}) and 2 frames")
+        if not 1 <= self.min_keyframes <= self.keyframes.count:
+            raise ValueError(f"min_keyframes must be in 1..{self.keyframes.count}, got {self.min_keyframes}")
+        for name in ("regrounding_period_s", "grounding_retry_s", "lost_timeout_s", "time_jump_reset_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("min_confidence", "reconcile_iou"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.max_command_chars < 1:
+            raise ValueError("max_command_chars must be >= 1")
+
+
+@dataclass
+class TrackView:
+    """One track on one frame, as the publishers see it."""
+
+    id: int
+    command: str
+    label: str
+    state: TrackState
+    score: float
+    mask: np.ndarray
+    last_grounding_ns: int
+    replaced_by: int = 0
+
+    @property
+    def label_value(self) -> int:
+        return label_value(self.id)
+
+    @property
+    def area(self) -> int:
+        return int(np.count_nonzero(self.mask))
+
+    def bbox(self) -> tuple[int, int, int, int]:
+        """(x, y, width, height) of the mask; zeros when empty."""
+        ys, xs = np.nonzero(self.mask)
+        if xs.size == 0:
+            return 0, 0, 0, 0
+        return int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)
+
+    def centroid(self) -> tuple[float, float]:
+        ys, xs = np.nonzero(self.mask)
+        return (float(xs.mean()), float(ys.mean())) if xs.size else (0.0, 0.0)
+
+
+@dataclass
+class PipelineOutput:
+    """What one processed frame produced. `groundings` holds the groundings that finished since
+    the previous output (to publish once)."""
+
+    frame: Frame
+    state: PipelineState
+    tracks: list[TrackView]
+    groundings: list[GroundingResult] = field(default_factory=list)
+
+    def label_image(self) -> np.ndarray:
+        return label_image((self.frame.height, self.frame.width), self.tracks)
+
+
+@dataclass
+class _Track:
+    id: int
+    command: str
+    label: str
+    state: TrackState
+    score: float
+    mask: np.ndarray
+    last_confident_ns: int
+    last_grounding_ns: int
+    # Packed masks of recent frames by sequence number, to compare a re-grounding with this
+    # track on the keyframe it used. Bounded by the frame buffer's capacity.
+    history: deque = field(default_factory=deque)
+
+    def remember(self, seq: int, mask: np.ndarray) -> None:
+        self.history.append((seq, np.packbits(mask), mask.shape))
+
+    def mask_at(self, seq: int) -> Optional[np.ndarray]:
+        for s, packed, shape in reversed(self.history):
+            if s == seq:
+                return np.unpackbits(packed, count=shape[0] * shape[1]).reshape(shape).astype(bool)
+        return None
+
+
+@dataclass
+class _Job:
+    generation: int
+    command: str
+    end_seq: int
+    end_stamp_ns: int
+    reason: str
+
+
+class Pipeline:
+    """Feed frames with `process` (one thread) and commands with `set_command` (any thread)."""
+
+    def __init__(self, grounder: Grounder, tracker: Tracker, config: Optional[PipelineConfig] = None):
+        self.config = config or PipelineConfig()
+        self.config.validate()
+        self.grounder = grounder
+        self.tracker = tracker
+        self.buffer = FrameBuffer(self.config.buffer_size)
+        self.stats: Counter = Counter()
+        self._lock = threading.RLock()
+        self._tracks: dict[int, _Track] = {}
+        self._ended: list[TrackView] = []
+        self._finished: list[GroundingResult] = []
+        self._next_id = 1
+        self._command: Optional[str] = None
+        self._generation = 0
+        self._last_stepped_seq = -1
+        self._last_stamp_ns: Optional[int] = None
+        self._last_attempt_ns: Optional[int] = None
+        self._job_running = False
+        self._pending: Optional[_Job] = None
+        self._wake = threading.Condition(self._lock)
+        self._closed = False
+        self._worker: Optional[threading.Thread] = None
+        if self.config.asynchronous:
+            self._worker = threading.Thread(target=self._work, name="steerseg-grounding", daemon=True)
+            self._worker.start()
+
+    # ---- commands -------------------------------------------------------------------------
+    @property
+    def command(self) -> Optional[str]:
+        return self._command
+
+    def set_command(self, text: str) -> str:
+        """Follow a new command; tracks of the previous one end now. Returns the cleaned
+        command. Raises GroundingError for an empty or over-long command (nothing changes)."""
+        command = clean_command(text, self.config.max_command_chars)
+        with self._lock:
+            self._end_all_tracks()
+            self._command = command
+            self._generation += 1
+            self._pending = None
+            self._last_attempt_ns = None
+            self.stats["commands"] += 1
+        log.info("new command: %r", command)
+        return command
+
+    def clear_command(self) -> None:
+        with self._lock:
+            self._end_all_tracks()
+            self._command = None
+            self._generation += 1
+            self._pending = None
+
+    def _end_all_tracks(self) -> None:
+        for t in self._tracks.values():
+            self.tracker.remove(t.id)
+            self._ended.append(self._view(t, TrackState.REPLACED))
+        self._tracks.clear()
+
+    # ---- frames ---------------------------------------------------------------------------
+    @property
+    def state(self) -> PipelineState:
+        with self._lock:
+            if self._command is None:
+                return PipelineState.IDLE
+            if not self._tracks:
+                return PipelineState.GROUNDING
+            if all(t.state == TrackState.LOST for t in self._tracks.values()):
+                return PipelineState.LOST
+            return PipelineState.TRACKING
+
+    def process(self, image: np.ndarray, stamp_ns: int, frame_id: str = "", name: str = "") -> PipelineOutput:
+        """Buffer a frame (HxWx3 uint8 RGB), step the live tracks on it, and start a grounding
+        when one is due. Raises FrameRejected for a frame that cannot be used."""
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or 0 in image.shape:
+            self.stats["rejected_bad_image"] += 1
+            raise FrameRejected("bad_image", f"expected a non-empty HxWx3 uint8 image, got {image.dtype} {image.shape}")
+        last = self.buffer.latest()
+        if last is not None and (image.shape[0], image.shape[1]) != (last.height, last.width):
+            log.warning("image size changed from %dx%d to %dx%d: starting over",
+                        last.width, last.height, image.shape[1], image.shape[0])
+            self._restart()
+        if self._last_stamp_ns is not None and stamp_ns <= self._last_stamp_ns:
+            back_s = (self._last_stamp_ns - stamp_ns) / NS_PER_S
+            if back_s >= self.config.time_jump_reset_s:
+                log.warning("time jumped back %.3f s: starting over (source restarted?)", back_s)
+                self.stats["time_resets"] += 1
+                self._restart()
+            else:
+                self.stats["rejected_stamp"] += 1
+                raise FrameRejected("stamp", f"stamp is {back_s:.6f} s behind the newest frame")
+        try:
+            frame = self.buffer.push(image, stamp_ns, frame_id, name)
+        except StampError as e:  # a concurrent restart; treat as stale
+            self.stats["rejected_stamp"] += 1
+            raise FrameRejected("stamp", str(e)) from e
+        self._last_stamp_ns = stamp_ns
+        self.stats["frames"] += 1
+        with self._lock:
+            self._step(frame)
+            job = self._due_job(frame)
+            if job is not None and self.config.asynchronous:
+                self._pending = job
+                self._wake.notify()
+        if job is not None and not self.config.asynchronous:
+            self._run_job(job)
+        with self._lock:
+            views = [self._view(t, t.state) for t in sorted(self._tracks.values(), key=lambda t: t.id)]
+            output = PipelineOutput(frame, self.state, self._ended + views, self._finished)
+            self._ended, self._finished = [], []
+        return output
+
+    def _restart(self) -> None:
+        with self._lock:
+            self._end_all_tracks()
+            self.tracker.reset()
+            self.buffer.clear()
+            self._generation += 1
+            self._pending = None
+            self._last_attempt_ns = None
+            self._last_stamp_ns = None
+            self._last_stepped_seq = -1
+
+    def _step(self, frame: Frame) -> None:
+        results = self.tracker.step(frame) if self._tracks else {}
+        self._last_stepped_seq = frame.seq
+        running = self._job_running or self._pending is not None
+        for t in self._tracks.values():
+            r = results.get(t.id)
+            if r is None:
+                continue
+            self._update(t, frame, r.mask, r.score, running)
+
+    def _update(self, t: _Track, frame: Frame, mask: np.ndarray, score: float, regrounding: bool) -> None:
+        t.mask, t.score = mask, score
+        t.remember(frame.seq, mask)
+        while len(t.history) > self.buffer.capacity:
+            t.history.popleft()
+        if score >= self.config.min_confidence and mask.any():
+            t.last_confident_ns = frame.stamp_ns
+        lost = frame.stamp_ns - t.last_confident_ns > self.config.lost_timeout_s * NS_PER_S
+        if lost:
+            if t.state != TrackState.LOST:
+                log.info("track %d lost", t.id)
+                self.stats["tracks_lost"] += 1
+            t.state = TrackState.LOST
+        else:
+            t.state = TrackState.REGROUNDING if regrounding else TrackState.TRACKING
+
+    def _due_job(self, frame: Frame) -> Optional[_Job]:
+        """A grounding job when one should start on this frame (called under the lock)."""
+        if self._command is None or self._job_running or self._pending is not None:
+            return None
+        since = None if self._last_attempt_ns is None else (frame.stamp_ns - self._last_attempt_ns) / NS_PER_S
+        if not self._tracks:
+            if since is not None and since < self.config.grounding_retry_s:
+                return None
+            reason = "command"
+        elif any(t.state == TrackState.LOST for t in self._tracks.values()):
+            if since is not None and since < min(self.config.grounding_retry_s, self.config.regrounding_period_s or np.inf):
+                return None
+            reason = "lost"
+        elif self.config.regrounding_period_s > 0 and since is not None and since >= self.config.regrounding_period_s:
+            reason = "regrounding"
+        else:
+            return None
+        if len(self.buffer.select_keyframes(self.config.keyframes, frame.seq)) < self.config.min_keyframes:
+            return None
+        self._last_attempt_ns = frame.stamp_ns
+        self._job_running = not self.config.asynchronous
+        return _Job(self._generation, self._command, frame.seq, frame.stamp_ns, reason)
+
+    # ---- grounding ------------------------------------------------------------------------
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                while self._pending is None and not self._closed:
+                    self._wake.wait()
+                if self._closed:
+                    return
+                job, self._pending = self._pending, None
+                self._job_running = True
+            try:
+                self._run_job(job)
+            except Exception:  # the worker must survive any backend failure
+                log.exception("grounding worker failed")
+
+    def _run_job(self, job: _Job) -> None:
+        try:
+            self._ground_and_attach(job)
+        except GroundingError as e:
+            self.stats["grounding_failures"] += 1
+            log.error("grounding %r failed: %s", job.command, e)
+        except Exception as e:
+            self.stats["grounding_failures"] += 1
+            log.exception("grounding %r failed: %s", job.command, e)
+        finally:
+            with self._lock:
+                self._job_running = False
+
+    def _ground_and_attach(self, job: _Job) -> None:
+        keyframes = self.buffer.select_keyframes(self.config.keyframes, job.end_seq)
+        if not keyframes:
+            return
+        self.stats["groundings"] += 1
+        result = self.grounder.ground(keyframes, job.command)
+        result.validate()
+        chosen = tracklets.select(result, self.tracker, self.config.selection)
+        if job.generation != self._generation:
+            return  # the command changed while grounding ran
+        with self._lock:
+            self._finished.append(result)
+        if not chosen:
+            self.stats["groundings_empty"] += 1
+            log.info("grounding %r found no target", job.command)
+            return
+        seeds = []
+        for cand in chosen:
+            keyframe = result.keyframes[cand.keyframe_index]
+            state = self.tracker.start(keyframe, mask=cand.mask)
+            self._catch_up(state, upto=None)
+            seeds.append((cand, keyframe, state))
+        with self._lock:
+            if job.generation != self._generation:
+                return
+            for cand, keyframe, state in seeds:
+                self._catch_up(state, upto=self._last_stepped_seq)
+            self._reconcile(job, result, seeds)
+
+    def _catch_up(self, state: ObjectState, upto: Optional[int]) -> None:
+        """Advance a detached object through the buffered frames after it. Without the lock
+        (`upto` None) it chases the live frame, which moves on meanwhile; with the lock it
+        finishes exactly at the last stepped frame."""
+        while True:
+            limit = self._last_stepped_seq if upto is None else upto
+            frames = [f for f in self.buffer.frames_after(state.seq) if f.seq <= limit]
+            if not frames:
+                return
+            if frames[0].seq != state.seq + 1:
+                self.stats["catch_up_gaps"] += 1
+                log.warning("catch-up skipped %d frames that left the buffer: raise buffer_size",
+                            frames[0].seq - state.seq - 1)
+            for f in frames:
+                state.result = self.tracker.advance(state, f)
+                state.seq = f.seq
+                self.stats["catch_up_frames"] += 1
+            if upto is not None:
+                return
+
+    def _reconcile(self, job: _Job, result: GroundingResult, seeds: list) -> None:
+        """Attach the grounded targets (under the lock). A target that overlaps a live track on
+        its keyframe keeps that track's id; otherwise it is a new track, and on a re-grounding
+        the live tracks it did not confirm are reported REPLACED by it."""
+        stamp = result.keyframes[-1].stamp_ns
+        unmatched = dict(self._tracks)
+        for cand, keyframe, state in seeds:
+            best_id, best_iou = None, 0.0
+            for tid, t in unmatched.items():
+                old = t.mask_at(keyframe.seq)
+                iou = tracklets.mask_iou(old, cand.mask) if old is not None else 0.0
+                if iou > best_iou:
+                    best_id, best_iou = tid, iou
+            if best_id is not None and best_iou >= self.config.reconcile_iou:
+                t = unmatched.pop(best_id)
+                self.stats["tracks_confirmed"] += 1
+                log.info("grounding confirmed track %d (IoU %.2f)", t.id, best_iou)
+            else:
+                t = _Track(self._next_id, job.command, result.class_word, TrackState.TRACKING,
+                           state.result.score, state.result.mask, stamp, stamp)
+                self._next_id += 1
+                self._tracks[t.id] = t
+                self.stats["tracks_started"] += 1
+                log.info("new track %d for %r", t.id, job.command)
+            t.label = result.class_word or t.label
+            t.last_grounding_ns = stamp
+            self.tracker.attach(t.id, state)
+            last = self.buffer.get(state.seq)
+            if last is not None:
+                self._update(t, last, state.result.mask, state.result.score, False)
+            t.last_confident_ns = max(t.last_confident_ns, stamp)
+        new_ids = [c for c in self._tracks if c not in unmatched]
+        for tid, t in unmatched.items():
+            # Live tracks this grounding did not confirm were a different object: replaced.
+            self.tracker.remove(tid)
+            del self._tracks[tid]
+            replaced_by = min(new_ids) if new_ids else 0
+            self._ended.append(self._view(t, TrackState.REPLACED, replaced_by))
+            self.stats["tracks_replaced"] += 1
+            log.info("track %d replaced by %d", tid, replaced_by)
+
+    def _view(self, t: _Track, state: TrackState, replaced_by: int = 0) -> TrackView:
+        return TrackView(t.id, t.command, t.label, state, t.score, t.mask, t.last_grounding_ns, replaced_by)
+
+    # ---- lifetime -------------------------------------------------------------------------
+    def grounding_running(self) -> bool:
+        with self._lock:
+            return self._job_running or self._pending is not None
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._wake.notify_all()
+        if self._worker is not None:
+            self._worker.join(timeout=30)
