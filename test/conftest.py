@@ -1,0 +1,56 @@
+"""Shared test fixtures: where the real test data is, and small loaders for it.
+
+The data folder `shared/` lies beside the checkout (`<repo>/../shared`) or wherever
+STEERSEG_SHARED points. Tests that need it skip, saying why, when it is absent.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("STEERSEG_SHARED", REPO.parent / "shared"))
+DATA = SHARED / "data"
+DAVIS = DATA / "davis16"
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"test data not found at {path} (set STEERSEG_SHARED to the shared folder)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def davis_root() -> Path:
+    """DAVIS 2016 val at 480p: JPEGImages/480p/<seq>/*.jpg, Annotations/480p/<seq>/*.png."""
+    return _need(DAVIS)
+
+
+@pytest.fixture(scope="session")
+def davis_expressions(davis_root) -> dict:
+    return json.loads((davis_root / "expressions.json").read_text())["videos"]
+
+
+@pytest.fixture(scope="session")
+def judo_root() -> Path:
+    return _need(DATA / "cutie_judo")
+
+
+@pytest.fixture(scope="session")
+def bedroom_video() -> Path:
+    return _need(DATA / "sam2_bedroom" / "bedroom.mp4")
+
+
+def load_davis(root: Path, seq: str, count: int | None = None, step: int = 1):
+    """(names, RGB frames, boolean ground-truth masks) of a DAVIS sequence."""
+    frames_dir = root / "JPEGImages" / "480p" / seq
+    names = sorted(p.stem for p in frames_dir.glob("*.jpg"))[::step][:count]
+    images = [cv2.cvtColor(cv2.imread(str(frames_dir / f"{n}.jpg")), cv2.COLOR_BGR2RGB) for n in names]
+    masks = [cv2.imread(str(root / "Annotations" / "480p" / seq / f"{n}.png"), cv2.IMREAD_GRAYSCALE) > 127
+             for n in names]
+    return names, images, masks
