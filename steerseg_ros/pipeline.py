@@ -428,7 +428,6 @@ class Pipeline:
         result = self.grounder.ground(keyframes, job.command)
         result.validate()
         chosen = tracklets.select(result, self.tracker, self.config.selection)
-        result.chosen = chosen
         if job.generation != self._generation:
             return  # the command changed while grounding ran
         with self._lock:

@@ -5,7 +5,7 @@ and the tracker. Backend-agnostic: it only asks the tracker for single-frame mas
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import cv2
@@ -17,14 +17,15 @@ from steerseg_ros.tracking.base import Tracker
 
 @dataclass
 class SelectionConfig:
-    """How the target is chosen among the candidates (each field's help text is in its metadata)."""
+    """max_points: point prompts tried, best first. weight: a in
+    s = a*rho(mask, frame map) + (1-a)*rho(mask, video map). nms_iou: a candidate overlapping a
+    better one on the same keyframe by more than this is dropped. max_targets: tracks started
+    per grounding."""
 
-    max_points: int = field(default=8, metadata={"help": "Point prompts tried, best first."})
-    weight: float = field(default=0.5, metadata={"help": (
-        "a in s = a*rho(mask, frame map) + (1-a)*rho(mask, video map).")})
-    nms_iou: float = field(default=0.7, metadata={"help": (
-        "A candidate overlapping a better one on the same keyframe by more than this IoU is dropped.")})
-    max_targets: int = field(default=1, metadata={"help": "Tracks started per grounding."})
+    max_points: int = 8
+    weight: float = 0.5
+    nms_iou: float = 0.7
+    max_targets: int = 1
 
     def validate(self) -> None:
         if self.max_points < 1:

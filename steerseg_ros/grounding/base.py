@@ -72,9 +72,6 @@ class GroundingResult:
     attributes: list[str] = field(default_factory=list)
     generated_text: str = ""
     timings: dict[str, float] = field(default_factory=dict)
-    # Set by the pipeline after target selection: the chosen candidates (tracklets.Candidate),
-    # best first, so the node can publish which point won and its score.
-    chosen: list = field(default_factory=list)
 
     @property
     def keyframe_stamps_ns(self) -> list[int]:
