@@ -439,8 +439,11 @@ class Pipeline:
         for cand, keyframe, state in seeds:
             best_id, best_iou = None, 0.0
             for tid, t in unmatched.items():
+                # Compare on the keyframe the grounding used; a track younger than that
+                # keyframe is compared on the live frame, where both now have a mask.
                 old = t.mask_at(keyframe.seq)
-                iou = tracklets.mask_iou(old, cand.mask) if old is not None else 0.0
+                iou = (tracklets.mask_iou(old, cand.mask) if old is not None
+                       else tracklets.mask_iou(t.mask, state.result.mask))
                 if iou > best_iou:
                     best_id, best_iou = tid, iou
             if best_id is not None and best_iou >= self.config.reconcile_iou:

@@ -103,9 +103,15 @@ def score_by_correlation(result: GroundingResult, candidates: list[Candidate], w
 
 
 def select(result: GroundingResult, tracker: Tracker, config: SelectionConfig) -> list[Candidate]:
-    """The chosen targets, best first (at most config.max_targets)."""
+    """The chosen targets, best first (at most config.max_targets). Records the candidates'
+    scores and the chosen points in `result`."""
     config.validate()
     candidates = candidates_from_points(result, tracker, config)
     score_by_correlation(result, candidates, config.weight)
     candidates.sort(key=lambda c: -c.score)
-    return candidates[:config.max_targets]
+    chosen = candidates[:config.max_targets]
+    result.candidate_scores = [float("nan")] * len(result.points)
+    for c in candidates:
+        result.candidate_scores[c.point_index] = c.score
+    result.chosen_points = [c.point_index for c in chosen]
+    return chosen
