@@ -73,7 +73,7 @@ class DiskTracker(Tracker):
         return ObjectState(frame.seq, ObjectMask(mask if mask is not None else disk(*points[0]), 1.0))
 
     def advance(self, state, frame):
-        self.advanced.append(frame.seq)
+        self.advanced.append((id(state), frame.seq))
         return ObjectMask(state.result.mask, self.score)
 
     def attach(self, obj_id, state):
@@ -298,8 +298,9 @@ def test_masks_keep_flowing_while_grounding_runs_and_catch_up_lands_on_the_live_
     live = p.buffer.latest().seq
     # The re-grounded object was caught up through every buffered frame after its keyframe,
     # up to the live frame, before it was attached.
-    assert tracker.advanced[:live - keyframe_seq] == list(range(keyframe_seq + 1, live + 1))
-    assert tracker.live[1].seq == live
+    attached = tracker.live[1]
+    assert [seq for sid, seq in tracker.advanced if sid == id(attached)] == list(range(keyframe_seq + 1, live + 1))
+    assert attached.seq == live
     grounder.gate = None
     assert [t.id for t in feed().tracks] == [1]
 
