@@ -478,8 +478,7 @@ class Pipeline:
         for cand, keyframe, state in seeds:
             best_id, best_iou = None, 0.0
             for tid, t in unmatched.items():
-                old = t.mask_at(keyframe.seq)
-                iou = tracklets.mask_iou(old, cand.mask) if old is not None else 0.0
+                iou = self._overlap(t, cand, result, state)
                 if iou > best_iou:
                     best_id, best_iou = tid, iou
             if best_id is not None and best_iou >= self.config.reconcile_iou:
@@ -509,6 +508,18 @@ class Pipeline:
             self._ended.append(self._view(t, TrackState.REPLACED, replaced_by))
             self.stats["tracks_replaced"] += 1
             log.info("track %d replaced by %d", tid, replaced_by)
+
+    @staticmethod
+    def _overlap(t: _Track, cand: tracklets.Tracklet, result: GroundingResult, state: ObjectState) -> float:
+        """Mask IoU of a live track and a grounded target: on the keyframe the target came from;
+        failing that (the track is younger) on the newest keyframe both cover; failing that on
+        the live frame, where the target has just been caught up to."""
+        order = [cand.keyframe_index] + list(range(len(result.keyframes) - 1, -1, -1))
+        for k in order:
+            new, old = cand.mask_on(k), t.mask_at(result.keyframes[k].seq)
+            if new is not None and old is not None:
+                return tracklets.mask_iou(old, new)
+        return tracklets.mask_iou(t.mask, state.result.mask)
 
     def _view(self, t: _Track, state: TrackState, replaced_by: int = 0) -> TrackView:
         return TrackView(t.id, t.command, t.label, state, t.score, t.mask, t.last_grounding_ns, replaced_by)
