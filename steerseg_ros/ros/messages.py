@@ -15,7 +15,6 @@ image carries the same ids, labels and masks for the Image displays.
 """
 from __future__ import annotations
 
-import math
 import sys
 from dataclasses import dataclass, field
 from typing import Iterable, Optional, Sequence
@@ -82,13 +81,11 @@ def tracks_to_msg(views: Iterable[TrackView], header: Header) -> TrackArray:
 # ---- grounding ------------------------------------------------------------------------------
 def grounding_to_msg(result: GroundingResult) -> GroundingResultMsg:
     """The grounding result; header.stamp is the newest keyframe's stamp (its frame_id too).
-
-    The chosen candidate comes from `result.chosen` (filled by the pipeline's target selection):
-    only the selected candidates' scores are known there, so `candidate_scores` holds NaN for
-    points that were not selected."""
+    The chosen candidate is the first of `result.chosen_points` (filled by target selection);
+    `map` is the fused map on the chosen point's keyframe (the newest when none was chosen)."""
     msg = GroundingResultMsg()
-    newest = result.keyframes[-1] if result.keyframes else None
-    if newest is not None:
+    if result.keyframes:
+        newest = result.keyframes[-1]
         msg.header = header_at(newest.stamp_ns, newest.frame_id)
     msg.command = result.command
     msg.backend = result.backend
@@ -98,25 +95,20 @@ def grounding_to_msg(result: GroundingResult) -> GroundingResultMsg:
     msg.class_word = result.class_word
     msg.attributes = [str(a) for a in result.attributes]
     msg.generated_text = result.generated_text
-    chosen = list(getattr(result, "chosen", []) or [])
-    scores = [math.nan] * len(result.points)
-    for cand in chosen:
-        if 0 <= cand.point_index < len(scores):
-            scores[cand.point_index] = float(cand.score)
-    msg.candidate_scores = scores
-    map_index = 0
-    if chosen:
-        best = chosen[0]
-        msg.chosen_point = int(best.point_index)
-        msg.chosen_keyframe_index = int(best.keyframe_index)
-        msg.chosen_score = float(best.score)
-        map_index = int(best.keyframe_index)
-    else:
-        msg.chosen_point = -1
-        map_index = len(result.keyframes) - 1
+    msg.candidate_scores = [float(s) for s in result.candidate_scores]
+    map_index = len(result.keyframes) - 1
+    msg.chosen_point = -1
+    if result.chosen_points:
+        best = int(result.chosen_points[0])
+        msg.chosen_point = best
+        if 0 <= best < len(result.points):
+            map_index = int(result.points[best].keyframe_index)
+            msg.chosen_keyframe_index = map_index
+            if best < len(result.candidate_scores):
+                msg.chosen_score = float(result.candidate_scores[best])
     if result.maps is not None and result.maps.ndim == 3 and 0 <= map_index < result.maps.shape[0]:
         msg.map = _float_image(result.maps[map_index], msg.header)
-    msg.stage_names = list(result.timings.keys())
+    msg.stage_names = [str(k) for k in result.timings]
     msg.stage_seconds = [float(v) for v in result.timings.values()]
     return msg
 
