@@ -93,6 +93,54 @@ def _validate_markers(config: MarkerConfig) -> None:
         raise ValueError("markers.distance, markers.focal_length_px and markers.text_height must be > 0")
 
 
+def pipeline_specs() -> list[parameters.ParamSpec]:
+    # The node always grounds in the worker thread: `asynchronous` is not a parameter.
+    return parameters.specs(PipelineConfig, "pipeline", exclude={"asynchronous"})
+
+
+def static_specs() -> list[parameters.ParamSpec]:
+    """The parameters every node has, whatever its backends."""
+    out = parameters.specs(NodeConfig, "")
+    for kind in BACKEND_KINDS:
+        table = backends.GROUNDERS if kind == "grounder" else backends.TRACKERS
+        out.append(parameters.ParamSpec(
+            f"{kind}.backend", ("backend",), Parameter.Type.STRING.value, "builtin",
+            f"The {kind} backend, one of {sorted(table)}. Takes effect at the next configure."))
+        out.append(parameters.ParamSpec(
+            f"{kind}.fallback_to_builtin", ("fallback_to_builtin",), Parameter.Type.BOOL.value, False,
+            f"When the {kind} backend fails to load (e.g. missing weights), use the built-in one "
+            "instead of staying unconfigured."))
+    out += pipeline_specs()
+    out += parameters.specs(MarkerConfig, "markers")
+    return out
+
+
+def backend_specs(kind: str, name: str) -> list[parameters.ParamSpec]:
+    """Parameters of backend `name`'s config fields, `<kind>.<field>` (the fields its preset
+    fixes are left out: the backend's name already says them). Imports the backend's module."""
+    table = backends.GROUNDERS if kind == "grounder" else backends.TRACKERS
+    if name not in table:
+        raise ValueError(f"unknown {kind} backend {name!r}; choose one of {sorted(table)}")
+    preset = table[name][3]
+    return parameters.specs(backends.config_class(kind, name), kind, exclude=set(preset) | set(_CHOICE_FIELDS))
+
+
+def default_specs(grounder: str = "builtin", tracker: str = "builtin") -> list[parameters.ParamSpec]:
+    """Every parameter of a node with these backends (config/steerseg.yaml lists them)."""
+    return static_specs() + backend_specs("grounder", grounder) + backend_specs("tracker", tracker)
+
+
+def write_default_params(path: str, grounder: str = "builtin", tracker: str = "builtin") -> None:
+    """Write the parameters file with every default and its help text (config/steerseg.yaml)."""
+    header = (
+        "Parameters of the steerseg node, every one at its default (generated from the config\n"
+        "dataclasses by steerseg_ros.ros.node.write_default_params; test_node_parameters checks\n"
+        "that it still matches them). The key /**/steerseg matches the node in any namespace\n"
+        "(a plain `steerseg:` would not apply under a namespace).")
+    with open(path, "w") as f:
+        f.write(parameters.render_yaml(f"/**/{NODE_NAME}", default_specs(grounder, tracker), header))
+
+
 class LatestMailbox:
     """A one-slot mailbox: `put` replaces an item not yet taken (the caller counts it as
     dropped), so the consumer always gets the newest one."""
@@ -216,38 +264,14 @@ class SteerSegNode(LifecycleNode):
             value = Parameter.Type(spec.type)
         self.declare_parameter(spec.name, value, spec.descriptor())
 
-    def _static_specs(self) -> list[parameters.ParamSpec]:
-        out = parameters.specs(NodeConfig, "")
-        out += parameters.specs(PipelineConfig, "pipeline", exclude={"asynchronous"})
-        out += parameters.specs(MarkerConfig, "markers")
-        for kind in BACKEND_KINDS:
-            table = backends.GROUNDERS if kind == "grounder" else backends.TRACKERS
-            out.append(parameters.ParamSpec(
-                f"{kind}.backend", ("backend",), Parameter.Type.STRING.value, "builtin",
-                f"The {kind} backend, one of {sorted(table)}. Takes effect at the next configure."))
-            out.append(parameters.ParamSpec(
-                f"{kind}.fallback_to_builtin", ("fallback_to_builtin",), Parameter.Type.BOOL.value, False,
-                f"When the {kind} backend fails to load (e.g. missing weights), use the built-in one "
-                "instead of staying unconfigured."))
-        return out
-
     def _declare_static_parameters(self) -> None:
-        for spec in self._static_specs():
+        for spec in static_specs():
             self._declare_spec(spec)
-
-    def _backend_specs(self, kind: str, name: str) -> list[parameters.ParamSpec]:
-        """Parameters of backend `name`'s config fields (its preset fields are fixed by the name)."""
-        table = backends.GROUNDERS if kind == "grounder" else backends.TRACKERS
-        if name not in table:
-            raise ValueError(f"unknown {kind} backend {name!r}; choose one of {sorted(table)}")
-        preset = table[name][3]
-        cfg_cls = backends.config_class(kind, name)
-        return parameters.specs(cfg_cls, kind, exclude=set(preset) | set(_CHOICE_FIELDS))
 
     def _declare_backend_parameters(self, kind: str, name: str) -> bool:
         """Declare backend `name`'s parameters; False (logged) when its module cannot load."""
         try:
-            for spec in self._backend_specs(kind, name):
+            for spec in backend_specs(kind, name):
                 self._declare_spec(spec)
             return True
         except Exception as e:  # an unknown name, a missing optional dependency
@@ -277,7 +301,7 @@ class SteerSegNode(LifecycleNode):
         return config
 
     def _read_pipeline_config(self, overrides: Optional[dict] = None) -> PipelineConfig:
-        values = self._values(parameters.specs(PipelineConfig, "pipeline", exclude={"asynchronous"}))
+        values = self._values(pipeline_specs())
         values.update(overrides or {})
         config = parameters.build(PipelineConfig, values)
         config.asynchronous = True
@@ -285,7 +309,7 @@ class SteerSegNode(LifecycleNode):
         return config
 
     def _backend_options(self, kind: str, name: str, overrides: Optional[dict] = None) -> dict[str, Any]:
-        specs = self._backend_specs(kind, name)
+        specs = backend_specs(kind, name)
         values = self._values(specs)
         values.update(overrides or {})
         return {path[0]: value for path, value in values.items()}
@@ -315,7 +339,7 @@ class SteerSegNode(LifecycleNode):
                 table = backends.GROUNDERS if kind == "grounder" else backends.TRACKERS
                 if name not in table:
                     raise ValueError(f"unknown {kind} backend {name!r}; choose one of {sorted(table)}")
-                fields = {s.path for s in self._backend_specs(kind, name)}
+                fields = {s.path for s in backend_specs(kind, name)}
                 known = {path: v for path, v in changes.items() if path in fields}
                 if known or (("backend",) in {k for k in by_section[kind]}):
                     options = self._backend_options(kind, name, known)

@@ -8,6 +8,8 @@ description the field's help text, and the way back from parameter values to a c
 from __future__ import annotations
 
 import dataclasses
+import json
+import textwrap
 import typing
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Optional
@@ -126,3 +128,48 @@ def flat_values(config: Any) -> dict[tuple[str, ...], Any]:
         else:
             out[(f.name,)] = value
     return out
+
+
+def _yaml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        text = repr(value)
+        # rcl reads 1 as an integer, which a double parameter refuses.
+        return text if any(c in text for c in ".en") else text + ".0"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_yaml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as a parameter")
+
+
+def render_yaml(node_key: str, param_specs: list[ParamSpec], header: str = "") -> str:
+    """A ROS 2 parameters file (`node_key: ros__parameters: ...`, nested by the dots in the
+    names, groups in order of first appearance) with each parameter's help text as a comment."""
+    tree: dict = {}
+    for spec in param_specs:
+        *groups, leaf = spec.name.split(".")
+        node = tree
+        for g in groups:
+            node = node.setdefault(g, {})
+        node[leaf] = spec
+
+    lines = [f"# {line}".rstrip() for line in header.splitlines()]
+    lines += [f"{node_key}:", "  ros__parameters:"]
+
+    def emit(node: dict, depth: int) -> None:
+        indent = "    " + "  " * depth
+        for key, value in node.items():
+            if isinstance(value, dict):
+                lines.append(f"{indent}{key}:")
+                emit(value, depth + 1)
+            else:
+                for line in textwrap.wrap(value.help, width=max(40, 96 - len(indent))):
+                    lines.append(f"{indent}# {line}")
+                lines.append(f"{indent}{key}: {_yaml_value(value.default)}")
+
+    emit(tree, 0)
+    return "\n".join(lines) + "\n"
