@@ -117,7 +117,11 @@ def play(args: argparse.Namespace, node) -> int:
                     if seed.shape != bgr.shape[:2]:
                         raise ValueError(f"seed mask is {seed.shape[::-1]}, the first frame {bgr.shape[1::-1]}")
                     # Sent just before its frame: the node holds it until that frame arrives.
+                    # The short pause lets it get there first (else it is applied, caught up,
+                    # from the next frame on).
                     seed_pub.publish(array_to_image(seed, "mono8", header))
+                    time.sleep(min(0.2, 1.0 / args.rate))
+                    t0 += min(0.2, 1.0 / args.rate)
                 if not command_sent and time.monotonic() - t0 >= args.command_at:
                     command_pub.publish(String(data=args.command))
                     command_sent = True
