@@ -49,6 +49,12 @@ from steerseg_ros.ros.messages import (MarkerConfig, grounding_to_msg, stamp_to_
                                        tracks_to_msg)
 
 NODE_NAME = "steerseg"
+# Relative topic names (remappable): what the node subscribes and publishes. /diagnostics is
+# absolute, as diagnostic aggregators expect.
+SUBSCRIPTIONS = {"image": "sensor_msgs/Image", "image/compressed": "sensor_msgs/CompressedImage",
+                 "command": "std_msgs/String", "seed_mask": "sensor_msgs/Image"}
+PUBLICATIONS = {"mask": "sensor_msgs/Image", "overlay": "sensor_msgs/Image", "tracks": "steerseg_ros/TrackArray",
+                "grounding": "steerseg_ros/GroundingResult", "markers": "visualization_msgs/MarkerArray"}
 BACKEND_KINDS = ("grounder", "tracker")
 # Parameters under grounder.* / tracker.* that are the node's, not the backend config's.
 _CHOICE_FIELDS = ("backend", "fallback_to_builtin")
