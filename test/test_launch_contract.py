@@ -142,8 +142,7 @@ def test_starts_the_installed_node_executable(launch_module):
     cmake = (REPO / "CMakeLists.txt").read_text()
     assert "install(PROGRAMS scripts/steerseg_node DESTINATION lib/${PROJECT_NAME})" in cmake
     assert "from steerseg_ros.ros.node import main" in (REPO / "scripts" / "steerseg_node").read_text()
-    for folder in ("launch", "config"):
-        assert folder in cmake.split("foreach(dir ")[1].split(")")[0]
+    assert "install(DIRECTORY launch config DESTINATION share/${PROJECT_NAME})" in cmake
 
 
 def test_parameters_file_then_backend_overrides(launch_module):
