@@ -22,7 +22,7 @@ from steerseg_ros import tracklets
 from steerseg_ros.buffer import NS_PER_S, Frame, FrameBuffer, KeyframeConfig, StampError
 from steerseg_ros.grounding.base import (MAX_COMMAND_CHARS, Grounder, GroundingError,
                                          GroundingResult, clean_command)
-from steerseg_ros.render import label_image, label_value
+from steerseg_ros.render import label_image, label_value, mask_geometry
 from steerseg_ros.tracking.base import ObjectState, Tracker
 
 log = logging.getLogger("steerseg_ros.pipeline")
@@ -118,18 +118,18 @@ class TrackView:
 
     @property
     def area(self) -> int:
-        return int(np.count_nonzero(self.mask))
+        return mask_geometry(self.mask)[0]
 
     def bbox(self) -> tuple[int, int, int, int]:
         """(x, y, width, height) of the mask; zeros when empty."""
-        ys, xs = np.nonzero(self.mask)
-        if xs.size == 0:
-            return 0, 0, 0, 0
-        return int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)
+        return mask_geometry(self.mask)[1]
 
     def centroid(self) -> tuple[float, float]:
-        ys, xs = np.nonzero(self.mask)
-        return (float(xs.mean()), float(ys.mean())) if xs.size else (0.0, 0.0)
+        return mask_geometry(self.mask)[2]
+
+    def geometry(self) -> tuple[int, tuple[int, int, int, int], tuple[float, float]]:
+        """(area, bbox, centroid) in one pass (render.mask_geometry)."""
+        return mask_geometry(self.mask)
 
 
 @dataclass

@@ -63,13 +63,12 @@ def track_to_msg(view: TrackView, header: Header) -> Track:
     msg.score = float(view.score)
     msg.state = int(view.state)
     msg.replaced_by = int(view.replaced_by)
-    ys, xs = np.nonzero(view.mask) if view.mask is not None else (np.empty(0), np.empty(0))
-    if xs.size:
-        x0, y0 = int(xs.min()), int(ys.min())
-        msg.bbox = RegionOfInterest(x_offset=x0, y_offset=y0, width=int(xs.max()) - x0 + 1,
-                                    height=int(ys.max()) - y0 + 1)
-        msg.centroid = Point(x=float(xs.mean()), y=float(ys.mean()), z=0.0)
-    msg.mask_area = int(xs.size)
+    if view.mask is not None:
+        area, (x, y, w, h), (cx, cy) = view.geometry()
+        if area:
+            msg.bbox = RegionOfInterest(x_offset=x, y_offset=y, width=w, height=h)
+            msg.centroid = Point(x=float(cx), y=float(cy), z=0.0)
+        msg.mask_area = area
     msg.last_grounding = ns_to_stamp(view.last_grounding_ns)
     return msg
 
@@ -157,10 +156,11 @@ def tracks_to_markers(views: Sequence[TrackView], header: Header, image_size: tu
 
     markers = [Marker(header=header, ns=MARKER_NAMESPACE, action=Marker.DELETEALL)]
     for view in views:
-        if view.state == TrackState.REPLACED or view.mask is None or not view.mask.any():
+        if view.state == TrackState.REPLACED or view.mask is None:
             continue
-        x, y, w, h = view.bbox()
-        cx, cy = view.centroid()
+        area, (x, y, w, h), (cx, cy) = view.geometry()
+        if not area:
+            continue
         alpha = 0.4 if view.state == TrackState.LOST else 1.0
         colour = _colour(view.id, alpha)
         base = dict(header=header, ns=MARKER_NAMESPACE, action=Marker.ADD, lifetime=Duration())

@@ -147,6 +147,25 @@ def write_default_params(path: str, grounder: str = "builtin", tracker: str = "b
         f.write(parameters.render_yaml(f"/**/{NODE_NAME}", default_specs(grounder, tracker), header))
 
 
+def output_messages(output: PipelineOutput, header: Header, rgb: np.ndarray, overlay_alpha: float = 0.5,
+                    marker_config: Optional[MarkerConfig] = None, overlay: bool = True,
+                    markers: bool = True) -> list[tuple[str, Any]]:
+    """The (topic, message) pairs the node publishes for one processed frame, all stamped with
+    the frame's header: the label mask, the tracks, optionally the overlay and the markers, and
+    the groundings that finished since the previous frame."""
+    visible = output.visible_tracks()
+    out: list[tuple[str, Any]] = [
+        ("mask", array_to_image(output.label_image(), "mono8", header)),
+        ("tracks", tracks_to_msg(output.tracks, header)),
+    ]
+    if overlay:
+        out.append(("overlay", array_to_image(render.overlay(rgb, visible, overlay_alpha), "bgr8", header)))
+    if markers:
+        out.append(("markers", tracks_to_markers(visible, header, (rgb.shape[1], rgb.shape[0]), marker_config)))
+    out += [("grounding", grounding_to_msg(result)) for result in output.groundings]
+    return out
+
+
 class LatestMailbox:
     """A one-slot mailbox: `put` replaces an item not yet taken (the caller counts it as
     dropped), so the consumer always gets the newest one."""
@@ -632,22 +651,19 @@ class SteerSegNode(LifecycleNode):
             output.tracks.append(view)
 
     def publish_output(self, output: PipelineOutput, header: Header, rgb: np.ndarray) -> None:
-        """Publish everything one processed frame produced, stamped with its image's header."""
+        """Publish everything one processed frame produced, stamped with its image's header.
+        The overlay and markers are drawn only when something subscribes to them."""
         pubs = self._pubs
         if not pubs:
             return
-        visible = output.visible_tracks()
-        pubs["mask"].publish(array_to_image(output.label_image(), "mono8", header))
-        pubs["tracks"].publish(tracks_to_msg(output.tracks, header))
         draw_all = self._node_config.draw_unsubscribed
-        if draw_all or pubs["overlay"].get_subscription_count() > 0:
-            picture = render.overlay(rgb, visible, self._node_config.overlay_alpha)
-            pubs["overlay"].publish(array_to_image(picture, "bgr8", header))
-        if draw_all or pubs["markers"].get_subscription_count() > 0:
-            pubs["markers"].publish(tracks_to_markers(visible, header, (rgb.shape[1], rgb.shape[0]), self._markers))
-        for result in output.groundings:
-            self._count("groundings_published")
-            pubs["grounding"].publish(grounding_to_msg(result))
+        messages = output_messages(
+            output, header, rgb, self._node_config.overlay_alpha, self._markers,
+            overlay=draw_all or pubs["overlay"].get_subscription_count() > 0,
+            markers=draw_all or pubs["markers"].get_subscription_count() > 0)
+        for topic, msg in messages:
+            pubs[topic].publish(msg)
+        self._count("groundings_published", len(output.groundings))
         self._count("masks_published")
 
     # ---- counters and diagnostics -----------------------------------------------------------
