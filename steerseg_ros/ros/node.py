@@ -731,6 +731,16 @@ class SteerSegNode(LifecycleNode):
     def lifecycle_state(self) -> str:
         return self._lifecycle
 
+    @property
+    def error(self) -> Optional[str]:
+        """Why the last transition failed (None after a successful configure)."""
+        return self._error
+
+    @property
+    def backend_names(self) -> dict[str, str]:
+        """The backends in use ("builtin (fallback from steerseg)" after a fallback)."""
+        return dict(self._backend_names)
+
 
 def main(args: Optional[list[str]] = None) -> int:
     """Run the node until SIGINT; `autostart:=true` configures and activates it at once."""
