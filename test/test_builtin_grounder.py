@@ -178,6 +178,8 @@ def test_bad_input_gives_clear_errors(grounder):
     other = Frame(9, 10 * NS_PER_S, np.zeros((100, 100, 3), np.uint8))
     with pytest.raises(GroundingError, match="differ in size"):
         grounder.ground(frames + [other], "the red one")
+    with pytest.raises(GroundingError, match="HxWx3"):
+        grounder.ground([Frame(0, 0, np.zeros((40, 60), np.uint8))], "the red one")
     with pytest.raises(ValueError, match="camera_model"):
         make_config("grounder", "builtin", {"camera_model": "fisheye"})
     with pytest.raises(ValueError, match="point_threshold"):
@@ -205,9 +207,11 @@ def test_config_fields_carry_help_and_simple_types():
     ("follow the small brown dog that is running", "dog", ["small", "brown", "running"]),
     ("the woman in the grey coat", "woman", ["grey"]),
     ("track the dark-blue car on the left", "car", ["blue", "left"]),
-    ("the one that is not moving", "object", ["moving"]),
+    ("the one that is not moving", "object", ["not moving"]),
     ("a tall man standing still", "man", ["tall", "still"]),
     ("person", "person", []),
+    ("man on the bike", "man", []),
+    ("please go to the blue chair", "chair", ["blue"]),
 ])
 def test_command_parsing(command, head, cues):
     parsed = parse_command(command)

@@ -142,6 +142,11 @@ PHRASE_ENDS = {
     "been", "has", "have", "had", "can", "could", "will", "would", "may", "might", "should",
     "does", "do", "did",
 }
+# Words a command to a robot starts with before naming the target ("please go to the ...").
+REQUEST_WORDS = {"please", "follow", "track", "find", "segment", "show", "get", "go", "look",
+                 "watch", "point", "pick", "grab", "fetch", "bring", "locate", "highlight",
+                 "select", "mark", "detect", "see", "keep", "me", "up", "to", "at", "for",
+                 "toward", "towards", "on", "now", "and", "can", "you"}
 GENERIC_NOUNS = {"one", "ones", "thing", "things", "object", "objects", "it", "something", "stuff",
                  "item", "target"}
 CONJUNCTIONS = {"and", "or", "&", "but"}
@@ -176,25 +181,28 @@ def _is_cue(word: str) -> bool:
             or word in MOTION_WORDS or word in FAST_WORDS or word in STATIC_WORDS)
 
 
+def _nouns(words: list[str]) -> list[str]:
+    return [w for w in words if not _is_cue(w) and w not in CONJUNCTIONS and "-" not in w and not w.isdigit()]
+
+
 def _head_noun(tokens: list[str]) -> str:
-    """The head noun of the first noun phrase: after the first determiner (or from the start),
-    the last word before the phrase ends (a preposition, relative pronoun, auxiliary, verb in
-    -ing/-ed after a noun, or punctuation) that is not a cue word. "object" when there is none
-    or it is a pronoun such as "one"."""
-    starts = [i for i, t in enumerate(tokens) if t in DETERMINERS]
-    i = starts[0] + 1 if starts else 0
+    """The head noun of the first noun phrase: past the leading request words and determiners
+    ("please follow the"), the last word before the phrase ends (a preposition, relative
+    pronoun, auxiliary, a verb in -ing/-ed after a noun, or punctuation) that is not a cue word
+    or a modifier. "object" when there is none or it is a pronoun such as "one"."""
+    i = 0
+    while i < len(tokens) and (tokens[i] in REQUEST_WORDS or tokens[i] in DETERMINERS):
+        i += 1
     span: list[str] = []
     for t in tokens[i:]:
         if not t[0].isalnum():
             break
-        nouns = [w for w in span if not _is_cue(w) and w not in CONJUNCTIONS and "-" not in w]
-        if t in PHRASE_ENDS or (nouns and (t.endswith("ing") or t.endswith("ed")) and len(t) > 4):
-            if nouns or t in PHRASE_ENDS - {"that", "near", "behind"}:
-                break
-            continue
+        ends = t in PHRASE_ENDS or (len(t) > 4 and t.endswith(("ing", "ed")) and bool(_nouns(span)))
+        # A cue word that is also a preposition ("near", "behind") modifies a noun still to come.
+        if ends and (_nouns(span) or not _is_cue(t)):
+            break
         span.append(t)
-    nouns = [w for w in span if not _is_cue(w) and w not in CONJUNCTIONS and "-" not in w
-             and not w.isdigit()]
+    nouns = _nouns(span)
     if not nouns or nouns[-1] in GENERIC_NOUNS:
         return "object"
     return nouns[-1]
@@ -219,8 +227,11 @@ def parse_command(command: str) -> ParsedCommand:
             elif word in SIZES:
                 if SIZES[word] not in parsed.sizes:
                     parsed.sizes.append(SIZES[word])
-            elif word in STATIC_WORDS or (negated and word in MOTION_WORDS):
+            elif word in STATIC_WORDS:
                 motions.append("static")
+            elif negated and word in MOTION_WORDS:
+                motions.append("static")
+                word = "not " + word
             elif word in FAST_WORDS:
                 motions.append("fast")
             elif word in MOTION_WORDS:
@@ -246,17 +257,18 @@ class BuiltinGrounderConfig:
     """Settings of the built-in (model-free) grounder."""
 
     cell_px: int = field(default=28, metadata={
-        "help": "Grid cell size in pixels of the maps (28 matches a Qwen-VL token: 854x480 gives 30x17)."})
+        "help": "Grid cell size of the maps in pixels (28 is a Qwen-VL token: 854x480 gives 30x17)."})
     work_px_per_cell: int = field(default=4, metadata={
         "help": "Working resolution of the per-pixel cues, in pixels per grid cell."})
     motion_width: int = field(default=200, metadata={
-        "help": "Keyframes are halved while at least twice this wide before camera motion is estimated."})
+        "help": "Keyframes are halved while at least twice this wide to estimate camera motion."})
     camera_model: str = field(default="affine", metadata={
         "help": "Camera motion model between keyframes: affine, similarity, homography or none."})
     orb_features: int = field(default=200, metadata={
         "help": "ORB features per keyframe for the camera motion estimate."})
     min_motion: float = field(default=10.0, metadata={
-        "help": "Residual colour difference (CIE Lab delta E) below which no object motion counts as measured."})
+        "help": "Residual colour difference (CIE Lab delta E) below which no object motion is "
+                "measured."})
     prior_motion_weight: float = field(default=0.5, metadata={
         "help": "Share of the motion map in the prior (the rest is border colour contrast)."})
     centre_weight: float = field(default=0.3, metadata={
@@ -264,16 +276,17 @@ class BuiltinGrounderConfig:
     centre_sigma: float = field(default=0.35, metadata={
         "help": "Width of the centre bias as a fraction of the image size."})
     prior_floor: float = field(default=0.2, metadata={
-        "help": "Lowest weight the prior gives a pixel, so that a cue word can win where the prior is weak."})
+        "help": "Lowest weight the prior gives a pixel, so a cue word can win where the prior is weak."})
     cue_floor: float = field(default=0.1, metadata={
         "help": "Lowest weight a cue word gives a pixel or candidate region that does not match it."})
     region_threshold: float = field(default=0.3, metadata={
-        "help": "Candidate regions for position and size words: map above this fraction of its frame's range."})
+        "help": "Candidate regions for position and size words: the map above this fraction of "
+                "its frame's range."})
     point_threshold: float = field(default=0.8, metadata={
         "help": "Map cells at or above this value become point prompts."})
     max_points: int = field(default=8, metadata={"help": "Most point prompts per grounding."})
     point_min_separation: int = field(default=1, metadata={
-        "help": "A point within this many cells of a better one on its keyframe is dropped (0 keeps all)."})
+        "help": "A point within this many cells of a better one on its keyframe is dropped (0: none)."})
 
     def validate(self) -> None:
         if self.cell_px < 1:
@@ -283,7 +296,8 @@ class BuiltinGrounderConfig:
         if self.motion_width < 32:
             raise ValueError(f"motion_width must be >= 32, got {self.motion_width}")
         if self.camera_model not in ("homography", "affine", "similarity", "none"):
-            raise ValueError(f"camera_model must be homography, affine, similarity or none, got {self.camera_model!r}")
+            raise ValueError("camera_model must be homography, affine, similarity or none, "
+                             f"got {self.camera_model!r}")
         if self.orb_features < 10:
             raise ValueError(f"orb_features must be >= 10, got {self.orb_features}")
         if self.min_motion <= 0:
@@ -421,7 +435,8 @@ class BuiltinGrounder(Grounder):
             H, inliers = cv2.findHomography(src, dst, cv2.RANSAC, 2.0)
             if H is not None and inliers is not None and inliers.sum() >= 12 and _plausible(H, w, h):
                 return H
-        estimate = cv2.estimateAffinePartial2D if self.config.camera_model == "similarity" else cv2.estimateAffine2D
+        similarity = self.config.camera_model == "similarity"
+        estimate = cv2.estimateAffinePartial2D if similarity else cv2.estimateAffine2D
         A, inliers = estimate(src, dst, method=cv2.RANSAC, ransacReprojThreshold=2.0)
         if A is not None and inliers is not None and inliers.sum() >= 6:
             H = np.vstack([A, [0, 0, 1]])
@@ -441,7 +456,9 @@ class BuiltinGrounder(Grounder):
         homographies: list[np.ndarray] = [np.eye(3)] * (k - 1)
         failed = 0
         if self.config.camera_model != "none":
-            orb = cv2.ORB_create(nfeatures=self.config.orb_features, edgeThreshold=15, patchSize=15, nlevels=3)
+            # Small patches and few levels: the images are only about 200 px wide.
+            orb = cv2.ORB_create(nfeatures=self.config.orb_features, edgeThreshold=15, patchSize=15,
+                                 nlevels=3)
             feats = [orb.detectAndCompute(cv2.cvtColor(m, cv2.COLOR_RGB2GRAY), None) for m in motion_images]
             homographies = []
             for i in range(k - 1):
@@ -493,7 +510,8 @@ class BuiltinGrounder(Grounder):
         note = (f"camera motion estimated on {k - 1 - failed}/{k - 1} keyframe pairs"
                 if self.config.camera_model != "none" else "camera motion not compensated")
         if level < self.config.min_motion:
-            return None, note + f"; no object motion measured (residual {level:.1f} < {self.config.min_motion:g})"
+            return None, (note + f"; no object motion measured (residual {level:.1f} < "
+                          f"{self.config.min_motion:g})")
         energy = np.stack(energies).astype(np.float32)
         scale = float(np.percentile(energy[np.stack(valids)], 99.5))
         motion = np.clip(energy / max(scale, 1e-6), 0.0, 1.0)
@@ -560,6 +578,15 @@ class BuiltinGrounder(Grounder):
             return np.zeros_like(pooled, dtype=np.float32)
         return ((pooled - lo) / (hi - lo)).astype(np.float32)
 
+    @staticmethod
+    def _saliency(lab: np.ndarray) -> np.ndarray:
+        # At half the working resolution: border contrast is the costliest per-pixel cue, and
+        # it is smoothed anyway.
+        h, w = lab.shape[:2]
+        small = cv2.resize(lab, (max(8, w // 2), max(8, h // 2)), interpolation=cv2.INTER_AREA)
+        contrast = cv2.GaussianBlur(border_contrast(small), (3, 3), 0)
+        return cv2.resize(contrast, (w, h), interpolation=cv2.INTER_LINEAR)
+
     def ground(self, keyframes: Sequence[Frame], command: str) -> GroundingResult:
         cfg = self.config
         t_start = time.perf_counter()
@@ -568,6 +595,10 @@ class BuiltinGrounder(Grounder):
         keyframes = list(keyframes)
         if not keyframes:
             raise GroundingError("no keyframes to ground on")
+        for f in keyframes:
+            if f.image.ndim != 3 or f.image.shape[2] != 3 or f.image.dtype != np.uint8 or 0 in f.image.shape:
+                raise GroundingError(f"keyframe {f.seq}: expected a non-empty HxWx3 uint8 image, "
+                                     f"got {f.image.dtype} {f.image.shape}")
         sizes = {(f.width, f.height) for f in keyframes}
         if len(sizes) > 1:
             raise GroundingError(f"keyframes differ in size: {sorted(sizes)}")
@@ -590,13 +621,7 @@ class BuiltinGrounder(Grounder):
         labs = [cv2.cvtColor(x, cv2.COLOR_RGB2Lab) for x in rgb]
         t = lap("prepare", t)
 
-        # Border contrast at half the working resolution: it is the costliest per-pixel cue and
-        # is smoothed anyway.
-        sal_w, sal_h = max(8, work_w // 2), max(8, work_h // 2)
-        saliency = np.stack([
-            cv2.resize(cv2.GaussianBlur(border_contrast(cv2.resize(lab, (sal_w, sal_h), interpolation=cv2.INTER_AREA)),
-                                        (3, 3), 0), (work_w, work_h), interpolation=cv2.INTER_LINEAR)
-            for lab in labs])
+        saliency = np.stack([self._saliency(lab) for lab in labs])
         centre = (1 - cfg.centre_weight) + cfg.centre_weight * centre_bias(work_h, work_w, cfg.centre_sigma)
         t = lap("prior", t)
 
@@ -634,20 +659,19 @@ class BuiltinGrounder(Grounder):
         result = GroundingResult(
             command=command, backend=self.name, keyframes=keyframes, maps=maps, points=points,
             frame_maps=frame_maps, video_maps=video_maps, class_word=parsed.class_word,
-            attributes=self._used_words(parsed, colour, motion_cue),
+            attributes=self._used_words(parsed, motion_cue),
             generated_text=self._describe(parsed, motion, motion_cue, motion_note), timings=timings)
         result.validate()
         return result
 
     @staticmethod
-    def _used_words(parsed: ParsedCommand, colour, motion_cue) -> list[str]:
-        used = []
-        for w in parsed.cue_words:
-            is_motion = w in MOTION_WORDS or w in FAST_WORDS or w in STATIC_WORDS
-            if is_motion and motion_cue is None:
-                continue
-            used.append(w)
-        return used
+    def _used_words(parsed: ParsedCommand, motion_cue) -> list[str]:
+        # Motion words count only where motion was measured; every other cue word is always used.
+        if motion_cue is not None:
+            return list(parsed.cue_words)
+        last = [w.split()[-1] for w in parsed.cue_words]
+        return [w for w, x in zip(parsed.cue_words, last)
+                if not (x in MOTION_WORDS or x in FAST_WORDS or x in STATIC_WORDS)]
 
     @staticmethod
     def _describe(parsed: ParsedCommand, motion, motion_cue, motion_note: str) -> str:
@@ -659,8 +683,10 @@ class BuiltinGrounder(Grounder):
         if parsed.sizes:
             cues.append("size " + "+".join(parsed.sizes))
         if parsed.motion:
-            cues.append(f"motion {parsed.motion}" + ("" if motion_cue is not None else " (ignored: no motion measured)"))
-        prior = "border colour contrast" + (" + object motion" if motion is not None else "") + " + centre bias"
+            ignored = "" if motion_cue is not None else " (ignored: no motion measured)"
+            cues.append(f"motion {parsed.motion}{ignored}")
+        prior = "border colour contrast" + (" + object motion" if motion is not None else "")
+        prior += " + centre bias"
         return (f"built-in fallback grounder (no language model): target '{parsed.class_word}'; "
                 f"cues: {', '.join(cues) if cues else 'none understood, prior alone'}; "
                 f"prior: {prior}; {motion_note}")
