@@ -8,7 +8,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-CORE = ["buffer", "pipeline", "prompts", "tracklets", "metrics", "render", "backends",
+CORE = ["buffer", "pipeline", "prompts", "tracklets", "metrics", "render", "backends", "grounding.builtin",
         "grounding", "tracking"]
 
 
