@@ -103,6 +103,7 @@ def test_every_parameter_is_declared_with_its_help_text(make_node):
     ("image_qos", "fast", "image_qos"),
     ("overlay_alpha", -0.1, "overlay_alpha"),
     ("markers.focal_length_px", 0.0, "markers"),
+    ("grounder.point_threshold", 1.5, "point_threshold"),
 ])
 def test_invalid_changes_are_refused_with_a_reason(make_node, name, value, reason):
     node = make_node()
