@@ -364,10 +364,11 @@ class SteerSegNode(LifecycleNode):
                 table = backends.GROUNDERS if kind == "grounder" else backends.TRACKERS
                 if name not in table:
                     raise ValueError(f"unknown {kind} backend {name!r}; choose one of {sorted(table)}")
-                fields = {s.path for s in backend_specs(kind, name)}
-                known = {path: v for path, v in changes.items() if path in fields}
-                if known or (("backend",) in {k for k in by_section[kind]}):
-                    options = self._backend_options(kind, name, known)
+                if changes:
+                    # A new backend name alone is checked at configure, where a backend that
+                    # cannot load is reported (or replaced by the built-in one); its options are
+                    # checked here against its config's validate().
+                    options = self._backend_options(kind, name, changes)
                     backends.make_config(kind, name, options)
         except Exception as e:
             return SetParametersResult(successful=False, reason=str(e))
