@@ -20,6 +20,8 @@ from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.signals import SignalHandlerOptions  # noqa: E402
 
+from ros_processes import wait_until  # noqa: E402
+
 from steerseg_ros import backends  # noqa: E402
 from steerseg_ros.grounding.base import ModelUnavailableError  # noqa: E402
 from steerseg_ros.ros.node import PUBLICATIONS, SteerSegNode, default_specs  # noqa: E402
@@ -126,7 +128,6 @@ def test_pipeline_settings_change_on_the_fly(make_node):
     results = node.set_parameters([Parameter("pipeline.lost_timeout_s", value=3.5),
                                    Parameter("pipeline.keyframes.window_s", value=1.5)])
     assert all(r.successful for r in results)
-    from ros_processes import wait_until
 
     assert wait_until(lambda: node.pipeline.config.lost_timeout_s == 3.5, 5.0)
     assert node.pipeline.config.keyframes.window_s == 1.5
@@ -148,16 +149,19 @@ def test_a_backend_that_fails_to_load_leaves_the_node_unconfigured_saying_why(ma
 
 def test_publishers_exist_only_while_active_and_the_lifecycle_repeats(make_node):
     node = make_node(**{"stats_period_s": 0.0})
+    topics = {f"/{t}" for t in PUBLICATIONS}
 
     def published():
         return {name for name, _ in node.get_publisher_names_and_types_by_node(node.get_name(), node.get_namespace())}
 
-    assert not {f"/{t}" for t in PUBLICATIONS} & published()
+    # The ROS graph learns about entities through discovery, even this node's own (and forgets
+    # those of the previous test's node the same way): poll it.
+    assert wait_until(lambda: not topics & published(), 5.0), published()
     for _ in range(2):
         assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
         assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
-        assert {f"/{t}" for t in PUBLICATIONS} <= published()
+        assert wait_until(lambda: topics <= published(), 5.0), published()
         assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
-        assert not {f"/{t}" for t in PUBLICATIONS} & published()
+        assert wait_until(lambda: not topics & published(), 5.0), published()
         assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
         assert node.pipeline is None
