@@ -118,18 +118,23 @@ class TrackView:
 
     @property
     def area(self) -> int:
-        return mask_geometry(self.mask)[0]
+        return self.geometry()[0]
 
     def bbox(self) -> tuple[int, int, int, int]:
         """(x, y, width, height) of the mask; zeros when empty."""
-        return mask_geometry(self.mask)[1]
+        return self.geometry()[1]
 
     def centroid(self) -> tuple[float, float]:
-        return mask_geometry(self.mask)[2]
+        return self.geometry()[2]
 
     def geometry(self) -> tuple[int, tuple[int, int, int, int], tuple[float, float]]:
-        """(area, bbox, centroid) in one pass (render.mask_geometry)."""
-        return mask_geometry(self.mask)
+        """(area, bbox, centroid) in one pass (render.mask_geometry), computed once per view:
+        the track message and the markers both need it on every frame."""
+        cached = self.__dict__.get("_geometry")
+        if cached is None or cached[0] is not self.mask:
+            cached = (self.mask, mask_geometry(self.mask))
+            self.__dict__["_geometry"] = cached
+        return cached[1]
 
 
 @dataclass
