@@ -169,6 +169,15 @@ class Recorder:
                 return {}
             return {kv.key: kv.value for kv in self.diagnostics[-1].values}
 
+    def node_error(self) -> str:
+        """The node's error on /diagnostics (e.g. a backend that failed to load), or ""."""
+        from diagnostic_msgs.msg import DiagnosticStatus
+
+        with self.lock:
+            if self.diagnostics and self.diagnostics[-1].level == DiagnosticStatus.ERROR:
+                return self.diagnostics[-1].message
+        return ""
+
     def publisher(self, msg_type, topic: str, reliable: bool = True):
         from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 

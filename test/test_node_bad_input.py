@@ -60,8 +60,9 @@ class Session:
 def session(tmp_path_factory):
     s = Session(tmp_path_factory.mktemp("bad_input"))
     try:
-        active = rp.wait_until(lambda: s.recorder.counters().get("lifecycle") == "active", 60.0)
-        assert active, f"the node did not come up active:\n{s.node.text()[-3000:]}"
+        rp.wait_until(lambda: s.recorder.counters().get("lifecycle") == "active" or s.recorder.node_error(), 60.0)
+        assert s.recorder.counters().get("lifecycle") == "active", \
+            f"the node did not come up active: {s.recorder.node_error()}\n{s.node.text()[-3000:]}"
         assert rp.wait_until(lambda: s.images.get_subscription_count() > 0
                              and s.commands.get_subscription_count() > 0, WAIT_S)
         assert s.send_good(), f"no mask for a good frame:\n{s.node.text()[-3000:]}"
