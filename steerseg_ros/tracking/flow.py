@@ -93,6 +93,10 @@ class FlowTrackerConfig:
         "help": "Weight of the motion-layer evidence (pixels moving like the background are not the "
                 "object); 0 turns it off. Below 1 because flow errors are correlated between neighbouring "
                 "pixels, so the per-pixel Gaussian model overstates the evidence."})
+    confidence_recovery_s: float = field(default=3.0, metadata={
+        "help": "After its evidence fails, an object's confidence climbs back by at most 1 per this many "
+                "seconds: 3 s keeps a track below 0.5 for 1.5 s after a total failure (a cut, a full "
+                "occlusion), past the pipeline's default 1 s lost timeout, while a brief dip recovers."})
     flow_cache_pairs: int = field(default=16, metadata={
         "help": "Frame pairs whose flow is kept, so an object catching up through buffered frames reuses "
                 "what the live objects computed (about 0.6 MB per pair at 432x243)."})
@@ -109,7 +113,7 @@ class FlowTrackerConfig:
             raise ValueError(f"work_width must be >= 32, got {self.work_width}")
         if self.flow_preset not in _DIS_PRESETS:
             raise ValueError(f"flow_preset must be one of {sorted(_DIS_PRESETS)}, got {self.flow_preset!r}")
-        for name in ("consistency_relative", "consistency_absolute", "band_fraction"):
+        for name in ("consistency_relative", "consistency_absolute", "band_fraction", "confidence_recovery_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         for name in ("edge_sigma_px", "colour_weight", "layer_weight"):
@@ -240,10 +244,11 @@ class FlowTracker(Tracker):
         map_y = backward[..., 1] + np.arange(h, dtype=np.float32)[:, None]
         # Following the backward flow and then the forward flow should come back to the start.
         forward_there = cv2.remap(forward, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        error2 = ((backward + forward_there) ** 2).sum(axis=2)
-        allowed2 = (self.config.consistency_relative
-                    * ((backward ** 2).sum(axis=2) + (forward_there ** 2).sum(axis=2))
-                    + self.config.consistency_absolute)
+        bx, by = cv2.split(backward)
+        fx, fy = cv2.split(forward_there)
+        error2 = (bx + fx) ** 2 + (by + fy) ** 2
+        allowed2 = self.config.consistency_relative * (bx * bx + by * by + fx * fx + fy * fy) \
+            + self.config.consistency_absolute
         trust = np.exp2(-error2 / allowed2)
         # A pixel whose origin lies outside the previous frame came into view: no motion evidence.
         trust[(map_x < 0) | (map_x > w - 1) | (map_y < 0) | (map_y > h - 1)] = 0
@@ -313,10 +318,10 @@ class FlowTracker(Tracker):
         mask = np.zeros((h, w), np.uint8)
         mask[roi] = new
         area = float(np.count_nonzero(new))
-        score = self._confidence(state, new, core, trust, colour, area)
         full = _full_mask(log_odds, new, (y0, y1, x0, x1), (h, w), cur.shape)
+        fg, bg = self._histograms(cur, mask) if area > 0 else (None, None)
+        score = self._confidence(state, core, trust, area, fg, frame.stamp_ns)
         if area > 0:
-            fg, bg = self._histograms(cur, mask)
             a, b = cfg.object_colour_update, cfg.background_colour_update
             state.fg_hist = (1 - a) * state.fg_hist + a * fg
             state.bg_hist = (1 - b) * state.bg_hist + b * bg
@@ -341,22 +346,29 @@ class FlowTracker(Tracker):
         grow = motion + band + 2
         return max(0, y0 - grow), min(h, y1 + grow), max(0, x0 - grow), min(w, x1 + grow)
 
-    def _confidence(self, state: FlowObjectState, new: np.ndarray, core: np.ndarray, trust: np.ndarray,
-                    colour: np.ndarray, area: float) -> float:
-        """Confidence in [0, 1], the geometric mean of three terms from the step's own evidence:
-        motion: the share of the carried-forward object whose flow passed the consistency check;
-        colour: how much more object-like the mask's colours are than its surroundings';
-        area: 1 for a steady area, 1/2 when it halves or doubles in one frame."""
+    def _confidence(self, state: FlowObjectState, core: np.ndarray, trust: np.ndarray, area: float,
+                    fg: Optional[np.ndarray], stamp_ns: int) -> float:
+        """Confidence in [0, 1] from the step's own evidence, as low as the weakest of
+        motion: the share of the carried-forward object whose flow passed the consistency check
+            (near 0 across a cut, low where the object is being occluded);
+        appearance: the Bhattacharyya coefficient between the mask's colours and the object's
+            colour model (coarsened to at most 8 bins per channel, so sampling noise stays small);
+        area: 1 for a steady area, 1/2 when it halves or doubles in one frame.
+        (How distinct the object's colours are from its surroundings is left out: it says how
+        hard the object is to segment, not whether it is there.)
+        The result may fall at once but rises by at most dt / confidence_recovery_s: after a
+        failure the tracker has to earn its confidence back over time."""
         if area <= 0 or not core.any():
             return 0.0
         motion = float(trust[core > 0].mean())
-        inside = float(colour[new > 0].mean())
-        ring = cv2.dilate(new, np.ones((7, 7), np.uint8)) & (1 - new)
-        outside = float(colour[ring > 0].mean()) if ring.any() else 0.5
-        colour_term = float(np.clip(2 * (inside - outside), 0.0, 1.0))
+        k = self.config.colour_bins
+        coarse = min(k, 8)
+        appearance = float(np.sqrt(_coarsen(fg, k, coarse) * _coarsen(state.fg_hist, k, coarse)).sum())
         change = abs(np.log(area / max(state.area, 1.0)))
         area_term = float(np.exp2(-(change / np.log(2)) ** 2))
-        return float(np.clip((motion * colour_term * area_term) ** (1 / 3), 0.0, 1.0))
+        now = float(np.clip(min(motion, appearance, area_term), 0.0, 1.0))
+        dt = max(0.0, (stamp_ns - state.prev.stamp_ns) * 1e-9)
+        return min(now, state.result.score + dt / self.config.confidence_recovery_s)
 
     def _set_lost(self, state: FlowObjectState, cur: _Prepared) -> ObjectMask:
         state.mask = np.zeros(cur.grey.shape, np.uint8)
@@ -492,6 +504,12 @@ def _colour_bins(lab: np.ndarray, bins: int) -> np.ndarray:
     return (q[..., 0] * bins + q[..., 1]) * bins + q[..., 2]
 
 
+def _coarsen(hist: np.ndarray, bins: int, coarse: int) -> np.ndarray:
+    """A joint histogram with `bins` levels per channel summed down to `coarse` levels."""
+    k = bins // coarse
+    return hist.reshape(coarse, k, coarse, k, coarse, k).sum(axis=(1, 3, 5)).reshape(-1)
+
+
 def _band(config: FlowTrackerConfig, area: float) -> int:
     """How far (working pixels) an object of this area may grow in one frame."""
     return max(2, int(round(config.band_fraction * np.sqrt(max(area, 1.0)))))
@@ -540,7 +558,8 @@ def _background_layer_log_odds(flow: _FlowPair, origin: tuple[int, int], map_x: 
     oy, ox = origin
     rh, rw = warped.shape
     ys, xs = np.mgrid[0:rh, 0:rw].astype(np.float32)
-    d = np.stack([map_x - (xs + ox), map_y - (ys + oy)], axis=-1)
+    dx = map_x - (xs + ox)
+    dy = map_y - (ys + oy)
     good = trust > 0.5
     fg = good & (warped > 0.9)
     bg = good & (warped < 0.1)
@@ -551,11 +570,12 @@ def _background_layer_log_odds(flow: _FlowPair, origin: tuple[int, int], map_x: 
     sub = np.zeros_like(good)
     sub[::step, ::step] = True
     fs, bs = fg & sub, bg & sub
-    coef_f = _fit_affine(xs[fs], ys[fs], d[fs])
-    coef_b = _fit_affine(xs[bs], ys[bs], d[bs])
-    grid = np.stack([xs, ys, np.ones_like(xs)], axis=-1)
-    r_f = ((grid @ coef_f - d) ** 2).sum(-1)
-    r_b = ((grid @ coef_b - d) ** 2).sum(-1)
+
+    def residual2(sel):
+        c = _fit_affine(xs[sel], ys[sel], np.stack([dx[sel], dy[sel]], axis=1))
+        return (dx - (c[0, 0] * xs + c[1, 0] * ys + c[2, 0])) ** 2 + (dy - (c[0, 1] * xs + c[1, 1] * ys + c[2, 1])) ** 2
+
+    r_f, r_b = residual2(fs), residual2(bs)
     # The layers' own fit errors set the noise scale (for 2-D Gaussian errors the median squared
     # residual is 1.386 sigma^2), so noisy flow makes a weak cue by itself.
     var = max(0.25, 0.5 * (float(np.median(r_f[fs])) + float(np.median(r_b[bs]))) / 1.386)
