@@ -367,7 +367,7 @@ class FlowTracker(Tracker):
         change = abs(np.log(area / max(state.area, 1.0)))
         area_term = float(np.exp2(-(change / np.log(2)) ** 2))
         now = float(np.clip(min(motion, appearance, area_term), 0.0, 1.0))
-        dt = max(0.0, (stamp_ns - state.prev.stamp_ns) * 1e-9)
+        dt = abs(stamp_ns - state.prev.stamp_ns) * 1e-9  # propagation may run backwards in time
         return min(now, state.result.score + dt / self.config.confidence_recovery_s)
 
     def _set_lost(self, state: FlowObjectState, cur: _Prepared) -> ObjectMask:
@@ -407,10 +407,13 @@ class FlowTracker(Tracker):
         return FlowObjectState(frame.seq, ObjectMask(mask.copy(), 1.0), cur, small, fg, bg)
 
     def advance(self, state: ObjectState, frame: Frame) -> ObjectMask:
+        """Propagate a detached object to `frame`: the next buffered frame when catching up, or
+        any other frame, earlier or later (tracklets go from keyframe to keyframe, forward and
+        then backward); the flow is simply computed between the two frames."""
         if not isinstance(state, FlowObjectState):
             raise TrackerError(f"state of type {type(state).__name__} does not come from this tracker")
-        if frame.seq <= state.seq:
-            return state.result  # already there (or an older frame): nothing to propagate
+        if frame.seq == state.prev.seq and frame.stamp_ns == state.prev.stamp_ns:
+            return state.result
         return self._propagate(state, frame)
 
     def attach(self, obj_id: int, state: ObjectState) -> None:
@@ -423,8 +426,10 @@ class FlowTracker(Tracker):
 
     def step(self, frame: Frame) -> dict[int, ObjectMask]:
         # Every object steps from its own previous frame; live objects share it, so the flow
-        # of the pair is computed by the first and found in the cache by the others.
-        return {obj_id: self.advance(state, frame) for obj_id, state in self._objects.items()}
+        # of the pair is computed by the first and found in the cache by the others. A frame
+        # not newer than an object's last one (a repeated step) leaves it where it is.
+        return {obj_id: state.result if frame.seq <= state.prev.seq else self._propagate(state, frame)
+                for obj_id, state in self._objects.items()}
 
     @property
     def object_ids(self) -> list[int]:
@@ -475,6 +480,9 @@ class FlowTracker(Tracker):
             for x, y in neg:
                 cv2.circle(gc, (int(x - cx0), int(y - cy0)), point_r, cv2.GC_BGD, -1)
             crop = np.ascontiguousarray(bgr[cy0:cy1, cx0:cx1])
+            # GrabCut starts its colour models with k-means from OpenCV's random generator (one
+            # per thread); a fixed seed makes the same prompt give the same masks every time.
+            cv2.setRNGSeed(0)
             try:
                 cv2.grabCut(crop, gc, None, np.zeros((1, 65)), np.zeros((1, 65)), cfg.segment_iterations,
                             cv2.GC_INIT_WITH_MASK)
