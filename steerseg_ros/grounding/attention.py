@@ -92,11 +92,13 @@ def _visual_runs(visual_mask: torch.Tensor) -> list[list[tuple[int, int]]]:
 
 
 def _attention_block(queries: torch.Tensor, keys: torch.Tensor, row_weights: Optional[torch.Tensor],
-                     first_row: int, scaling: float, runs: Optional[list[list[tuple[int, int]]]]):
+                     first_row: int, future: torch.Tensor, runs: Optional[list[tuple[int, int]]]):
     """One row block of one layer's attention, reduced on the spot.
 
-    queries: (B, H, n, d) fp32, rows first_row..first_row+n-1; keys: (B, Hkv, j, d) fp32 with
-    j = first_row + n (later keys are causally masked for every row of the block).
+    queries: (B, H, n, d) fp32, already multiplied by the attention's scaling, rows
+    first_row..first_row+n-1; keys: (B, Hkv, j, d) fp32 with j = first_row + n (later keys are
+    causally masked for every row of the block); future: (n, n) fp32, -inf above the diagonal,
+    0 elsewhere: the causal mask of the block's diagonal square, the only one with future keys.
     Returns (row_weights @ A_h per head: (B, H, j) or None, sum over the block's rows of the max
     attention to visual keys per head: (B, H) or None).
     """
@@ -107,47 +109,45 @@ def _attention_block(queries: torch.Tensor, keys: torch.Tensor, row_weights: Opt
     # rows instead of repeating the keys.
     scores = torch.matmul(queries.reshape(batch, kv_heads, groups * rows, dim), keys.transpose(-1, -2))
     scores = scores.view(batch, heads, rows, keys_len)
-    causal = (torch.arange(keys_len, device=scores.device)[None, :]
-              > torch.arange(first_row, first_row + rows, device=scores.device)[:, None])
     if torch.is_grad_enabled() and scores.requires_grad:
-        scores = torch.softmax((scores * scaling).masked_fill(causal, float("-inf")), dim=-1)
+        scores = torch.cat([scores[..., :first_row], scores[..., first_row:] + future], dim=-1)
+        probs = torch.softmax(scores, dim=-1)
+        inverse_sums = None
     else:
-        # Same arithmetic as softmax, in place: one block-sized buffer instead of three.
-        scores.mul_(scaling).masked_fill_(causal, float("-inf"))
-        scores.sub_(scores.amax(dim=-1, keepdim=True)).exp_()
-        scores.div_(scores.sum(dim=-1, keepdim=True))
-    probs = scores
+        # Softmax in place, its division deferred to the (B, H, n) reductions below: one
+        # block-sized buffer and two passes fewer over it.
+        scores[..., first_row:] += future
+        probs = scores.sub_(scores.amax(dim=-1, keepdim=True)).exp_()
+        inverse_sums = probs.sum(dim=-1).reciprocal_()
 
     visual_max_sum = None
     if runs is not None:
         # Max over visual keys, one contiguous run at a time: slices are views, so no copy of the
         # block is made. Masked (future) keys hold probability 0, as in the full matrix.
-        per_item = []
-        for item in range(batch if len(runs) > 1 else 1):
-            item_probs = probs[item:item + 1] if len(runs) > 1 else probs
-            best = None
-            for start, end in runs[item]:
-                if start >= keys_len:
-                    continue
-                run_max = item_probs[..., start:min(end, keys_len)].amax(dim=-1)
-                best = run_max if best is None else torch.maximum(best, run_max)
-            if best is None:  # no visual key before the block's last row: all zeros
-                best = item_probs.new_zeros(item_probs.shape[:-1])
-            per_item.append(best)
-        visual_max_sum = torch.cat(per_item, dim=0).sum(dim=-1)
+        visual_max = probs.new_zeros(probs.shape[:-1])
+        for start, end in runs:
+            if start < keys_len:
+                visual_max = torch.maximum(visual_max, probs[..., start:min(end, keys_len)].amax(dim=-1))
+        if inverse_sums is not None:
+            visual_max = visual_max * inverse_sums
+        visual_max_sum = visual_max.sum(dim=-1)
 
     weighted = None
     if row_weights is not None:
-        weighted = torch.matmul(row_weights[:, None, None, :], probs).squeeze(-2)
+        row_weights = row_weights[:, None, :].expand(batch, heads, rows)
+        if inverse_sums is not None:
+            row_weights = row_weights * inverse_sums
+        weighted = torch.matmul(row_weights[:, :, None, :], probs).squeeze(-2)
     return weighted, visual_max_sum
 
 
 def _layer_row(queries: torch.Tensor, keys: torch.Tensor, row: torch.Tensor, scaling: float,
-               config: RolloutConfig, runs: Optional[list[list[tuple[int, int]]]],
+               config: RolloutConfig, runs: Optional[list[tuple[int, int]]],
                row_support: Optional[int] = None) -> torch.Tensor:
-    """row @ A'_l for one layer, from its queries (B, H, L, d) and keys (B, Hkv, L, d).
+    """row @ A'_l for one layer and one batch item, from its queries (1, H, L, d) and keys
+    (1, Hkv, L, d); runs: the item's visual runs for V-Max, None for head means.
 
-    row: (B, L) fp32. row_support: when only row[:, row_support:] is non-zero (the first step of
+    row: (1, L) fp32. row_support: when only row[:, row_support:] is non-zero (the first step of
     the chain, e_last), blocks above it are visited only for the V-Max statistics.
     """
     batch, heads, length, _ = queries.shape
@@ -158,11 +158,12 @@ def _layer_row(queries: torch.Tensor, keys: torch.Tensor, row: torch.Tensor, sca
     if row_support is not None and runs is None:
         first = row_support  # head means need no other rows
     differentiable = torch.is_grad_enabled() and (queries.requires_grad or keys.requires_grad or row.requires_grad)
+    future = torch.full((config.block_rows, config.block_rows), float("-inf"), device=queries.device).triu(1)
     for start in range(first, length, config.block_rows):
         end = min(start + config.block_rows, length)
         needs_row = row_support is None or end > row_support
-        args = (queries[:, :, start:end].float(), keys[:, :, :end], row[:, start:end] if needs_row else None,
-                start, scaling, runs)
+        args = (queries[:, :, start:end].float() * scaling, keys[:, :, :end], row[:, start:end] if needs_row else None,
+                start, future[:end - start, :end - start], runs)
         if differentiable:
             # Recompute the block in backward instead of keeping every block's probabilities.
             weighted, block_max = checkpoint(_attention_block, *args, use_reentrant=False)
@@ -189,6 +190,7 @@ class _CapturedLayer:
         self.index = index
         self.delegate = delegate
         self.original_config = original_config
+        self.recorded = False
         self.queries: Optional[torch.Tensor] = None
         self.keys: Optional[torch.Tensor] = None
         self.scaling: float = 1.0
@@ -311,12 +313,13 @@ class AttentionRollout:
                 attention.config = layer.original_config
 
     def _record(self, layer: _CapturedLayer, module, query, key, attention_mask, kwargs) -> None:
-        if layer.queries is not None or self._row is not None:
+        if layer.recorded or self._row is not None:
             return  # a later forward in the block (decoding): not captured
         batch, _, length, _ = query.shape
         if key.shape[2] != length:
             raise RuntimeError(f"attention capture expects the prefill (queries and keys over the same positions); "
-                               f"layer {layer.index} got {length} queries for {key.shape[2]} keys")
+                               f"layer {layer.index} got {length} queries for {key.shape[2]} keys: a decoding step, "
+                               "a cached prefix or a static cache (use the default dynamic cache)")
         if (batch, length) != tuple(self._visual_mask.shape):
             raise ValueError(f"visual_mask has shape {tuple(self._visual_mask.shape)} but the captured forward "
                              f"has batch {batch} and length {length}")
@@ -328,6 +331,10 @@ class AttentionRollout:
             self._checked_mask = True
         scaling = kwargs.get("scaling")
         layer.scaling = float(scaling if scaling is not None else getattr(module, "scaling", query.shape[-1] ** -0.5))
+        self._keep(layer, query, key)
+        layer.recorded = True
+
+    def _keep(self, layer: _CapturedLayer, query: torch.Tensor, key: torch.Tensor) -> None:
         # References, not copies: kept in the model's dtype and, under autograd, in its graph.
         layer.queries = query
         layer.keys = key
@@ -336,20 +343,21 @@ class AttentionRollout:
         """(B, L) float32: the rollout's row for the last position over all positions."""
         if self._row is not None:
             return self._row
-        if not self._captured or any(layer.queries is None for layer in self._captured):
+        if not self._captured or not all(layer.recorded for layer in self._captured):
             raise RuntimeError("no prefill forward was captured: run the model inside `capture()` first")
         first = self._captured[0].queries
         batch, _, length, _ = first.shape
-        runs = None
-        if self.config.head_weighting == "vmax":
-            runs = _visual_runs(self._visual_mask)
-            if all(item == runs[0] for item in runs):
-                runs = runs[:1]  # one layout for the whole batch: reduce all items at once
+        vmax = self.config.head_weighting == "vmax"
+        runs = _visual_runs(self._visual_mask) if vmax else [None] * batch
         row = torch.zeros(batch, length, dtype=torch.float32, device=first.device)
         row[:, -1] = 1.0
         support: Optional[int] = length - 1
         for layer in reversed(self._captured):
-            row = _layer_row(layer.queries, layer.keys, row, layer.scaling, self.config, runs, row_support=support)
+            # One batch item at a time, so the row block's size does not grow with the batch.
+            row = torch.cat([
+                _layer_row(layer.queries[item:item + 1], layer.keys[item:item + 1], row[item:item + 1],
+                           layer.scaling, self.config, runs[item], row_support=support)
+                for item in range(batch)])
             support = None
             # Each layer is needed once: let its queries and keys go as soon as it is used.
             layer.queries = layer.keys = None
