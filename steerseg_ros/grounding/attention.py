@@ -7,8 +7,10 @@ from them (METHOD.md section 1: V-Max head weighting, A' = 0.5 A + 0.5 I, R = A'
 Only the last row r = e_last^T A'_L A'_{L-1} ... A'_{l_s} is needed, so the rollout runs
 backwards over the layers as a chain of vector-matrix products. Each layer's attention exists
 only as row blocks of `block_rows` queries (fp32, causal keys only); the same pass gathers each
-head's v A_h and the V-Max statistics. Peak extra memory is the stored queries and keys plus one
-row block, instead of one (H, L, L) fp32 tensor per layer. All of it is plain torch under
+head's v A_h and the V-Max statistics. Peak extra memory is the stored queries and keys of the
+captured layers (in the model's dtype) plus one row block of one batch item, instead of
+(H, L, L) fp32 tensors per layer; the stored queries are the floor, since the chain reaches
+layer l_s only after the forward has passed every later layer. All of it is plain torch under
 autograd, so a loss on the row can be backpropagated to the input embeddings (soft prompts).
 
 Also owns `reference_rollout`, the same formulas on full attention matrices in float64, which
