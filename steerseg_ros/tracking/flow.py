@@ -549,13 +549,17 @@ def _fit_affine(xs: np.ndarray, ys: np.ndarray, d: np.ndarray) -> np.ndarray:
     """Least-squares affine motion d = [x, y, 1] @ coef (3x2), refitted once without the worst
     fifth of the points (a cheap guard against outliers; OpenCV's estimateAffine2D fits point
     correspondences with RANSAC, which is more than a dense, mostly clean field needs)."""
-    a = np.stack([xs, ys, np.ones_like(xs)], axis=1)
-    coef = np.linalg.lstsq(a, d, rcond=None)[0]
+    a = np.stack([xs, ys, np.ones_like(xs)], axis=1).astype(np.float64)
+    d = d.astype(np.float64)
+
+    def solve(rows):
+        # The 3x3 normal equations, with a touch of ridge for degenerate (collinear) samples.
+        return np.linalg.solve(a[rows].T @ a[rows] + 1e-6 * np.eye(3), a[rows].T @ d[rows])
+
+    coef = solve(slice(None))
     r = ((a @ coef - d) ** 2).sum(1)
     keep = r <= np.quantile(r, 0.8)
-    if keep.sum() >= 6:
-        coef = np.linalg.lstsq(a[keep], d[keep], rcond=None)[0]
-    return coef
+    return solve(keep) if np.count_nonzero(keep) >= 6 else coef
 
 
 def _background_layer_log_odds(flow: _FlowPair, origin: tuple[int, int], map_x: np.ndarray, map_y: np.ndarray,
