@@ -29,10 +29,10 @@ RATE = 10.0
 # keyframes) takes about a second on an idle 2-core machine, and the track it starts is caught
 # up to the live frame; at 5 fps most of the clip is then tracked.
 COMMAND_RATE = 5.0
-# Measured with the built-in backends over DDS (command: J&F 0.24-0.28, seed: 0.705, on a
-# loaded 2-core machine); each floor
-# sits well below the measured value so that a loaded CI machine does not fail it, and well above
-# what a broken node (no masks, masks on the wrong frames, a lost track) scores.
+# Measured with the built-in backends over DDS (command: J&F 0.24-0.28, seed: 0.705, on a loaded
+# 2-core machine); each floor sits well below the measured value so that a loaded CI machine
+# does not fail it, and well above what a broken node (no masks, masks on the wrong frames, a
+# lost track) scores.
 FLOORS = {"command": 0.12, "seed": 0.45}
 COMMAND_SEQUENCE, COMMAND_FRAMES = "breakdance", 50
 SEED_SEQUENCE, SEED_FRAMES = "car-shadow", 30
