@@ -9,6 +9,7 @@ from setuptools import find_packages, setup
 TOOLS = {
     "steerseg-play": "steerseg_ros.tools.play:main",
     "steerseg-demo": "steerseg_ros.tools.demo:main",
+    "steerseg-export": "steerseg_ros.tools.export:main",
 }
 
 setup(
