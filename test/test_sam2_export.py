@@ -26,6 +26,9 @@ from steerseg_ros.tracking.tiny_sam2 import save_random_sam2, tiny_config  # noq
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 
 
+pytestmark = pytest.mark.models
+
+
 @pytest.fixture(scope="module", autouse=True)
 def one_torch_thread():
     threads = torch.get_num_threads()

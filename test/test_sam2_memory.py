@@ -16,6 +16,9 @@ from steerseg_ros.buffer import Frame  # noqa: E402
 from steerseg_ros.tracking.tiny_sam2 import save_random_sam2, tiny_config  # noqa: E402
 
 
+pytestmark = pytest.mark.models
+
+
 @pytest.fixture(scope="module", autouse=True)
 def one_torch_thread():
     # 2 shared cores: one intra-op thread is several times faster there than two.

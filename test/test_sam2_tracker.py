@@ -24,6 +24,9 @@ from steerseg_ros.tracking.sam2 import Sam2Tracker, Sam2TrackerConfig  # noqa: E
 from steerseg_ros.tracking.tiny_sam2 import random_sam2, save_random_sam2, tiny_config  # noqa: E402
 
 
+pytestmark = pytest.mark.models
+
+
 @pytest.fixture(scope="module", autouse=True)
 def one_torch_thread():
     # The CI machine has 2 cores shared with other processes; one intra-op thread is several
@@ -182,6 +185,16 @@ def test_detached_objects_follow_keyframes_forward_and_backward(checkpoint, dog)
     for f in renumbered[1:]:
         stream.advance(state, f)
     assert np.array_equal(state.result.mask, backward.result.mask)
+
+
+def test_dtype_is_a_config_field(checkpoint, dog):
+    frames, masks = dog
+    tracker = make(checkpoint, dtype="bfloat16", device="cpu")
+    assert next(tracker.model.parameters()).dtype == torch.bfloat16
+    tracker.attach(1, tracker.start(frames[0], mask=masks[0]))
+    out = tracker.step(frames[1])[1]
+    assert out.mask.shape == masks[1].shape and 0.0 <= out.score <= 1.0
+    assert tracker.segment(frames[1], np.array([[400.0, 200.0]]), np.array([1]))[0].mask.any()
 
 
 def test_bad_prompts_and_frames_are_clear_errors(checkpoint, dog):

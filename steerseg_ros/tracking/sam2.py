@@ -333,7 +333,8 @@ class Sam2Tracker(Tracker):
         mask = self._to_image(output.pred_masks[:, 0], (frame.height, frame.width))[0]
         if self.config.prune_memory:
             self._prune(session, index)
-        self.stats["object_steps"] += 1
+        with self._cache_lock:
+            self.stats["object_steps"] += 1
         return ObjectMask(mask, float(torch.sigmoid(torch.tensor(object_logit))) * iou)
 
     def _prune(self, session: Sam2VideoInferenceSession, index: int) -> None:
