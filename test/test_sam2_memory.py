@@ -105,3 +105,13 @@ def test_memory_stays_flat_over_2000_frames(checkpoint, davis_root):
     assert bytes_late == bytes_early
     # Unpruned, this stream would hold about 70 kB more per frame (over 100 MB by frame 2000).
     assert rss_late - rss_early < 20 * 2**20, f"resident memory grew {(rss_late - rss_early) / 2**20:.1f} MiB"
+
+
+def test_benchmark_measures_memory_growth():
+    from steerseg_ros.tools.bench_sam2 import bench_sam2
+
+    figures = bench_sam2("tiny", frames=2, objects=(1, 2), memory_frames=40, catch_up_frames=2, onnx=False,
+                         frame_size=(96, 128))
+    assert sorted(figures["step_ms"]) == [1, 2] and figures["catch_up_ms_per_frame"] > 0
+    assert figures["memory"]["pruned"]["tracker_bytes_per_1000_frames"] == 0
+    assert figures["memory"]["unpruned"]["tracker_bytes_per_1000_frames"] > 10 * 2**20

@@ -3,8 +3,8 @@
 
 Measures, on a randomly initialised model (random weights: the timings and memory are those of
 the real architecture, the masks are meaningless):
-- per-frame tracking time with 1, 2 and 4 live objects, the encoder's share of it, and the cost
-  of each object added after the first;
+- per-frame tracking time (median) with 1, 2 and 4 live objects, the encoder's share of it, and
+  the cost of each object added after the first;
 - tracker memory growth per 1,000 frames with pruning on and off (tensor bytes the tracker holds,
   and the process's resident memory);
 - catch-up time per buffered frame (a detached object advanced through frames not yet encoded);
@@ -65,6 +65,15 @@ def _model_folder(config: str, image_size: Optional[int], folder: Path) -> Path:
     return save_random_sam2(folder / config, model_config)
 
 
+def _median_ms(fn, reps: int) -> float:
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append(1000 * (time.perf_counter() - start))
+    return float(np.median(times))
+
+
 def _rss() -> int:
     import psutil
     return psutil.Process().memory_info().rss
@@ -107,30 +116,26 @@ def bench_sam2(config: str = "tiny", image_size: Optional[int] = None, frames: i
         video = synthetic_frames(frames + 3, height, width)
         masks = seed_masks(max(objects), height, width)
 
-        # Per-frame tracking time by number of live objects (encoder once per frame).
-        step_ms, encoder_ms = {}, []
+        # Per-frame tracking time by number of live objects (encoder once per frame). Medians:
+        # a shared machine's load spikes hit single frames.
+        step_ms, step_ms_mean = {}, {}
         for n in objects:
             t.reset()
             for k in range(n):
                 t.attach(k + 1, t.start(video[0], mask=masks[k]))
             for f in video[1:3]:
                 t.step(f)
-            elapsed = 0.0
+            times = []
             for f in video[3:]:
                 start = time.perf_counter()
                 t.step(f)
-                elapsed += time.perf_counter() - start
-            step_ms[n] = 1000 * elapsed / frames
+                times.append(1000 * (time.perf_counter() - start))
+            step_ms[n], step_ms_mean[n] = float(np.median(times)), float(np.mean(times))
         with torch.inference_mode():
             pixel_values = t._preprocess(video[0].image)
-            for _ in range(2):
-                t.encoder(pixel_values)
-            start = time.perf_counter()
-            for _ in range(max(3, frames // 3)):
-                t.encoder(pixel_values)
-            encoder_ms = 1000 * (time.perf_counter() - start) / max(3, frames // 3)
-        out["step_ms"] = step_ms
-        out["encoder_ms"] = encoder_ms
+            t.encoder(pixel_values)
+            out["encoder_ms"] = _median_ms(lambda: t.encoder(pixel_values), max(3, frames // 3))
+        out["step_ms"], out["step_ms_mean"] = step_ms, step_ms_mean
         counts = sorted(step_ms)
         if len(counts) > 1:
             out["added_object_ms"] = (step_ms[counts[-1]] - step_ms[counts[0]]) / (counts[-1] - counts[0])
@@ -164,10 +169,12 @@ def bench_sam2(config: str = "tiny", image_size: Optional[int] = None, frames: i
         # Catch-up: a detached object advanced through frames nobody has encoded yet.
         buffered = synthetic_frames(catch_up_frames + 1, height, width, start_seq=10_000)
         state = t.start(buffered[0], mask=masks[0])
-        start = time.perf_counter()
+        times = []
         for f in buffered[1:]:
+            start = time.perf_counter()
             t.advance(state, f)
-        out["catch_up_ms_per_frame"] = 1000 * (time.perf_counter() - start) / catch_up_frames
+            times.append(1000 * (time.perf_counter() - start))
+        out["catch_up_ms_per_frame"] = float(np.median(times))
 
         # ONNX encoder against torch.
         if onnx:
@@ -179,13 +186,8 @@ def bench_sam2(config: str = "tiny", image_size: Optional[int] = None, frames: i
             x = pixel_values.float().cpu()
             results, timing = {}, {}
             for name, run in runners.items():
-                for _ in range(2):
-                    results[name] = run(x)
-                reps = max(3, frames // 3)
-                start = time.perf_counter()
-                for _ in range(reps):
-                    run(x)
-                timing[name] = 1000 * (time.perf_counter() - start) / reps
+                results[name] = run(x)
+                timing[name] = _median_ms(lambda: run(x), max(3, frames // 3))
             out["onnx"] = {"export_s": export_s, "torch_ms": timing["torch"], "onnx_ms": timing["onnx"],
                            "max_abs_diff": max(float((a.float() - b.float()).abs().max())
                                                for a, b in zip(results["torch"], results["onnx"]))}

@@ -31,7 +31,9 @@ How SAM2 maps onto the `Tracker` interface:
 """
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 import threading
 from collections import Counter, OrderedDict
@@ -218,7 +220,6 @@ class Sam2Tracker(Tracker):
                            _raise_exceptions_for_missing_entries=False,
                            _raise_exceptions_for_connection_errors=False)
         if path:
-            import json
             with open(path) as f:
                 settings = json.load(f)
             mean, std = settings.get("image_mean", mean), settings.get("image_std", std)
@@ -242,6 +243,8 @@ class Sam2Tracker(Tracker):
         (bilinear antialiased resize of the uint8 image to S x S, rescale, ImageNet normalise),
         with torch's interpolate, the op its torchvision backend calls."""
         x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device).permute(2, 0, 1)[None]
+        if x.device.type != "cpu":
+            x = x.float()  # the antialiased uint8 kernel exists on the CPU only
         x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True,
                           align_corners=False)
         x = (x.float() / 255.0 - self.mean) / self.std
@@ -335,7 +338,8 @@ class Sam2Tracker(Tracker):
             self._prune(session, index)
         with self._cache_lock:
             self.stats["object_steps"] += 1
-        return ObjectMask(mask, float(torch.sigmoid(torch.tensor(object_logit))) * iou)
+        presence = 1.0 / (1.0 + math.exp(-max(min(object_logit, 50.0), -50.0)))
+        return ObjectMask(mask, presence * iou)
 
     def _prune(self, session: Sam2VideoInferenceSession, index: int) -> None:
         """Drop what no later step reads (see the module docstring). The next step, at index + 1,
