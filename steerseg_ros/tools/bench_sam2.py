@@ -74,6 +74,28 @@ def _median_ms(fn, reps: int) -> float:
     return float(np.median(times))
 
 
+def _object_step_parts(tracker, video: list[Frame]) -> dict:
+    """Where one object's step goes (the tracker holds one object seeded on video[0]): milliseconds
+    in SAM2's memory attention, mask decoder and memory encoder, over the timed frames."""
+    tracker.reset()
+    tracker.attach(1, tracker.start(video[0], mask=seed_masks(1, *video[0].image.shape[:2])[0]))
+    for f in video[1:3]:
+        tracker.step(f)
+    parts = {"memory_attention": 0.0, "mask_decoder": 0.0, "memory_encoder": 0.0}
+    started: dict[str, float] = {}
+    handles = []
+    for name in parts:
+        module = getattr(tracker.model, name)
+        handles.append(module.register_forward_pre_hook(lambda m, a, n=name: started.__setitem__(n, time.perf_counter())))
+        handles.append(module.register_forward_hook(
+            lambda m, a, o, n=name: parts.__setitem__(n, parts[n] + time.perf_counter() - started[n])))
+    for f in video[3:]:
+        tracker.step(f)
+    for h in handles:
+        h.remove()
+    return {name: 1000 * total / (len(video) - 3) for name, total in parts.items()}
+
+
 def _rss() -> int:
     import psutil
     return psutil.Process().memory_info().rss
@@ -136,6 +158,7 @@ def bench_sam2(config: str = "tiny", image_size: Optional[int] = None, frames: i
             t.encoder(pixel_values)
             out["encoder_ms"] = _median_ms(lambda: t.encoder(pixel_values), max(3, frames // 3))
         out["step_ms"], out["step_ms_mean"] = step_ms, step_ms_mean
+        out["object_step_parts_ms"] = _object_step_parts(t, video)
         counts = sorted(step_ms)
         if len(counts) > 1:
             out["added_object_ms"] = (step_ms[counts[-1]] - step_ms[counts[0]]) / (counts[-1] - counts[0])
