@@ -160,3 +160,35 @@ def test_token_budget_and_frame_grid():
         assert (fh // 28, fw // 28) == (2 * vh // 28, 2 * vw // 28)
     # DecAF's numbers: a 480p DAVIS frame pair is 14 x 26 = 364 tokens under a 400 budget.
     assert vi.video_size(480, 854, 28, 400) == (392, 728)
+
+
+def test_a_checkpoint_in_the_hub_layout_loads(tmp_path):
+    # Hub checkpoints keep the image processor in preprocessor_config.json (as the torchvision
+    # class), the video processor in video_preprocessor_config.json and the chat template in
+    # chat_template.json.
+    import json
+    import shutil
+
+    folder = shutil.copytree(checkpoint("qwen2_5_vl"), tmp_path / "hub")
+    saved = json.loads((folder / "processor_config.json").read_text())["image_processor"]
+    legacy = {"min_pixels": 3136, "max_pixels": 12845056, "patch_size": 14, "temporal_patch_size": 2,
+              "merge_size": 2, "image_mean": saved["image_mean"], "image_std": saved["image_std"],
+              "image_processor_type": "Qwen2VLImageProcessor", "processor_class": "Qwen2_5_VLProcessor"}
+    (folder / "preprocessor_config.json").write_text(json.dumps(legacy))
+    (folder / "video_preprocessor_config.json").write_text(json.dumps(
+        {**legacy, "video_processor_type": "Qwen2VLVideoProcessor"}))
+    (folder / "chat_template.json").write_text(json.dumps({"chat_template": (folder / "chat_template.jinja").read_text()}))
+    (folder / "processor_config.json").unlink()
+    (folder / "chat_template.jinja").unlink()
+    assert saved["image_processor_type"] == "Qwen2VLImageProcessor"
+
+    proc = vi.load_processor(str(folder), "qwen2_5_vl")
+    ref = _processor("qwen2_5_vl")
+    assert type(proc.image_processor).__name__ == "Qwen2VLImageProcessorPil"
+    assert type(proc).__name__ == "Qwen2_5_VLProcessor"
+    content = [{"type": "image"}, {"type": "text", "text": "the swan."}]
+    frames = random_frames(1, 56, 84, seed=7)
+    a = vi.encode_prompt(proc, content, vi.encode_images(proc, frames, (56, 84)))
+    b = vi.encode_prompt(ref, content, vi.encode_images(ref, frames, (56, 84)))
+    assert torch.equal(a.input_ids, b.input_ids)
+    assert torch.equal(a.visual.pixel_values, b.visual.pixel_values)

@@ -152,7 +152,9 @@ def processor_class(model_type: str) -> type:
             super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
             self.video_processor = FramesVideoProcessor(image_processor)
 
-    Processor.__name__ = Processor.__qualname__ = f"{base.__name__}WithoutTorchvision"
+    # Saved folders name the stock processor class, as hub checkpoints do, so that
+    # AutoProcessor opens them on machines where torchvision works.
+    Processor.__name__ = Processor.__qualname__ = base.__name__
     return Processor
 
 
