@@ -411,17 +411,32 @@ class VLMGrounder(Grounder):
         return Answer(row, texts, batch)
 
     @staticmethod
-    def volumes(answer: Answer) -> list[np.ndarray]:
-        """The captured rollout row of each batch row at its visual tokens -> (t, h, w) per item."""
-        rows = answer.rows.detach().float().cpu()
-        mask = answer.batch.visual_mask
-        grids = answer.batch.visual.grids
-        return [grids[b].to_volume(rows[b][mask[b]].numpy()) for b in range(rows.shape[0])]
+    def token_maps(rows: torch.Tensor, batch: PromptBatch) -> list[torch.Tensor]:
+        """Rollout rows (B, L) at each row's visual tokens -> one (t, h, w) tensor per item."""
+        grids = batch.visual.grids
+        mask = batch.visual_mask.to(rows.device)
+        return [rows[b][mask[b]].reshape(grids[b].t, grids[b].h, grids[b].w) for b in range(rows.shape[0])]
+
+    def rollout_maps(self, visual: VisualInput, content: list[dict],
+                     soft: Optional[torch.Tensor] = None) -> list[torch.Tensor]:
+        """The attention rollout of one prompt over `visual` as (t, h, w) maps, one per item,
+        differentiable in `soft` when gradients are enabled and the rollout keeps them (the
+        soft-prompt trainer's forward pass)."""
+        batch = encode_prompt(self.processor, content, visual, soft_count=0 if soft is None else soft.shape[0])
+        _, rows, _ = self.forward(batch, soft, capture=True)
+        return self.token_maps(rows, batch)
+
+    @classmethod
+    def volumes(cls, answer: Answer) -> list[np.ndarray]:
+        """The captured rollout of each batch row as (t, h, w) float32 arrays."""
+        return [m.detach().float().cpu().numpy() for m in cls.token_maps(answer.rows, answer.batch)]
 
     # ----------------------------------------------------------------------------------------
     # the two methods
 
     def ground(self, keyframes: Sequence[Frame], command: str) -> GroundingResult:
+        if self.model is None:
+            raise GroundingError("the grounder was closed")
         with self._lock, torch.inference_mode():
             return self._ground(list(keyframes), command)
 
@@ -522,7 +537,9 @@ class VLMGrounder(Grounder):
         return points[:cfg.max_points] if cfg.max_points else points
 
     def close(self) -> None:
-        self.model = None
+        with self._lock:
+            self.model = None
+            self.rollout = None
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
