@@ -92,6 +92,15 @@ def test_gradients_reach_the_soft_prompts(family):
     assert prompts.video.grad is None
     assert all(p.grad is None for p in g.model.parameters())
 
+    # The soft-prompt trainer's path: a loss on the rollout map itself reaches the soft vectors.
+    prompts.frame.grad = None
+    maps = g.rollout_maps(visual, g.content(visual, HEAD, QUESTION, soft_slot=True), soft=prompts.frame)
+    assert [tuple(m.shape) for m in maps] == [(g_.t, g_.h, g_.w) for g_ in visual.grids]
+    target = torch.zeros_like(maps[0])
+    target[0, 0, 0] = 1.0
+    torch.nn.functional.binary_cross_entropy(maps[0].clamp(1e-6, 1 - 1e-6), target).backward()
+    assert prompts.frame.grad is not None and prompts.frame.grad.abs().sum() > 0
+
 
 def test_soft_prompt_file_round_trip_and_mismatches(tmp_path):
     g = grounder("qwen2_vl")
