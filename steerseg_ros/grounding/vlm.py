@@ -94,7 +94,8 @@ class VLMGrounderConfig:
     soft_tokens: int = field(default=64, metadata={
         "help": "soft tokens per set for newly initialised prompts (a loaded file brings its own count)"})
     soft_position: str = field(default="before_question", metadata={
-        "help": "where the soft tokens go: before_question, after_question, before_visual"})
+        "help": "where new soft tokens go: before_question, after_question, before_visual (a loaded "
+                "file keeps the position it was trained at)"})
     soft_prompt_strict: bool = field(default=True, metadata={
         "help": "refuse soft prompts recorded for a differently named model"})
     cot: bool = field(default=True, metadata={
