@@ -16,7 +16,9 @@ from steerseg_ros import backends  # noqa: E402
 from steerseg_ros.buffer import Frame  # noqa: E402
 from steerseg_ros.grounding.base import GroundingError, ModelUnavailableError  # noqa: E402
 from steerseg_ros.grounding.soft_prompts import SoftPrompts  # noqa: E402
+from steerseg_ros.grounding import questions  # noqa: E402
 from steerseg_ros.grounding.vlm import VLMGrounder, VLMGrounderConfig  # noqa: E402
+from steerseg_ros.grounding.vlm_inputs import encode_prompt  # noqa: E402
 
 pytestmark = pytest.mark.models
 
@@ -94,7 +96,8 @@ def test_decaf_grounding_on_davis(family, keyframes):
     # prompts; decoding only for the object prompts and the category call, a few tokens each.
     assert len(counter.prefill_lengths) == 2 * (1 + batches) + 1
     assert counter.decode_steps <= (g.config.answer_tokens - 1) * (1 + batches + 1)
-    assert {"inputs", "vision", "object_prompt", "category", "background_prompt", "fusion", "points"} <= set(result.timings)
+    stages = {"inputs", "vision", "object_prompt", "category", "background_prompt", "fusion", "points"}
+    assert stages <= set(result.timings)
     answers = result.generated_text
     assert "object (video):" in answers and "category:" in answers
     assert result.class_word and result.attributes == []
@@ -121,9 +124,16 @@ def test_steerseg_grounding_on_davis(family, keyframes, tmp_path):
     assert len(counter.prefill_lengths) == 1 + 1 + batches
     assert "background_prompt" not in result.timings and "attributes" in result.timings
     assert result.generated_text.startswith("attributes:")
-    # The steered prompts carry the soft tokens (the attributes call does not).
-    unsteered = base.ground(keyframes, "the black swan")
-    assert not np.allclose(unsteered.video_maps, result.video_maps)
+    # The steered prompts carry the soft tokens (the attributes call does not) ...
+    video, frame_batches = g.prepare_inputs([f.image for f in keyframes])
+    head, question = questions.steered_text_parts("the black swan.", "; ".join(result.attributes))
+    expected = [encode_prompt(g.processor, g.content(v, head, question, soft_slot=True), v, soft_count=8).shape[1]
+                for v in [video, *frame_batches]]
+    assert counter.prefill_lengths[1:] == expected
+    # ... and they change the attention.
+    if family == "qwen2_vl":
+        unsteered = base.ground(keyframes, "the black swan")
+        assert not np.allclose(unsteered.video_maps, result.video_maps)
 
 
 def test_keyframes_of_another_size_and_subsampling(keyframes):
@@ -193,3 +203,21 @@ def test_config_validation():
     for f in dataclasses.fields(VLMGrounderConfig):
         assert f.metadata.get("help"), f.name
         assert f.type in ("str", "int", "float", "bool"), f.name
+
+
+def test_one_word_answers_stop_once_the_word_is_complete():
+    from steerseg_ros.grounding.vlm import _WORD_ENDED
+
+    g = grounder("qwen2_vl", "decaf")
+    stopped_early = 0
+    for text in ["the black swan.", "a dog on the left.", "which one is moving?"]:
+        batch = encode_prompt(g.processor, g.content(None, text), rows=1)
+        with torch.inference_mode():
+            out, _, positions = g.forward(batch, use_cache=True)
+            full = g.decode(out, positions, 8)[0]
+            out, _, positions = g.forward(batch, use_cache=True)
+            word = g.decode(out, positions, 8, one_word=True)[0]
+        assert full.startswith(word)
+        assert word == full or _WORD_ENDED.match(word)
+        stopped_early += len(word) < len(full)
+    assert stopped_early

@@ -177,7 +177,8 @@ def test_a_checkpoint_in_the_hub_layout_loads(tmp_path):
     (folder / "preprocessor_config.json").write_text(json.dumps(legacy))
     (folder / "video_preprocessor_config.json").write_text(json.dumps(
         {**legacy, "video_processor_type": "Qwen2VLVideoProcessor"}))
-    (folder / "chat_template.json").write_text(json.dumps({"chat_template": (folder / "chat_template.jinja").read_text()}))
+    template = (folder / "chat_template.jinja").read_text()
+    (folder / "chat_template.json").write_text(json.dumps({"chat_template": template}))
     (folder / "processor_config.json").unlink()
     (folder / "chat_template.jinja").unlink()
     assert saved["image_processor_type"] == "Qwen2VLImageProcessor"

@@ -15,10 +15,10 @@ from `soft_prompts`.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import gc
 import logging
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -42,6 +42,8 @@ from steerseg_ros.prompts import points_from_map
 log = logging.getLogger("steerseg_ros.grounding.vlm")
 
 MODES = ("decaf", "steerseg")
+# A generated text whose first word is complete: letters followed by something else.
+_WORD_ENDED = re.compile(r"^[^A-Za-z]*[A-Za-z][A-Za-z\-]*[^A-Za-z\-]")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -113,7 +115,8 @@ class VLMGrounderConfig:
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ValueError(f"device {self.device!r}; expected auto, cpu, cuda or cuda:N")
         if self.attn_implementation not in ("sdpa", "eager", "flash_attention_2"):
-            raise ValueError(f"attn_implementation {self.attn_implementation!r}; expected sdpa, eager or flash_attention_2")
+            raise ValueError(f"attn_implementation {self.attn_implementation!r}; expected sdpa, eager or "
+                             f"flash_attention_2")
         if self.layer_start < 0:
             raise ValueError(f"layer_start must be >= 0 (0: default), got {self.layer_start}")
         if not 0.0 <= self.residual < 1.0:
@@ -378,9 +381,10 @@ class VLMGrounder(Grounder):
         row = self.rollout.last_row() if capture else None
         return out, row, positions
 
-    def decode(self, out, positions: torch.Tensor, max_new_tokens: int) -> list[str]:
+    def decode(self, out, positions: torch.Tensor, max_new_tokens: int, one_word: bool = False) -> list[str]:
         """Greedy continuation of a prefill `out` (made with use_cache) for up to `max_new_tokens`
-        tokens, stopping early when every row has ended."""
+        tokens, stopping early when every row has ended; with `one_word`, a row also ends once its
+        first word is complete (only that word is used)."""
         b = positions.shape[1]
         cache = out.past_key_values
         next_pos = positions.amax(dim=(0, 2)) + 1
@@ -392,6 +396,10 @@ class VLMGrounder(Grounder):
             token = torch.where(done, torch.full_like(done, self._pad_id, dtype=torch.long), logits.argmax(-1))
             tokens.append(token)
             done |= torch.isin(token, self._stop_ids)
+            if one_word:
+                texts = self.processor.tokenizer.batch_decode(torch.stack(tokens, dim=1).cpu(),
+                                                              skip_special_tokens=True)
+                done |= torch.tensor([bool(_WORD_ENDED.match(t)) for t in texts], device=self.device)
             if bool(done.all()) or step == max_new_tokens - 1:
                 break
             step_pos = (next_pos + step).view(1, b, 1).expand(3, b, 1)
@@ -402,12 +410,14 @@ class VLMGrounder(Grounder):
         return [t.strip() for t in self.processor.tokenizer.batch_decode(ids, skip_special_tokens=True)]
 
     def ask(self, visual: Optional[VisualInput], content: list[dict], soft: Optional[torch.Tensor] = None,
-            capture: bool = False, decode_tokens: int = 0) -> Answer:
+            capture: bool = False, decode_tokens: int = 0, one_word: bool = False) -> Answer:
         """One prompt over `visual` (a video, a batch of images, or nothing): the prefill, with the
-        attention rollout when `capture`, then `decode_tokens` greedy tokens (0: none)."""
+        attention rollout when `capture`, then up to `decode_tokens` greedy tokens (0: none), for
+        a `one_word` answer only until its first word is complete."""
         batch = encode_prompt(self.processor, content, visual, soft_count=0 if soft is None else soft.shape[0])
         out, row, positions = self.forward(batch, soft, capture=capture, use_cache=decode_tokens > 0)
-        texts = self.decode(out, positions, decode_tokens) if decode_tokens > 0 else [""] * batch.shape[0]
+        texts = (self.decode(out, positions, decode_tokens, one_word) if decode_tokens > 0
+                 else [""] * batch.shape[0])
         del out
         return Answer(row, texts, batch)
 
@@ -478,14 +488,14 @@ class VLMGrounder(Grounder):
         cfg = self.config
         with stage("object_prompt"):
             head = questions.object_text(expression)
-            video_obj = self.ask(video, self.content(video, head), capture=True, decode_tokens=cfg.answer_tokens)
-            frame_obj = [self.ask(fb, self.content(fb, head), capture=True, decode_tokens=cfg.answer_tokens)
-                         for fb in frame_batches]
+            word = dict(decode_tokens=cfg.answer_tokens, one_word=True)
+            video_obj = self.ask(video, self.content(video, head), capture=True, **word)
+            frame_obj = [self.ask(fb, self.content(fb, head), capture=True, **word) for fb in frame_batches]
         object_answers = video_obj.texts + [t for a in frame_obj for t in a.texts]
         words = [questions.first_word(t) for t in object_answers]
         with stage("category"):
             choice = self.ask(None, self.content(None, questions.category_text(expression, words)),
-                              decode_tokens=cfg.answer_tokens)
+                              decode_tokens=cfg.answer_tokens, one_word=True)
             class_word = questions.choose_class_word(choice.texts[0], expression, words)
         with stage("background_prompt"):
             video_bg = self.ask(video, self.content(video, questions.background_text(class_word, "video")),
@@ -517,7 +527,7 @@ class VLMGrounder(Grounder):
         soft_frame = self.soft_prompts.frame if self.soft_prompts is not None else None
         with stage("grounding_prompt"):
             video_ans = self.ask(video, self.content(video, head, question, soft_video is not None), soft_video,
-                                 capture=True, decode_tokens=cfg.answer_tokens)
+                                 capture=True, decode_tokens=cfg.answer_tokens, one_word=True)
             frame_ans = [self.ask(fb, self.content(fb, head, question, soft_frame is not None), soft_frame,
                                   capture=True) for fb in frame_batches]
         with stage("fusion"):

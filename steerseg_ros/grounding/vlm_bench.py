@@ -31,7 +31,8 @@ def synthetic_keyframes(count: int, height: int = 480, width: int = 854, seed: i
     rng = np.random.default_rng(seed)
     background = rng.integers(40, 200, (height // 8, width // 8, 3), dtype=np.uint8)
     background = np.kron(background, np.ones((8, 8, 1), dtype=np.uint8))
-    background = np.pad(background, ((0, height - background.shape[0]), (0, width - background.shape[1]), (0, 0)), "edge")
+    background = np.pad(background, ((0, height - background.shape[0]), (0, width - background.shape[1]), (0, 0)),
+                        "edge")
     frames = []
     for i in range(count):
         image = background.copy()

@@ -16,7 +16,6 @@ Owns:
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
@@ -305,4 +304,5 @@ def encode_prompt(processor, content: list[dict], visual: Optional[VisualInput] 
         expected = sum(g.num_tokens for g in visual.grids) // n_rows
         if int(visual_mask[0].sum()) != expected:
             raise ValueError(f"prompt has {int(visual_mask[0].sum())} visual tokens per row, expected {expected}")
-    return PromptBatch(input_ids, mm_types, visual_mask, visual, soft_start, soft_count if soft_start is not None else 0)
+    return PromptBatch(input_ids, mm_types, visual_mask, visual, soft_start,
+                       soft_count if soft_start is not None else 0)
