@@ -44,9 +44,10 @@ def points_from_map(grid_map: np.ndarray, image_size: tuple[int, int], threshold
 
 def points_from_maps(maps: np.ndarray, image_size: tuple[int, int], threshold: float = 0.8,
                      max_points: Optional[int] = None, min_separation: int = 0) -> list[PointPrompt]:
-    """Points over all keyframes' maps (K, Hg, Wg), best first; `max_points` caps the total."""
+    """Points over all keyframes' maps (K, Hg, Wg), best first; `max_points` caps the total.
+    Among equal scores the newer keyframe comes first: its target needs the shortest catch-up."""
     points: list[PointPrompt] = []
     for k in range(maps.shape[0]):
         points += points_from_map(maps[k], image_size, threshold, None, k, min_separation)
-    points.sort(key=lambda p: -p.score)
+    points.sort(key=lambda p: (-p.score, -p.keyframe_index))
     return points[:max_points] if max_points is not None else points

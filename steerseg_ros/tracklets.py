@@ -1,11 +1,21 @@
-"""Target selection: candidate masks from point prompts, scored against the grounding maps.
+"""Target selection: candidate tracklets from point prompts, ranked against the grounding maps.
 
-Owns `Candidate`, `SelectionConfig` and `select`, which the pipeline calls between the grounder
-and the tracker. Backend-agnostic: it only asks the tracker for single-frame masks.
+Owns `SelectionConfig`, `Tracklet`, and `select`, which the pipeline calls between the grounder
+and the tracker. Each point prompt gives a candidate mask on its keyframe (the tracker's
+`segment`); overlapping candidates are suppressed; each survivor is propagated over the other
+keyframes (forward, then backward) into a tracklet; tracklets are ranked by one of two scorers
+(METHOD.md):
+
+- "decaf": s_trk = (s_sam + V_p + s_ac) / 3, with s_ac the attention-consistency score; keep
+  the tracklets with s_trk above a threshold, else the best one.
+- "steerseg": s = a * rho(tracklet, frame maps) + (1 - a) * rho(tracklet, video maps), Pearson
+  correlations over the keyframes with the tracklet pooled to each map's grid; the best one.
+
+Backend-agnostic: it only asks the tracker for single-frame masks and detached propagation.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import cv2
@@ -14,20 +24,33 @@ import numpy as np
 from steerseg_ros.grounding.base import GroundingResult
 from steerseg_ros.tracking.base import Tracker
 
+SCORERS = ("auto", "decaf", "steerseg")
+
 
 @dataclass
 class SelectionConfig:
-    """max_points: point prompts tried, best first. weight: a in
-    s = a*rho(mask, frame map) + (1-a)*rho(mask, video map). nms_iou: a candidate overlapping a
-    better one on the same keyframe by more than this is dropped. max_targets: tracks started
-    per grounding."""
-
-    max_points: int = 8
-    weight: float = 0.5
-    nms_iou: float = 0.7
-    max_targets: int = 1
+    scorer: str = field(default="auto", metadata={
+        "help": "Tracklet ranking: 'decaf' (attention consistency, keep above keep_threshold), "
+                "'steerseg' (correlation with frame and video maps, top 1), or 'auto' (decaf for "
+                "the decaf grounder, steerseg otherwise)."})
+    max_points: int = field(default=8, metadata={
+        "help": "Point prompts tried per grounding, best first (each becomes a candidate)."})
+    propagate: bool = field(default=True, metadata={
+        "help": "Propagate candidates over all keyframes into tracklets before ranking; false "
+                "ranks each candidate on its own keyframe only (cheaper)."})
+    weight: float = field(default=0.5, metadata={
+        "help": "steerseg: weight a of the frame-level map (1 - a for the video-level map)."})
+    nms_iou: float = field(default=0.7, metadata={
+        "help": "A candidate overlapping a better one (same keyframe) above this mask IoU is dropped."})
+    keep_threshold: float = field(default=0.8, metadata={
+        "help": "decaf: tracklets with s_trk above this are kept (else the best one)."})
+    max_targets: int = field(default=1, metadata={
+        "help": "Most tracks started per grounding (decaf may keep several tracklets; "
+                "steerseg keeps the best one)."})
 
     def validate(self) -> None:
+        if self.scorer not in SCORERS:
+            raise ValueError(f"scorer must be one of {SCORERS}, got {self.scorer!r}")
         if self.max_points < 1:
             raise ValueError(f"max_points must be >= 1, got {self.max_points}")
         if not 0.0 <= self.weight <= 1.0:
@@ -39,19 +62,28 @@ class SelectionConfig:
 
 
 @dataclass
-class Candidate:
-    """A candidate target: a mask on one keyframe from one point prompt."""
+class Tracklet:
+    """A candidate target: the mask a point prompt gave on its keyframe (`keyframe_index`,
+    `mask`), and its propagation to the other keyframes (`masks`, one per keyframe)."""
 
     keyframe_index: int
     point_index: int
     mask: np.ndarray
-    mask_score: float
-    map_value: float
+    mask_score: float      # s_sam: the tracker's predicted quality of `mask`
+    map_value: float       # V_p: the map's value at the point
+    masks: list[np.ndarray] = field(default_factory=list)
+    consistency: float = 0.0
     score: float = 0.0
+
+    def mask_on(self, k: int) -> Optional[np.ndarray]:
+        """The mask on keyframe k, or None where the tracklet does not reach it."""
+        if self.masks:
+            return self.masks[k]
+        return self.mask if k == self.keyframe_index else None
 
 
 def pool_to_grid(mask: np.ndarray, grid_hw: tuple[int, int]) -> np.ndarray:
-    """Fraction of each grid cell covered by the mask (area averaging)."""
+    """Fraction of each grid cell covered by the mask (average pooling)."""
     return cv2.resize(mask.astype(np.float32), (grid_hw[1], grid_hw[0]), interpolation=cv2.INTER_AREA)
 
 
@@ -74,38 +106,100 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     return np.count_nonzero(a & b) / union if union else 0.0
 
 
-def candidates_from_points(result: GroundingResult, tracker: Tracker, config: SelectionConfig) -> list[Candidate]:
-    """One candidate per point prompt (the tracker's best mask for it), with per-keyframe NMS."""
-    kept: list[Candidate] = []
+def _propagate(result: GroundingResult, tracker: Tracker, t: Tracklet) -> None:
+    """Fill t.masks by propagating t.mask from its keyframe forward, then backward."""
+    frames = result.keyframes
+    masks: list[Optional[np.ndarray]] = [None] * len(frames)
+    masks[t.keyframe_index] = t.mask
+    for order in (range(t.keyframe_index + 1, len(frames)), range(t.keyframe_index - 1, -1, -1)):
+        state = tracker.start(frames[t.keyframe_index], mask=t.mask)
+        for k in order:
+            state.result = tracker.advance(state, frames[k])
+            state.seq = frames[k].seq
+            masks[k] = state.result.mask
+    t.masks = masks
+
+
+def build_tracklets(result: GroundingResult, tracker: Tracker, config: SelectionConfig) -> list[Tracklet]:
+    """Candidates from the best `max_points` points, in order of s_sam + V_p; a candidate
+    overlapping one kept on the same keyframe, or a kept tracklet there, is dropped."""
+    candidates: list[Tracklet] = []
     for i, p in enumerate(result.points[:config.max_points]):
-        frame = result.keyframes[p.keyframe_index]
-        proposals = tracker.segment(frame, np.array([[p.x, p.y]], np.float32), np.array([1], np.int32))
-        if not proposals or not proposals[0].mask.any():
+        proposals = tracker.segment(result.keyframes[p.keyframe_index],
+                                    np.array([[p.x, p.y]], np.float32), np.array([1], np.int32))
+        if proposals and proposals[0].mask.any():
+            candidates.append(Tracklet(p.keyframe_index, i, proposals[0].mask, float(proposals[0].score), p.score))
+    candidates.sort(key=lambda c: -(c.mask_score + c.map_value))
+    kept: list[Tracklet] = []
+    for c in candidates:
+        k = c.keyframe_index
+        if any(mask_iou(c.mask, m) > config.nms_iou for t in kept if (m := t.mask_on(k)) is not None):
             continue
-        cand = Candidate(p.keyframe_index, i, proposals[0].mask, proposals[0].score, p.score)
-        if any(k.keyframe_index == cand.keyframe_index and mask_iou(k.mask, cand.mask) > config.nms_iou
-               for k in kept):
-            continue
-        kept.append(cand)
+        if config.propagate:
+            _propagate(result, tracker, c)
+        kept.append(c)
     return kept
 
 
-def score_by_correlation(result: GroundingResult, candidates: list[Candidate], weight: float) -> None:
-    """SteerSeg's ranking: correlation of the mask, pooled to the map grid, with the frame-level
-    and video-level maps of its keyframe (the fused map stands in for a missing granularity)."""
-    for c in candidates:
-        k = c.keyframe_index
-        frame_map = result.frame_maps[k] if result.frame_maps is not None else result.maps[k]
-        video_map = result.video_maps[k] if result.video_maps is not None else result.maps[k]
-        rho_f = weighted_pearson(pool_to_grid(c.mask, frame_map.shape), frame_map)
-        rho_v = weighted_pearson(pool_to_grid(c.mask, video_map.shape), video_map)
-        c.score = weight * rho_f + (1 - weight) * rho_v
+def score_decaf(result: GroundingResult, tracklets: list[Tracklet]) -> None:
+    """Attention consistency and s_trk (METHOD.md, DecAF), written into each tracklet."""
+    maps = result.maps
+    raw = []
+    for t in tracklets:
+        total = 0.0
+        for k in range(maps.shape[0]):
+            m = t.mask_on(k)
+            if m is None:
+                continue
+            pooled = pool_to_grid(m, maps.shape[1:])
+            v = maps[k].astype(np.float64)
+            attention = v > v.mean()
+            v_hat = np.where(attention, v, -v.max())
+            denominator = float((attention * v_hat).sum())
+            if denominator > 0:
+                total += float((pooled * v_hat).sum()) / denominator
+        raw.append(total)
+    top = max((r for r in raw if r > 0), default=0.0)
+    for t, r in zip(tracklets, raw):
+        t.consistency = r / top if r > 0 else r
+        t.score = (t.mask_score + t.map_value + t.consistency) / 3
 
 
-def select(result: GroundingResult, tracker: Tracker, config: SelectionConfig) -> list[Candidate]:
-    """The chosen targets, best first (at most config.max_targets)."""
+def score_steerseg(result: GroundingResult, tracklets: list[Tracklet], weight: float) -> None:
+    """Correlation of each tracklet with the frame-level and video-level maps over the
+    keyframes it covers (SteerSeg). The fused map stands in for a missing granularity."""
+    frame_maps = result.frame_maps if result.frame_maps is not None else result.maps
+    video_maps = result.video_maps if result.video_maps is not None else result.maps
+
+    def rho(maps: np.ndarray, t: Tracklet) -> float:
+        covered = [k for k in range(maps.shape[0]) if t.mask_on(k) is not None]
+        pooled = np.stack([pool_to_grid(t.mask_on(k), maps.shape[1:]) for k in covered])
+        return weighted_pearson(pooled, maps[covered])
+
+    for t in tracklets:
+        t.score = weight * rho(frame_maps, t) + (1 - weight) * rho(video_maps, t)
+
+
+def select(result: GroundingResult, tracker: Tracker, config: SelectionConfig) -> list[Tracklet]:
+    """The chosen targets, best first (at most config.max_targets). Records each candidate's
+    score and the chosen points in `result`."""
     config.validate()
-    candidates = candidates_from_points(result, tracker, config)
-    score_by_correlation(result, candidates, config.weight)
-    candidates.sort(key=lambda c: -c.score)
-    return candidates[:config.max_targets]
+    tracklets = build_tracklets(result, tracker, config)
+    scorer = config.scorer
+    if scorer == "auto":
+        scorer = "decaf" if result.backend == "decaf" else "steerseg"
+    if scorer == "decaf":
+        score_decaf(result, tracklets)
+    else:
+        score_steerseg(result, tracklets, config.weight)
+    tracklets.sort(key=lambda t: -t.score)
+    if scorer == "decaf":
+        chosen = [t for t in tracklets if t.score > config.keep_threshold] or tracklets[:1]
+    else:
+        chosen = tracklets[:1]
+    chosen = chosen[:config.max_targets]
+    result.candidate_scores = [float("nan")] * len(result.points)
+    for t in tracklets:
+        result.candidate_scores[t.point_index] = t.score
+    result.chosen_points = [t.point_index for t in chosen]
+    return chosen

@@ -59,6 +59,9 @@ class GroundingResult:
     frame_maps / video_maps: the two granularities before fusion where the backend has them,
         frame_maps (K, Hf, Wf) and video_maps (K, Hv, Wv), already aligned to the keyframes.
     points: point prompts in keyframe pixel coordinates, best first.
+    candidate_scores / chosen_points: filled by target selection (steerseg_ros.tracklets): the
+        score of the candidate each point gave (NaN where none was made), and the indices of
+        the points whose candidates became tracks.
     """
 
     command: str
@@ -72,6 +75,8 @@ class GroundingResult:
     attributes: list[str] = field(default_factory=list)
     generated_text: str = ""
     timings: dict[str, float] = field(default_factory=dict)
+    candidate_scores: list[float] = field(default_factory=list)
+    chosen_points: list[int] = field(default_factory=list)
 
     @property
     def keyframe_stamps_ns(self) -> list[int]:

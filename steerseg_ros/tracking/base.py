@@ -69,7 +69,10 @@ class Tracker(ABC):
 
     @abstractmethod
     def advance(self, state: ObjectState, frame: Frame) -> ObjectMask:
-        """Propagate a detached object to `frame`, the frame after `state.seq` (catch-up)."""
+        """Propagate a detached object to `frame`, the next frame in the order the caller feeds
+        them: the buffered frames after `state.seq` during catch-up, or the keyframes forward
+        and then backward from the seed when target selection builds tracklets. The caller
+        sets `state.seq` and `state.result` afterwards."""
 
     @abstractmethod
     def attach(self, obj_id: int, state: ObjectState) -> None:

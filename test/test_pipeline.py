@@ -1,0 +1,321 @@
+"""The streaming pipeline's state machine: grounding, tracking, re-grounding, loss, commands,
+bad frames, and the asynchronous worker with catch-up.
+
+The backends here are small deterministic implementations of the Grounder and Tracker
+interfaces, so each test knows exactly which object grounding points at; the real backends
+have their own tests and run through this same pipeline in the end-to-end tests.
+"""
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from steerseg_ros.buffer import NS_PER_S, KeyframeConfig
+from steerseg_ros.grounding.base import Grounder, GroundingError, GroundingResult
+from steerseg_ros.pipeline import FrameRejected, Pipeline, PipelineConfig, PipelineState, TrackState
+from steerseg_ros.prompts import points_from_maps
+from steerseg_ros.tracking.base import MaskCandidate, ObjectMask, ObjectState, Tracker
+
+H, W = 60, 80
+FPS = 10.0
+
+
+class PeakGrounder(Grounder):
+    """Grounds every command on the cell at `where` (fractions of width, height)."""
+
+    name = "peak"
+
+    def __init__(self, where=(0.25, 0.5)):
+        self.where = where
+        self.calls = []
+        self.gate = None          # a threading.Event that ground() waits for
+        self.fail = False
+        self.find_nothing = False
+
+    def ground(self, keyframes, command):
+        self.calls.append((command, [f.seq for f in keyframes]))
+        if self.gate is not None:
+            assert self.gate.wait(10)
+        if self.fail:
+            raise GroundingError("the model ran out of memory")
+        maps = np.zeros((len(keyframes), 6, 8), np.float32)
+        if not self.find_nothing:
+            maps[:, int(self.where[1] * 6), int(self.where[0] * 8)] = 1.0
+        return GroundingResult(command, self.name, list(keyframes), maps,
+                               points_from_maps(maps, (W, H), 0.8), class_word="thing")
+
+
+def cell_centre(where):
+    """Pixel centre of the 8x6 grid cell that PeakGrounder marks for `where`."""
+    return (int(where[0] * 8) + 0.5) * W / 8, (int(where[1] * 6) + 0.5) * H / 6
+
+
+def disk(x, y, r=6):
+    yy, xx = np.mgrid[:H, :W]
+    return (xx - x) ** 2 + (yy - y) ** 2 <= r * r
+
+
+class DiskTracker(Tracker):
+    """Objects are disks that stay where they were seeded; `score` is what every step reports."""
+
+    name = "disk"
+
+    def __init__(self):
+        self.score = 0.9
+        self.live = {}
+        self.advanced = []
+
+    def segment(self, frame, points, labels):
+        return [MaskCandidate(disk(*points[0]), 0.9)]
+
+    def start(self, frame, *, points=None, labels=None, mask=None):
+        return ObjectState(frame.seq, ObjectMask(mask if mask is not None else disk(*points[0]), 1.0))
+
+    def advance(self, state, frame):
+        self.advanced.append((id(state), frame.seq))
+        return ObjectMask(state.result.mask, self.score)
+
+    def attach(self, obj_id, state):
+        self.live[obj_id] = state
+
+    def remove(self, obj_id):
+        self.live.pop(obj_id, None)
+
+    def step(self, frame):
+        return {i: ObjectMask(s.result.mask, self.score) for i, s in self.live.items()}
+
+    @property
+    def object_ids(self):
+        return list(self.live)
+
+
+def config(**kw):
+    base = dict(buffer_size=32, keyframes=KeyframeConfig(count=4, window_s=1.0, min_spacing_s=0.0),
+                min_keyframes=3, regrounding_period_s=0.0, lost_timeout_s=0.5, asynchronous=False)
+    base.update(kw)
+    return PipelineConfig(**base)
+
+
+class Feed:
+    """Feeds frames at FPS with increasing stamps."""
+
+    def __init__(self, pipeline):
+        self.p = pipeline
+        self.i = 0
+
+    def __call__(self, n=1):
+        out = None
+        for _ in range(n):
+            out = self.p.process(np.full((H, W, 3), self.i % 255, np.uint8), int(self.i / FPS * NS_PER_S))
+            self.i += 1
+        return out
+
+
+@pytest.fixture
+def setup():
+    grounder, tracker = PeakGrounder(), DiskTracker()
+    pipelines = []
+
+    def make(**kw):
+        p = Pipeline(grounder, tracker, config(**kw))
+        pipelines.append(p)
+        return p, Feed(p)
+
+    yield grounder, tracker, make
+    for p in pipelines:
+        p.close()
+
+
+def test_command_is_grounded_once_enough_keyframes_exist_then_tracked(setup):
+    grounder, tracker, make = setup
+    p, feed = make()
+    assert feed().state == PipelineState.IDLE and not grounder.calls
+    p.set_command("  the   red cup ")
+    assert p.command == "the red cup"
+    out = feed()
+    assert out.state == PipelineState.GROUNDING and not out.tracks  # 2 frames < min_keyframes
+    out = feed()
+    assert grounder.calls == [("the red cup", [0, 1, 2])]
+    assert out.state == PipelineState.TRACKING
+    assert len(out.groundings) == 1 and out.groundings[0].command == "the red cup"
+    (track,) = out.tracks
+    assert track.id == 1 and track.state == TrackState.TRACKING and track.label == "thing"
+    assert np.array_equal(track.mask, disk(*cell_centre(grounder.where)))
+    x, y = cell_centre(grounder.where)
+    assert out.label_image()[int(y), int(x)] == track.label_value and out.label_image()[0, 0] == 0
+    for _ in range(5):
+        out = feed()
+        assert [t.id for t in out.tracks] == [1] and not out.groundings
+    assert len(grounder.calls) == 1  # no re-grounding when the period is 0
+
+
+def test_regrounding_that_finds_the_same_object_keeps_the_id(setup):
+    grounder, _, make = setup
+    p, feed = make(regrounding_period_s=0.5)
+    p.set_command("the cup")
+    ids = set()
+    for _ in range(30):
+        ids |= {t.id for t in feed().tracks}
+    assert len(grounder.calls) >= 5
+    assert ids == {1}
+    assert p.stats["tracks_confirmed"] >= 4
+
+
+def test_regrounding_that_finds_another_object_replaces_the_track(setup):
+    grounder, _, make = setup
+    p, feed = make(regrounding_period_s=0.5)
+    p.set_command("the cup")
+    feed(4)
+    grounder.where = (0.75, 0.5)
+    outputs = [feed() for _ in range(6)]
+    ended = [t for o in outputs for t in o.tracks if t.state == TrackState.REPLACED]
+    assert [(t.id, t.replaced_by) for t in ended] == [(1, 2)]
+    assert [t.id for t in outputs[-1].tracks] == [2]
+    x, y = cell_centre(grounder.where)
+    assert outputs[-1].tracks[0].mask[int(y), int(x)]
+
+
+def test_track_is_lost_after_the_timeout_and_regrounding_recovers_it(setup):
+    grounder, tracker, make = setup
+    p, feed = make(lost_timeout_s=0.5, grounding_retry_s=0.3)
+    p.set_command("the cup")
+    feed(3)
+    tracker.score = 0.1  # below min_confidence: the object left the view
+    grounder.find_nothing = True
+    calls = len(grounder.calls)
+    states = [feed().tracks[0].state for _ in range(7)]
+    assert states[:5] == [TrackState.TRACKING] * 5  # within the 0.5 s timeout the track holds
+    assert states[-1] == TrackState.LOST and p.state == PipelineState.LOST
+    assert len(grounder.calls) > calls  # losing the track started a re-grounding
+    tracker.score = 0.9  # the object is back
+    grounder.find_nothing = False
+    feed(4)
+    assert p.state == PipelineState.TRACKING
+    assert [t.id for t in feed().tracks] == [1]
+
+
+def test_a_new_command_ends_the_old_tracks_at_once(setup):
+    grounder, _, make = setup
+    p, feed = make()
+    p.set_command("the cup")
+    feed(4)
+    p.set_command("the bowl")
+    out = feed()
+    assert [(t.id, t.state) for t in out.tracks if t.command == "the cup"] == [(1, TrackState.REPLACED)]
+    out = feed(3)
+    assert [(t.id, t.command) for t in out.tracks] == [(2, "the bowl")]
+
+
+def test_empty_and_huge_commands_are_rejected_and_change_nothing(setup):
+    _, _, make = setup
+    p, feed = make()
+    p.set_command("the cup")
+    for bad in ("", "   \n\t", "x" * 100_000):
+        with pytest.raises(GroundingError):
+            p.set_command(bad)
+    assert p.command == "the cup"
+
+
+def test_frames_stepping_back_in_time_are_rejected_and_a_big_jump_restarts(setup):
+    _, _, make = setup
+    p, feed = make(time_jump_reset_s=0.3)
+    p.set_command("the cup")
+    feed(4)
+    img = np.zeros((H, W, 3), np.uint8)
+    with pytest.raises(FrameRejected) as e:
+        p.process(img, int(2.5 / FPS * NS_PER_S))  # between frames 2 and 3: behind the newest (3)
+    assert e.value.reason == "stamp" and p.stats["rejected_stamp"] == 1
+    assert [t.id for t in feed().tracks] == [1]  # tracking goes on
+    out = p.process(img, 0)  # 0.4 s back, to the start: the source restarted
+    assert p.stats["time_resets"] == 1
+    assert [(t.id, t.state) for t in out.tracks] == [(1, TrackState.REPLACED)]
+    assert len(p.buffer) == 1 and p.command == "the cup"
+
+
+def test_bad_images_are_rejected(setup):
+    _, _, make = setup
+    p, _ = make()
+    for bad in (np.zeros((H, W), np.uint8), np.zeros((0, W, 3), np.uint8), np.zeros((H, W, 3), np.float32)):
+        with pytest.raises(FrameRejected) as e:
+            p.process(bad, 1)
+        assert e.value.reason == "bad_image"
+    assert p.stats["rejected_bad_image"] == 3 and len(p.buffer) == 0
+
+
+def test_grounding_failures_are_counted_and_retried(setup):
+    grounder, _, make = setup
+    p, feed = make(grounding_retry_s=0.3)
+    grounder.fail = True
+    p.set_command("the cup")
+    feed(8)
+    assert p.stats["grounding_failures"] >= 2 and p.state == PipelineState.GROUNDING
+    grounder.fail = False
+    feed(4)
+    assert p.state == PipelineState.TRACKING
+
+
+def test_a_grounding_that_finds_nothing_starts_no_track(setup):
+    grounder, _, make = setup
+    p, feed = make(grounding_retry_s=10.0)
+    grounder.find_nothing = True
+    p.set_command("the unicorn")
+    out = feed(6)
+    assert p.stats["groundings_empty"] == 1 and not out.tracks and len(out.groundings) == 0
+
+
+def test_masks_keep_flowing_while_grounding_runs_and_catch_up_lands_on_the_live_frame(setup):
+    grounder, tracker, make = setup
+    p, feed = make(asynchronous=True, regrounding_period_s=0.5)
+    p.set_command("the cup")
+    feed(3)
+    deadline = time.monotonic() + 10
+    while len(grounder.calls) < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    feed(3)
+    while not p.state == PipelineState.TRACKING and time.monotonic() < deadline:
+        time.sleep(0.01)
+        feed()
+    assert p.state == PipelineState.TRACKING
+    # Now block the next (re-)grounding and keep feeding frames: every frame still gets its
+    # mask, and the track shows that a re-grounding is running.
+    grounder.gate = threading.Event()
+    calls = len(grounder.calls)
+    states = []
+    for _ in range(15):
+        out = feed()
+        assert [t.id for t in out.tracks] == [1]
+        states.append(out.tracks[0].state)
+    while len(grounder.calls) == calls and time.monotonic() < deadline:
+        time.sleep(0.01)  # the worker thread picks the job up
+    assert len(grounder.calls) == calls + 1  # started, and still blocked
+    assert TrackState.REGROUNDING in states
+    keyframe_seq = grounder.calls[-1][1][-1]
+    tracker.advanced.clear()
+    grounder.gate.set()
+    while p.grounding_running() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    live = p.buffer.latest().seq
+    # The re-grounded object was caught up through every buffered frame after its keyframe,
+    # up to the live frame, before it was attached.
+    attached = tracker.live[1]
+    assert [seq for sid, seq in tracker.advanced if sid == id(attached)] == list(range(keyframe_seq + 1, live + 1))
+    assert attached.seq == live
+    grounder.gate = None
+    assert [t.id for t in feed().tracks] == [1]
+
+
+def test_track_history_stays_bounded(setup):
+    _, _, make = setup
+    p, feed = make(buffer_size=8, keyframes=KeyframeConfig(count=4, window_s=1.0, min_spacing_s=0.0))
+    p.set_command("the cup")
+    feed(100)
+    assert len(p._tracks[1].history) <= 8
+    assert len(p.buffer) == 8
+
+
+def test_invalid_configuration_is_rejected():
+    for bad in (config(buffer_size=2), config(min_keyframes=9), config(lost_timeout_s=-1),
+                config(min_confidence=1.5)):
+        with pytest.raises(ValueError):
+            bad.validate()
