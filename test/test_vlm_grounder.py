@@ -221,3 +221,10 @@ def test_one_word_answers_stop_once_the_word_is_complete():
         assert word == full or _WORD_ENDED.match(word)
         stopped_early += len(word) < len(full)
     assert stopped_early
+
+
+def test_an_image_the_processor_cannot_take_is_a_grounding_error():
+    g = grounder("qwen2_vl", "decaf")
+    sliver = [Frame(i, i + 1, np.zeros((2, 900, 3), np.uint8)) for i in range(2)]
+    with pytest.raises(GroundingError, match="cannot ground on these keyframes"):
+        g.ground(sliver, "swan")

@@ -449,7 +449,15 @@ class VLMGrounder(Grounder):
         if self.model is None:
             raise GroundingError("the grounder was closed")
         with self._lock, torch.inference_mode():
-            return self._ground(list(keyframes), command)
+            try:
+                return self._ground(list(keyframes), command)
+            except torch.OutOfMemoryError as exc:
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                raise GroundingError(f"out of memory grounding {len(keyframes)} keyframes: lower "
+                                     f"frames_per_batch, video_tokens_per_pair or the keyframe count") from exc
+            except ValueError as exc:  # e.g. an image too elongated for the processor
+                raise GroundingError(f"cannot ground on these keyframes: {exc}") from exc
 
     def _ground(self, keyframes: list[Frame], command: str) -> GroundingResult:
         cfg = self.config
