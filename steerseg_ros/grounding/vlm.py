@@ -523,12 +523,13 @@ class VLMGrounder(Grounder):
 
     def _steerseg(self, expression: str, video: VisualInput, frame_batches: list[VisualInput], k: int, stage):
         cfg = self.config
-        attributes_text, attributes = "", []
+        attributes_text, attributes, cot_text = "", [], ""
         if cfg.cot:
             with stage("attributes"):
                 cot = self.ask(video, self.content(video, questions.attribute_text(expression)),
                                decode_tokens=cfg.cot_tokens)
-                attributes = questions.parse_attributes(cot.texts[0])
+                cot_text = cot.texts[0]
+                attributes = questions.parse_attributes(cot_text)
                 attributes_text = "; ".join(attributes)
         head, question = questions.steered_text_parts(expression, attributes_text)
         soft_video = self.soft_prompts.video if self.soft_prompts is not None else None
@@ -543,7 +544,7 @@ class VLMGrounder(Grounder):
                                        np.concatenate([v for a in frame_ans for v in self.volumes(a)]),
                                        k, self.frames_per_step)
         class_word = questions.first_word(video_ans.texts[0])
-        text = f"attributes: {attributes_text}\nanswer (video): {video_ans.texts[0]}"
+        text = f"attributes: {cot_text}\nanswer (video): {video_ans.texts[0]}"
         return maps, class_word, attributes, text
 
     def _points(self, fused: np.ndarray, keyframes: list[Frame]) -> list[PointPrompt]:
