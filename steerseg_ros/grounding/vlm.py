@@ -212,7 +212,8 @@ def load_model(config: VLMGrounderConfig):
 
 
 class _Stages:
-    """Wall time per named stage, accumulated (a stage may run several times)."""
+    """Wall time per named stage, accumulated (a stage may run several times). "rollout" (the
+    rollout's last row, computed after each captured prefill) is also inside the prompt stages."""
 
     def __init__(self, device: torch.device):
         self.timings: dict[str, float] = {}
@@ -286,6 +287,7 @@ class VLMGrounder(Grounder):
         self.factor = vp.patch_size * vp.merge_size
         self.frames_per_step = vp.temporal_patch_size
         self._lock = threading.Lock()
+        self._timer: Optional[_Stages] = None
 
     # ----------------------------------------------------------------------------------------
     # inputs and the vision tower
@@ -378,7 +380,10 @@ class VLMGrounder(Grounder):
         with context:
             out = self.model(inputs_embeds=embeds, position_ids=positions, use_cache=use_cache,
                              logits_to_keep=1, **kwargs)
-        row = self.rollout.last_row() if capture else None
+        row = None
+        if capture:
+            with self._timer("rollout") if self._timer is not None else contextlib.nullcontext():
+                row = self.rollout.last_row()
         return out, row, positions
 
     def decode(self, out, positions: torch.Tensor, max_new_tokens: int, one_word: bool = False) -> list[str]:
@@ -458,6 +463,8 @@ class VLMGrounder(Grounder):
                                      f"frames_per_batch, video_tokens_per_pair or the keyframe count") from exc
             except ValueError as exc:  # e.g. an image too elongated for the processor
                 raise GroundingError(f"cannot ground on these keyframes: {exc}") from exc
+            finally:
+                self._timer = None
 
     def _ground(self, keyframes: list[Frame], command: str) -> GroundingResult:
         cfg = self.config
@@ -468,7 +475,7 @@ class VLMGrounder(Grounder):
             # Uniform subsampling that keeps the newest frame.
             idx = np.unique(np.round(np.linspace(0, len(keyframes) - 1, cfg.max_keyframes)).astype(int))
             keyframes = [keyframes[i] for i in idx]
-        stage = _Stages(self.device)
+        stage = self._timer = _Stages(self.device)
         start = time.perf_counter()
         expression = questions.format_expression(command)
         with stage("inputs"):
