@@ -136,6 +136,16 @@ def bench_grounding(family: str = "qwen2_5_vl", shape: str = "tiny", modes: Sequ
     return report
 
 
+def flat_figures(report: dict) -> dict:
+    """`bench_grounding`'s report as one flat dict ("decaf.vision_s": ...), the form a
+    steerseg-bench section returns."""
+    flat = {k: v for k, v in report.items() if k != "modes"}
+    for mode, figures in report["modes"].items():
+        flat.update({f"{mode}.{stage}_s": value for stage, value in figures["stages_s"].items()})
+        flat.update({f"{mode}.{k}": v for k, v in figures.items() if k != "stages_s"})
+    return flat
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--family", default="qwen2_5_vl", choices=("qwen2_vl", "qwen2_5_vl", "qwen3_vl"))
