@@ -1,0 +1,91 @@
+"""From attention rollout maps to one grounding map per keyframe (DecAF's fusion; SteerSeg's
+maps without the background pass).
+
+Owns the steps of METHOD.md section 1, "Fusion": Gaussian smoothing per frame,
+object-minus-background contrast, min-max normalisation (the video map over all its frames
+together, each frame map on its own, a constant map becoming 0), temporal alignment of the
+video map to the keyframes, and the fusion of the two granularities into V in [0, 1] on the
+frame grid. NumPy and OpenCV only: no model is needed to test it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+
+@dataclass
+class FusedMaps:
+    """video: (K, Hv, Wv) aligned to the keyframes; frames: (K, Hf, Wf); fused: (K, Hf, Wf).
+    All float32 in [0, 1]."""
+
+    video: np.ndarray
+    frames: np.ndarray
+    fused: np.ndarray
+
+
+def smooth(maps: np.ndarray, kernel: int, sigma: float) -> np.ndarray:
+    """Gaussian smoothing of each (H, W) map of a (N, H, W) stack; kernel 0 or 1 leaves it."""
+    if kernel <= 1:
+        return maps.astype(np.float32)
+    # Mirror padding without repeating the edge, the border torchvision's gaussian_blur uses.
+    return np.stack([cv2.GaussianBlur(m.astype(np.float32), (kernel, kernel), sigma,
+                                      borderType=cv2.BORDER_REFLECT_101) for m in maps])
+
+
+def contrast(obj: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """Object minus background, clamped to [0, 1]."""
+    return np.clip(obj - background, 0.0, 1.0).astype(np.float32)
+
+
+def minmax(values: np.ndarray) -> np.ndarray:
+    """Min-max over the whole array; a constant array (or one with no finite value) becomes 0."""
+    values = np.nan_to_num(values.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    lo, hi = float(values.min()), float(values.max())
+    if hi - lo <= 1e-12 * max(1.0, abs(hi)):
+        return np.zeros_like(values)
+    return (values - lo) / (hi - lo)
+
+
+def minmax_each(maps: np.ndarray) -> np.ndarray:
+    """Min-max of each (H, W) map of a (N, H, W) stack on its own."""
+    return np.stack([minmax(m) for m in maps]) if len(maps) else maps.astype(np.float32)
+
+
+def align_time(video: np.ndarray, num_frames: int, frames_per_step: int = 2) -> np.ndarray:
+    """(T, H, W) video steps -> (num_frames, H, W): each step repeated for the frames it covers,
+    the padding frame of an odd count dropped."""
+    aligned = np.repeat(video, frames_per_step, axis=0)[:num_frames]
+    if aligned.shape[0] != num_frames:
+        raise ValueError(f"{video.shape[0]} video steps cover {aligned.shape[0]} frames, not {num_frames}")
+    return aligned
+
+
+def fuse(video: np.ndarray, frames: np.ndarray) -> np.ndarray:
+    """Average of the video maps upsampled bilinearly to the frame grid and the frame maps,
+    min-max over everything."""
+    hf, wf = frames.shape[1:]
+    up = np.stack([cv2.resize(v.astype(np.float32), (wf, hf), interpolation=cv2.INTER_LINEAR) for v in video])
+    return minmax(0.5 * (up + frames))
+
+
+def decaf_maps(video_obj: np.ndarray, video_bg: np.ndarray, frame_obj: np.ndarray, frame_bg: np.ndarray,
+               num_frames: int, frames_per_step: int = 2, video_kernel: int = 3, frame_kernel: int = 7,
+               sigma: float = 1.0) -> FusedMaps:
+    """DecAF's fusion. video_*: (T, Hv, Wv) rollout maps of the object and background prompts on
+    the video; frame_*: (K, Hf, Wf) on the frames."""
+    video = minmax(contrast(smooth(video_obj, video_kernel, sigma), smooth(video_bg, video_kernel, sigma)))
+    frames = minmax_each(contrast(smooth(frame_obj, frame_kernel, sigma), smooth(frame_bg, frame_kernel, sigma)))
+    video = align_time(video, num_frames, frames_per_step)
+    return FusedMaps(video, frames, fuse(video, frames))
+
+
+def steered_maps(video_map: np.ndarray, frame_map: np.ndarray, num_frames: int,
+                 frames_per_step: int = 2) -> FusedMaps:
+    """SteerSeg's maps: the raw rollout after steering (no smoothing, no background),
+    normalised and fused the way DecAF fuses, so both modes hand the tracker the same kind of
+    map."""
+    video = align_time(minmax(video_map), num_frames, frames_per_step)
+    frames = minmax_each(frame_map)
+    return FusedMaps(video, frames, fuse(video, frames))
