@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from steerseg_ros.buffer import NS_PER_S, KeyframeConfig
-from steerseg_ros.grounding.base import Grounder, GroundingError, GroundingResult
+from steerseg_ros.grounding.base import Grounder, GroundingError, GroundingResult, PointPrompt
 from steerseg_ros.pipeline import FrameRejected, Pipeline, PipelineConfig, PipelineState, TrackState
 from steerseg_ros.prompts import points_from_maps
 from steerseg_ros.tracking.base import MaskCandidate, ObjectMask, ObjectState, Tracker
@@ -65,6 +65,7 @@ class DiskTracker(Tracker):
         self.score = 0.9
         self.live = {}
         self.advanced = []
+        self.velocity = 0  # pixels per frame that live objects move to the right
 
     def segment(self, frame, points, labels):
         return [MaskCandidate(disk(*points[0]), 0.9)]
@@ -83,6 +84,8 @@ class DiskTracker(Tracker):
         self.live.pop(obj_id, None)
 
     def step(self, frame):
+        for s in self.live.values():
+            s.result = ObjectMask(np.roll(s.result.mask, self.velocity, axis=1), self.score)
         return {i: ObjectMask(s.result.mask, self.score) for i, s in self.live.items()}
 
     @property
@@ -174,6 +177,32 @@ def test_regrounding_that_finds_another_object_replaces_the_track(setup):
     assert [t.id for t in outputs[-1].tracks] == [2]
     x, y = cell_centre(grounder.where)
     assert outputs[-1].tracks[0].mask[int(y), int(x)]
+
+
+def test_regrounding_is_reconciled_on_the_keyframe_it_used_not_on_the_live_frame(setup):
+    grounder, tracker, make = setup
+    p, feed = make(regrounding_period_s=0.5)
+    p.set_command("the cup")
+    feed(3)
+    tracker.velocity = 3  # the object now moves right, 3 px a frame: 15 px per 0.5 s
+    original = grounder.ground
+
+    def where_it_was_on_the_oldest_keyframe(keyframes, command):
+        # The grounding finds the object where it was on the oldest keyframe with the track (it looks at
+        # the past); the catch-up of this double does not move it, so on the live frame the new
+        # target and the track do not overlap at all.
+        r = original(keyframes, command)
+        k, old = next((k, m) for k, f in enumerate(keyframes) if (m := p._tracks[1].mask_at(f.seq)) is not None)
+        assert k < len(keyframes) - 1 and not np.array_equal(old, p._tracks[1].mask)
+        ys, xs = np.nonzero(old)
+        r.points = [PointPrompt(k, float(xs.mean()), float(ys.mean()), 1.0)]
+        return r
+
+    grounder.ground = where_it_was_on_the_oldest_keyframe
+    outputs = [feed() for _ in range(8)]
+    assert p.stats["tracks_confirmed"] >= 1
+    assert {t.id for o in outputs for t in o.tracks} == {1}
+    assert not any(t.state == TrackState.REPLACED for o in outputs for t in o.tracks)
 
 
 def test_track_is_lost_after_the_timeout_and_regrounding_recovers_it(setup):
