@@ -9,6 +9,7 @@ from setuptools import find_packages, setup
 TOOLS = {
     "steerseg-play": "steerseg_ros.tools.play:main",
     "steerseg-demo": "steerseg_ros.tools.demo:main",
+    "steerseg-eval": "steerseg_ros.tools.eval:main",
 }
 
 setup(
@@ -22,7 +23,7 @@ setup(
     extras_require={
         "models": ["torch", "transformers==5.23.0", "safetensors", "pillow"],
         "export": ["onnx", "onnxscript", "onnxruntime"],
-        "eval": ["matplotlib"],
+        "eval": ["matplotlib", "pycocotools"],
     },
     entry_points={"console_scripts": [f"{name}={target}" for name, target in TOOLS.items()]},
 )
