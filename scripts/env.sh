@@ -4,7 +4,11 @@ _steerseg_root=$(cd "$(dirname "${BASH_SOURCE[0]:-$0}")/.." && pwd)
 . "$_steerseg_root/.venv/bin/activate"
 export AMENT_PREFIX_PATH=$VIRTUAL_ENV CMAKE_PREFIX_PATH=$VIRTUAL_ENV
 # colcon's setup script puts install/ on PYTHONPATH, PATH, LD_LIBRARY_PATH and AMENT_PREFIX_PATH.
+# It reads unset variables, so it cannot be sourced under `set -u` (scripts/run_tests.sh).
+case $- in *u*) _steerseg_nounset=1; set +u ;; *) _steerseg_nounset= ;; esac
 COLCON_TRACE= . "$_steerseg_root/install/setup.sh"
+if [ -n "$_steerseg_nounset" ]; then set -u; fi
+unset _steerseg_nounset
 export PIP_CONSTRAINT=$_steerseg_root/requirements/constraints.txt
 # The default Fast DDS shared-memory segment (512 KiB) is smaller than one camera frame.
 export FASTDDS_DEFAULT_PROFILES_FILE=${FASTDDS_DEFAULT_PROFILES_FILE:-$_steerseg_root/config/fastdds_shm.xml}
