@@ -86,6 +86,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -190,7 +191,10 @@ def read_label_png(path: Path) -> np.ndarray:
 def decode_rle(rle: dict) -> np.ndarray:
     """A COCO run-length mask ({"size": [h, w], "counts": str}) as HxW bool."""
     from pycocotools import mask as mask_utils  # only the MeViS and ReVOS readers need it
-    mask = mask_utils.decode(rle)
+    with warnings.catch_warnings():
+        # pycocotools 2.0.11 trips numpy 2's __array__(copy=...) deprecation; the result is right.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        mask = mask_utils.decode(rle)
     if mask.ndim == 3:
         mask = mask.any(axis=2)
     return mask.astype(bool)

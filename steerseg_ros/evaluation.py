@@ -41,7 +41,7 @@ from PIL import Image
 from steerseg_ros import metrics, render
 from steerseg_ros.buffer import NS_PER_S, Frame
 from steerseg_ros.datasets import Dataset, Sample
-from steerseg_ros.grounding.base import Grounder
+from steerseg_ros.grounding.base import Grounder, GroundingError
 from steerseg_ros.offline import OfflineConfig, propagate_objects, segment_clip
 from steerseg_ros.pipeline import Pipeline, PipelineConfig, PipelineOutput, TrackState
 from steerseg_ros.tracking.base import Tracker
@@ -157,6 +157,8 @@ class Row:
     seconds: float
     first_mask_frame: int
     error: str = ""
+    groundings: int = 0            # grounding calls (streaming: the first and every re-grounding)
+    grounding_failures: int = 0    # of which failed (streaming goes on, as the node does)
 
     @property
     def jf(self) -> float:
@@ -258,14 +260,16 @@ class SampleOutput:
             self.put(i, empty)
         return len(missing)
 
-    def rows(self, seconds: float, error: str = "") -> list[Row]:
+    def rows(self, seconds: float, error: str = "", info: Optional[dict[str, Any]] = None) -> list[Row]:
+        info = info or {}
         out = []
         for o in self.js:
             js, fs = self.js[o], self.fs[o]
             j = float(np.mean(js)) if js else float("nan")
             f = float(np.mean(fs)) if fs else float("nan")
             out.append(Row(self.sample.video, self.sample.expression_id, o, self.sample.kind,
-                           self.sample.command or "", self.n, len(js), j, f, seconds, self.first_mask_frame, error))
+                           self.sample.command or "", self.n, len(js), j, f, seconds, self.first_mask_frame, error,
+                           int(info.get("groundings", 0)), int(info.get("grounding_failures", 0))))
         return out
 
 
@@ -332,7 +336,7 @@ def run_streaming(sample: Sample, clip: _Head, grounder: Grounder, tracker: Trac
             for i in range(len(clip)):
                 output = pipeline.process(clip.image(i), _stamp(i, fps), name=clip.frame_names[i])
                 put(i, visible_mask(output))
-            info.update({k: v for k, v in pipeline.stats.items() if k.startswith(("groundings", "tracks_"))})
+            info.update({k: v for k, v in pipeline.stats.items() if k.startswith(("grounding", "tracks_"))})
         finally:
             pipeline.close()
         return info
@@ -357,7 +361,7 @@ def run_offline(sample: Sample, clip: _Head, grounder: Grounder, tracker: Tracke
         for i in range(len(clip)):
             put(i, result.masks.get(i, shape))
         info: dict[str, Any] = dict(result.timings)
-        info["targets"] = len(result.chosen)
+        info.update({"targets": len(result.chosen), "groundings": 1})
         return info
     finally:
         tracker.reset()
@@ -398,11 +402,14 @@ class Evaluator:
         output = SampleOutput(self.out, sample, n)
         run = run_streaming if self.config.mode == "streaming" else run_offline
         error = ""
+        info: dict[str, Any] = {}
         t0 = time.perf_counter()
         try:
-            run(sample, clip, self.grounder, self.tracker, self.config, self.fps, output.put)
+            info = run(sample, clip, self.grounder, self.tracker, self.config, self.fps, output.put)
         except Exception as e:  # one bad sample must not end a run of thousands
             error = f"{type(e).__name__}: {e}"
+            if isinstance(e, GroundingError) and not sample.semi_supervised:
+                info = {"groundings": 1, "grounding_failures": 1}
             log.error("%s: %s", sample.key, error, exc_info=log.isEnabledFor(logging.DEBUG))
         seconds = time.perf_counter() - t0
         try:
@@ -410,7 +417,7 @@ class Evaluator:
         except Exception as e:
             error = error or f"{type(e).__name__}: {e}"
             log.error("%s: cannot complete the output: %s", sample.key, e)
-        rows = output.rows(seconds, error)
+        rows = output.rows(seconds, error, info)
         self.rows += rows
         self.samples += 1
         self.errors += bool(error)
@@ -422,7 +429,8 @@ class Evaluator:
         """Keep the overlays of the best and the worst samples so far (a bounded handful)."""
         if image is None:
             return
-        score = float(np.nanmean([r.jf for r in rows])) if rows else float("nan")
+        scored = [r.jf for r in rows if not math.isnan(r.j)]
+        score = float(np.mean(scored)) if scored else float("nan")
         title = sample.key if math.isnan(score) else f"{sample.key}  J&F {100 * score:.1f}"
         self.previews.append(_Preview(score, title, image))
         if len(self.previews) > PREVIEWS:
@@ -477,7 +485,7 @@ def _jsonable(value):
 
 # ---- tables ---------------------------------------------------------------------------------
 ROW_FIELDS = ["video", "expression_id", "object_id", "kind", "command", "frames", "scored_frames",
-              "J", "F", "J&F", "seconds", "first_mask_frame", "error"]
+              "J", "F", "J&F", "seconds", "first_mask_frame", "groundings", "grounding_failures", "error"]
 
 
 def _fmt(x: float) -> str:
@@ -485,7 +493,8 @@ def _fmt(x: float) -> str:
 
 
 def write_rows_csv(path: Path, rows: list[Row], semi: bool) -> None:
-    fields = [f for f in ROW_FIELDS if not (semi and f in ("expression_id", "kind", "command"))]
+    fields = [f for f in ROW_FIELDS
+              if not (semi and f in ("expression_id", "kind", "command", "groundings", "grounding_failures"))]
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
@@ -493,7 +502,8 @@ def write_rows_csv(path: Path, rows: list[Row], semi: bool) -> None:
             values = {"video": r.video, "expression_id": r.expression_id, "object_id": r.object_id,
                       "kind": r.kind, "command": r.command, "frames": r.frames,
                       "scored_frames": r.scored_frames, "J": _fmt(r.j), "F": _fmt(r.f), "J&F": _fmt(r.jf),
-                      "seconds": f"{r.seconds:.3f}", "first_mask_frame": r.first_mask_frame, "error": r.error}
+                      "seconds": f"{r.seconds:.3f}", "first_mask_frame": r.first_mask_frame,
+                      "groundings": r.groundings, "grounding_failures": r.grounding_failures, "error": r.error}
             w.writerow({k: values[k] for k in fields})
 
 
@@ -579,7 +589,8 @@ def write_plot(path: Path, videos: list[dict[str, Any]], previews: list[_Preview
     if scored:
         names = [v["video"] for v in scored]
         values = [100 * v["J&F"] for v in scored]
-        ax.bar(range(len(values)), values, color="#4c72b0")
+        ax.bar(range(len(values)), values, color="#4c72b0", width=0.7)
+        ax.set_xlim(-0.75, max(len(values), 8) - 0.25)  # a few videos do not make wide bars
         ax.set_xticks(range(len(values)))
         ax.set_xticklabels(names, rotation=60 if len(names) > 8 else 0, ha="right" if len(names) > 8 else "center",
                            fontsize=8 if len(names) > 20 else 9)
