@@ -203,6 +203,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
+        dataset = open_dataset(args.dataset, args.root, args.split, args.meta)
+        videos = [v for item in args.sequences for v in item.split(",") if v] or None
+        total = dataset.count(videos)
         params = read_params_file(args.params) if args.params else {}
         params.update(parse_set(args.set))
         if args.keyframes is not None:
@@ -210,10 +213,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         setup = make_setup(params, args.grounder, args.tracker)
         config = EvalConfig(args.mode, args.fps, args.max_frames, setup.pipeline, setup.offline)
         config.validate()
-        dataset = open_dataset(args.dataset, args.root, args.split, args.meta)
-        videos = [v for item in args.sequences for v in item.split(",") if v] or None
-        total = dataset.count(videos)
-    except (ValueError, DatasetError, OSError, yaml.YAMLError) as e:
+    except (ValueError, DatasetError, OSError, ImportError, yaml.YAMLError) as e:
         print(f"steerseg-eval: {e}", file=sys.stderr)
         return 2
     if args.limit:
