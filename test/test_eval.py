@@ -9,6 +9,7 @@ protocol did with them can be checked exactly; the end-to-end test runs the real
 """
 import csv
 import json
+import subprocess
 import zipfile
 
 import numpy as np
@@ -287,6 +288,11 @@ def test_settings_from_a_node_parameters_file_and_set_overrides(tmp_path):
         eval_tool.make_setup({}, "clip", None)
     with pytest.raises(ValueError, match="SECTION.FIELD=VALUE"):
         eval_tool.parse_set(["pipeline.min_keyframes"])
+
+
+def test_steerseg_eval_is_a_command_on_path():
+    out = subprocess.run(["steerseg-eval", "--help"], capture_output=True, text=True, check=True)
+    assert "--dataset" in out.stdout and "streaming" in out.stdout
 
 
 def test_bad_arguments_are_reported_without_a_traceback(tmp_path, capsys):
