@@ -148,6 +148,8 @@ def make_setup(params: dict[str, Any], grounder: Optional[str], tracker: Optiona
         table = backends.GROUNDERS if kind == "grounder" else backends.TRACKERS
         if names[kind] not in table:
             raise ValueError(f"unknown {kind} backend {names[kind]!r}; choose one of {sorted(table)}")
+        if by_section[kind].get("fallback_to_builtin"):
+            log.warning("%s.fallback_to_builtin is ignored: an evaluation never swaps backends", kind)
         preset = table[names[kind]][3]
         values = {k: v for k, v in by_section[kind].items() if k not in CHOICE_FIELDS}
         fixed = sorted(set(values) & set(preset))
