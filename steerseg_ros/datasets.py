@@ -35,6 +35,9 @@ ref-davis17: Ref-DAVIS17 as ReferFormer converts it (tools/data/convert_davis_to
     ROOT/valid/JPEGImages/<video>/<frame>.jpg
     ROOT/valid/Annotations/<video>/<frame>.png   palette PNG of DAVIS 2017's unsupervised
                                                  annotations; obj_id is the palette index.
+    Each expression is scored on its own over all frames, as VISA's tools/eval_davis17.py and
+    the MeViS evaluator do. (ReferFormer's older protocol merges each annotator's expressions
+    into one multi-object result and runs the DAVIS 2017 toolkit on it; not reproduced here.)
 
 ref-youtube-vos: Ref-YouTube-VOS (the competition download).
     ROOT/meta_expressions/<split>/meta_expressions.json, or ROOT/meta_expressions_<split>.json,
