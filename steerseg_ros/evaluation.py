@@ -455,6 +455,7 @@ class Evaluator:
             "mode": self.config.mode, "fps": self.fps, "max_frames": self.config.max_frames,
             "samples": self.samples, "frames": self.frames,
             "errors": self.errors, "wall_s": wall_s,
+            "frames_per_s": self.frames / wall_s if wall_s > 0 else float("nan"),
             "ground_truth": self.dataset.has_ground_truth, **self.describe,
         })
         if not self.dataset.has_ground_truth and self.dataset.submission:
@@ -551,7 +552,8 @@ def summarize_rows(rows: list[Row], overall: str = "objects") -> dict[str, Any]:
 
 def summary_markdown(summary: dict[str, Any]) -> str:
     lines = [f"# steerseg-eval: {summary.get('dataset')} ({summary.get('split') or '-'}), {summary.get('mode')} mode", ""]
-    for key in ("grounder", "tracker", "fps", "max_frames", "samples", "frames", "errors", "wall_s", "command"):
+    for key in ("grounder", "tracker", "fps", "max_frames", "samples", "frames", "errors", "wall_s", "frames_per_s",
+                "command"):
         if key in summary:
             value = summary[key]
             if isinstance(value, float):

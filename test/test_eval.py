@@ -304,7 +304,7 @@ def test_bad_arguments_are_reported_without_a_traceback(tmp_path, capsys):
 @pytest.mark.parametrize("mode", ["streaming", "offline"])
 def test_steerseg_eval_end_to_end_on_two_davis16_sequences(davis_root, tmp_path, mode):
     out = tmp_path / mode
-    frames = 24
+    frames = 16
     rc = eval_tool.main(["--dataset", "expressions", "--root", str(davis_root), "--out", str(out),
                          "--mode", mode, "--sequences", "blackswan,car-shadow", "--max-frames", str(frames),
                          "--grounder", "builtin", "--tracker", "builtin", "--no-progress"])
