@@ -243,7 +243,8 @@ class SampleOutput:
         if truth is not None:  # the ground truth's outline in white
             target = truth > 0 if self.sample.semi_supervised else np.isin(truth, self.sample.object_ids)
             contours, _ = cv2.findContours(target.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-            cv2.drawContours(bgr, contours, -1, (255, 255, 255), 1, cv2.LINE_AA)
+            cv2.drawContours(bgr, contours, -1, (0, 0, 0), 4, cv2.LINE_AA)
+            cv2.drawContours(bgr, contours, -1, (255, 255, 255), 2, cv2.LINE_AA)
         scale = PREVIEW_WIDTH / bgr.shape[1]
         if scale < 1:
             bgr = cv2.resize(bgr, (PREVIEW_WIDTH, int(round(bgr.shape[0] * scale))), interpolation=cv2.INTER_AREA)
