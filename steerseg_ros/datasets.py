@@ -18,7 +18,9 @@ davis: DAVIS 2016 / 2017 semi-supervised (the first frame's mask is given).
                                             void and counts as background); DAVIS 2016: 0/255.
     ROOT/ImageSets/2017/val.txt             optional sequence list (2016 when that year is asked
                                             for); without one, every folder under JPEGImages.
-    Objects are ids 1..max of the first frame's mask, as the toolkit counts them.
+    Objects are ids 1..max of the first frame's mask, as the toolkit counts them. test-dev and
+    test-challenge give the first frame's mask only: their submission is a zip of
+    <seq>/<frame>.png palette PNGs at its top level.
 
 expressions: this project's language commands on a DAVIS-layout folder (../shared/data/davis16).
     ROOT/JPEGImages/480p/..., ROOT/Annotations/480p/... as for davis (one object per sequence)
@@ -317,6 +319,7 @@ class DavisDataset(Dataset):
 
     name = "davis"
     fps = 24.0
+    submission = "davis"
 
     def __init__(self, root, split: Optional[str] = None, meta=None, resolution: str = "480p",
                  year: Optional[str] = None):
@@ -334,7 +337,10 @@ class DavisDataset(Dataset):
 
     @property
     def has_ground_truth(self) -> bool:
-        return self.folders.annotations.is_dir()
+        """False for test-dev / test-challenge, whose annotations hold the first frame only."""
+        videos = self.videos()
+        folder = self.folders.annotations / videos[0] if videos else None
+        return folder is not None and len(list(folder.glob("*.png"))) > 1
 
     def _video_samples(self, video: str) -> Iterator[Sample]:
         names, paths = self.folders.frames(video)

@@ -128,8 +128,9 @@ def read_mask(path: Path) -> np.ndarray:
 def write_submission(out: Path, layout: str) -> Path:
     """Zip masks/ in the official server's layout: "ref-youtube-vos" puts
     Annotations/<video>/<expression>/<frame>.png at the top (ReferFormer's instructions),
-    "mevis" the video folders themselves (MeViS's sample submission)."""
-    prefix = {"ref-youtube-vos": "Annotations", "mevis": ""}[layout]
+    "mevis" the video folders themselves (MeViS's sample submission), "davis" the sequence
+    folders of palette PNGs (the DAVIS challenge's)."""
+    prefix = {"ref-youtube-vos": "Annotations", "mevis": "", "davis": ""}[layout]
     masks = out / "masks"
     target = out / "submission.zip"
     with zipfile.ZipFile(target, "w", zipfile.ZIP_STORED) as z:  # PNGs are compressed already

@@ -241,6 +241,19 @@ def test_semi_supervised_davis_writes_palette_masks_and_skips_first_and_last_fra
 
 
 def test_submissions_land_where_the_official_servers_expect(tmp_path):
+    # DAVIS test-dev: the first frame's mask only.
+    names = [f"{k:05d}" for k in range(4)]
+    write_frames(tmp_path / "davis/JPEGImages/480p/boxes", names)
+    write_palette(tmp_path / "davis/Annotations/480p/boxes/00000.png", labels(0, [1, 2]))
+    ds = open_dataset("davis", tmp_path / "davis", split="test-dev")
+    assert not ds.has_ground_truth
+    ev = Evaluator(ds, SpotGrounder(), StillTracker(), tmp_path / "davis_out", EvalConfig())
+    for s in ds.samples():
+        ev.run_sample(s)
+    with zipfile.ZipFile(ev.finish(1.0).files["submission"]) as z:
+        assert sorted(z.namelist()) == [f"boxes/{n}.png" for n in names]
+
+
     build_mevis(tmp_path / "mevis", "valid", with_masks=False)
     ds = open_dataset("mevis", tmp_path / "mevis", split="valid")
     ev = Evaluator(ds, SpotGrounder(), StillTracker(), tmp_path / "mevis_out", EvalConfig(mode="offline"))
