@@ -125,7 +125,7 @@ def read_mask(path: Path) -> np.ndarray:
         return values.astype(np.int32) if im.mode == "P" else values > 127
 
 
-def write_submission(out: Path, layout: str) -> Path:
+def write_submission(out: Path, layout: str, folders: Optional[list[Path]] = None) -> Path:
     """Zip masks/ in the official server's layout: "ref-youtube-vos" puts
     Annotations/<video>/<expression>/<frame>.png at the top (ReferFormer's instructions),
     "mevis" the video folders themselves (MeViS's sample submission), "davis" the sequence
@@ -133,8 +133,13 @@ def write_submission(out: Path, layout: str) -> Path:
     prefix = {"ref-youtube-vos": "Annotations", "mevis": "", "davis": ""}[layout]
     masks = out / "masks"
     target = out / "submission.zip"
+    # Only this run's folders (`folders`), not what an earlier run left in masks/.
+    if folders is None:
+        paths = sorted(masks.rglob("*.png"))
+    else:
+        paths = sorted(p for folder in dict.fromkeys(folders) for p in folder.glob("*.png"))
     with zipfile.ZipFile(target, "w", zipfile.ZIP_STORED) as z:  # PNGs are compressed already
-        for path in sorted(masks.rglob("*.png")):
+        for path in paths:
             rel = path.relative_to(masks).as_posix()
             z.write(path, f"{prefix}/{rel}" if prefix else rel)
     return target
@@ -395,6 +400,7 @@ class Evaluator:
         self.errors = 0
         self.frames = 0
         self.previews: list[_Preview] = []
+        self.folders: list[Path] = []  # the mask folders this run wrote
 
     def run_sample(self, sample: Sample) -> list[Row]:
         """Run, write and score one sample; a failure is logged and recorded in its rows (the
@@ -420,6 +426,7 @@ class Evaluator:
             error = error or f"{type(e).__name__}: {e}"
             log.error("%s: cannot complete the output: %s", sample.key, e)
         rows = output.rows(seconds, error, info)
+        self.folders.append(mask_path(self.out, sample, "x").parent)
         self.rows += rows
         self.samples += 1
         self.errors += bool(error)
@@ -461,7 +468,7 @@ class Evaluator:
             "ground_truth": self.dataset.has_ground_truth, **self.describe,
         })
         if not self.dataset.has_ground_truth and self.dataset.submission:
-            files["submission"] = write_submission(self.out, self.dataset.submission)
+            files["submission"] = write_submission(self.out, self.dataset.submission, self.folders)
             summary["submission"] = str(files["submission"])
         files["summary_md"] = self.out / "summary.md"
         files["summary_md"].write_text(summary_markdown(summary))

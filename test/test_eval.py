@@ -256,6 +256,8 @@ def test_submissions_land_where_the_official_servers_expect(tmp_path):
 
     build_mevis(tmp_path / "mevis", "valid", with_masks=False)
     ds = open_dataset("mevis", tmp_path / "mevis", split="valid")
+    (tmp_path / "mevis_out/masks/old_video/0").mkdir(parents=True)  # an earlier run's leftovers
+    (tmp_path / "mevis_out/masks/old_video/0/00000.png").write_bytes(b"")
     ev = Evaluator(ds, SpotGrounder(), StillTracker(), tmp_path / "mevis_out", EvalConfig(mode="offline"))
     for s in ds.samples():
         ev.run_sample(s)
