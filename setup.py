@@ -9,6 +9,7 @@ from setuptools import find_packages, setup
 TOOLS = {
     "steerseg-play": "steerseg_ros.tools.play:main",
     "steerseg-demo": "steerseg_ros.tools.demo:main",
+    "steerseg-bench": "steerseg_ros.tools.bench:main",
     "steerseg-eval": "steerseg_ros.tools.eval:main",
 }
 

@@ -45,19 +45,15 @@ class StampError(ValueError):
 
 @dataclass
 class KeyframeConfig:
-    """How keyframes are chosen from the buffer.
+    """How keyframes are chosen from the buffer (each field's help text is in its metadata)."""
 
-    count: how many keyframes (fewer when the window holds fewer usable frames).
-    window_s: keyframes are spread uniformly in time over the last window_s seconds.
-    min_spacing_s: two keyframes are at least this far apart in time.
-    dedup_threshold: skip a frame whose mean absolute grey-level difference to the previous
-        keyframe (on a 32x32 thumbnail, 0..255) is below this; 0 disables the check.
-    """
-
-    count: int = 8
-    window_s: float = 3.0
-    min_spacing_s: float = 0.05
-    dedup_threshold: float = 0.0
+    count: int = field(default=8, metadata={"help": "How many keyframes (fewer when the window holds fewer usable frames)."})
+    window_s: float = field(default=3.0, metadata={"help": (
+        "Keyframes are spread uniformly in time over the last window_s seconds.")})
+    min_spacing_s: float = field(default=0.05, metadata={"help": "Two keyframes are at least this many seconds apart."})
+    dedup_threshold: float = field(default=0.0, metadata={"help": (
+        "Skip a frame whose mean absolute grey-level difference to the previous keyframe (on a 32x32 "
+        "thumbnail, 0..255) is below this; 0 disables the check.")})
 
     def validate(self) -> None:
         if self.count < 1:

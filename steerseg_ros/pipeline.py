@@ -22,7 +22,7 @@ from steerseg_ros import tracklets
 from steerseg_ros.buffer import NS_PER_S, Frame, FrameBuffer, KeyframeConfig, StampError
 from steerseg_ros.grounding.base import (MAX_COMMAND_CHARS, Grounder, GroundingError,
                                          GroundingResult, clean_command)
-from steerseg_ros.render import label_image, label_value
+from steerseg_ros.render import label_image, label_value, mask_geometry
 from steerseg_ros.tracking.base import ObjectState, Tracker
 
 log = logging.getLogger("steerseg_ros.pipeline")
@@ -54,32 +54,32 @@ class FrameRejected(ValueError):
 
 @dataclass
 class PipelineConfig:
-    """buffer_size: frames kept for keyframes and catch-up (it must cover the keyframe window
-        plus the grounding latency at camera rate).
-    min_keyframes: grounding waits until this many keyframes can be chosen.
-    regrounding_period_s: ground the command again this often while tracking (0: never).
-    grounding_retry_s: after a failed or empty grounding, try again after this long.
-    lost_timeout_s: a track with no confident mask for this long is LOST (and re-grounding starts).
-    min_confidence: a mask below this score does not count as confident.
-    reconcile_iou: a re-grounded target overlapping a live track by at least this much on the
-        keyframe it used is the same object and keeps the id.
-    time_jump_reset_s: a frame this much older than the newest means the source restarted (a
-        bag looping): everything is reset. A smaller step back is rejected.
-    asynchronous: ground in a worker thread (the node) or inline in `process` (offline tools).
-    """
+    """The streaming logic's settings; every field's help text is in its metadata (the node
+    declares one ROS parameter per field, `pipeline.<field>`)."""
 
-    buffer_size: int = 64
-    keyframes: KeyframeConfig = field(default_factory=KeyframeConfig)
-    min_keyframes: int = 4
-    regrounding_period_s: float = 5.0
-    grounding_retry_s: float = 2.0
-    lost_timeout_s: float = 1.0
-    min_confidence: float = 0.5
-    reconcile_iou: float = 0.5
-    time_jump_reset_s: float = 1.0
-    max_command_chars: int = MAX_COMMAND_CHARS
-    selection: tracklets.SelectionConfig = field(default_factory=tracklets.SelectionConfig)
-    asynchronous: bool = True
+    buffer_size: int = field(default=64, metadata={"help": (
+        "Frames kept for keyframes and catch-up; must cover the keyframe window plus the grounding "
+        "latency at camera rate.")})
+    keyframes: KeyframeConfig = field(default_factory=KeyframeConfig, metadata={"help": "Keyframe selection."})
+    min_keyframes: int = field(default=4, metadata={"help": "Grounding waits until this many keyframes can be chosen."})
+    regrounding_period_s: float = field(default=5.0, metadata={"help": (
+        "Ground the command again this often (seconds of camera time) while tracking; 0: never.")})
+    grounding_retry_s: float = field(default=2.0, metadata={"help": (
+        "After a failed or empty grounding, try again after this many seconds.")})
+    lost_timeout_s: float = field(default=1.0, metadata={"help": (
+        "A track with no confident mask for this many seconds is LOST (and re-grounding starts).")})
+    min_confidence: float = field(default=0.5, metadata={"help": "A mask scored below this does not count as confident."})
+    reconcile_iou: float = field(default=0.5, metadata={"help": (
+        "A re-grounded target overlapping a live track by at least this IoU on the keyframe it used "
+        "is the same object and keeps the id.")})
+    time_jump_reset_s: float = field(default=1.0, metadata={"help": (
+        "A frame this many seconds older than the newest means the source restarted (a bag "
+        "looping): everything is reset. A smaller step back is rejected.")})
+    max_command_chars: int = field(default=MAX_COMMAND_CHARS, metadata={"help": "Longer commands are rejected."})
+    selection: tracklets.SelectionConfig = field(default_factory=tracklets.SelectionConfig,
+                                                 metadata={"help": "Target selection."})
+    asynchronous: bool = field(default=True, metadata={"help": (
+        "Ground in a worker thread (the node) or inline in `process` (offline tools).")})
 
     def validate(self) -> None:
         self.keyframes.validate()
@@ -118,18 +118,23 @@ class TrackView:
 
     @property
     def area(self) -> int:
-        return int(np.count_nonzero(self.mask))
+        return self.geometry()[0]
 
     def bbox(self) -> tuple[int, int, int, int]:
         """(x, y, width, height) of the mask; zeros when empty."""
-        ys, xs = np.nonzero(self.mask)
-        if xs.size == 0:
-            return 0, 0, 0, 0
-        return int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)
+        return self.geometry()[1]
 
     def centroid(self) -> tuple[float, float]:
-        ys, xs = np.nonzero(self.mask)
-        return (float(xs.mean()), float(ys.mean())) if xs.size else (0.0, 0.0)
+        return self.geometry()[2]
+
+    def geometry(self) -> tuple[int, tuple[int, int, int, int], tuple[float, float]]:
+        """(area, bbox, centroid) in one pass (render.mask_geometry), computed once per view:
+        the track message and the markers both need it on every frame."""
+        cached = self.__dict__.get("_geometry")
+        if cached is None or cached[0] is not self.mask:
+            cached = (self.mask, mask_geometry(self.mask))
+            self.__dict__["_geometry"] = cached
+        return cached[1]
 
 
 @dataclass
@@ -142,8 +147,13 @@ class PipelineOutput:
     tracks: list[TrackView]
     groundings: list[GroundingResult] = field(default_factory=list)
 
+    def visible_tracks(self) -> list[TrackView]:
+        """The tracks with a confident mask on this frame (TRACKING or REGROUNDING): the ones the
+        label image and the overlay show. LOST tracks and tracks that ended here are left out."""
+        return [t for t in self.tracks if t.state in (TrackState.TRACKING, TrackState.REGROUNDING)]
+
     def label_image(self) -> np.ndarray:
-        return label_image((self.frame.height, self.frame.width), self.tracks)
+        return label_image((self.frame.height, self.frame.width), self.visible_tracks())
 
 
 @dataclass
@@ -244,10 +254,9 @@ class Pipeline:
     @property
     def state(self) -> PipelineState:
         with self._lock:
-            if self._command is None:
-                return PipelineState.IDLE
             if not self._tracks:
-                return PipelineState.GROUNDING
+                # Tracks seeded from a mask (seed_mask) live without a command.
+                return PipelineState.IDLE if self._command is None else PipelineState.GROUNDING
             if all(t.state == TrackState.LOST for t in self._tracks.values()):
                 return PipelineState.LOST
             return PipelineState.TRACKING
@@ -352,6 +361,41 @@ class Pipeline:
         self._last_attempt_ns = frame.stamp_ns
         self._job_running = not self.config.asynchronous
         return _Job(self._generation, self._command, frame.seq, frame.stamp_ns, reason)
+
+    # ---- seeding from a mask ---------------------------------------------------------------
+    def seed_mask(self, mask: np.ndarray, stamp_ns: Optional[int] = None, label: str = "") -> TrackView:
+        """Start a track from a given mask instead of a grounding (a first-frame annotation, an
+        operator's selection): seeded on the buffered frame with `stamp_ns` (the newest when
+        None) and caught up to the last processed frame. Call it from the thread that calls
+        `process`. Returns the new track as it is on the last processed frame; it is in every
+        output from the next one on. Raises ValueError when no buffered frame has that stamp or
+        the mask is empty or of another size."""
+        frame = self.buffer.latest()
+        if stamp_ns is not None:
+            frame = next((f for f in reversed(self.buffer.frames()) if f.stamp_ns == stamp_ns), None)
+        if frame is None:
+            raise ValueError("no buffered frame to seed on" if stamp_ns is None else
+                             f"no buffered frame has stamp {stamp_ns / NS_PER_S:.6f} s")
+        mask = np.asarray(mask).astype(bool)
+        if mask.shape != (frame.height, frame.width):
+            raise ValueError(f"seed mask is {mask.shape[::-1]}, the frame is {frame.width}x{frame.height}")
+        if not mask.any():
+            raise ValueError("seed mask is empty")
+        state = self.tracker.start(frame, mask=mask)
+        self._catch_up(state, upto=None)
+        with self._lock:
+            self._catch_up(state, upto=self._last_stepped_seq)
+            t = _Track(self._next_id, self._command or "", label, TrackState.TRACKING, state.result.score,
+                       state.result.mask, frame.stamp_ns, frame.stamp_ns)
+            self._next_id += 1
+            self._tracks[t.id] = t
+            self.tracker.attach(t.id, state)
+            last = self.buffer.get(state.seq)
+            if last is not None:
+                self._update(t, last, state.result.mask, state.result.score, False)
+            self.stats["tracks_seeded"] += 1
+            log.info("new track %d seeded from a mask on the frame at %.3f s", t.id, frame.stamp_s)
+            return self._view(t, t.state)
 
     # ---- grounding ------------------------------------------------------------------------
     def _work(self) -> None:

@@ -40,20 +40,51 @@ def label_image(shape: tuple[int, int], tracks: Iterable[Drawable]) -> np.ndarra
     return out
 
 
+def mask_u8(mask: np.ndarray) -> np.ndarray:
+    """An HxW uint8 0/1 view of a boolean mask (a copy only when the mask is not contiguous
+    bool), the form OpenCV's mask functions take."""
+    if mask.dtype == bool and mask.flags.c_contiguous:
+        return mask.view(np.uint8)
+    return (np.asarray(mask) != 0).astype(np.uint8)
+
+
+def mask_geometry(mask: np.ndarray) -> tuple[int, tuple[int, int, int, int], tuple[float, float]]:
+    """(area, (x, y, width, height) of the bounding box, (x, y) centroid) of a mask; zeros when
+    it is empty. OpenCV's boundingRect and moments, several times faster than np.nonzero on a
+    camera-sized mask (this runs for every track on every frame)."""
+    m = mask_u8(mask)
+    x, y, w, h = cv2.boundingRect(m)
+    if w == 0:
+        return 0, (0, 0, 0, 0), (0.0, 0.0)
+    moments = cv2.moments(m[y:y + h, x:x + w], binaryImage=True)
+    area = moments["m00"]
+    return int(area), (x, y, w, h), (x + moments["m10"] / area, y + moments["m01"] / area)
+
+
 def overlay(image_rgb: np.ndarray, tracks: Iterable[Drawable], alpha: float = 0.5) -> np.ndarray:
-    """The camera image (BGR out) with masks tinted, outlined, and labelled '#id label score'."""
+    """The camera image (BGR out) with masks tinted, outlined, and labelled '#id label score'.
+    Each track is drawn inside its mask's bounding box only, which keeps the cost per frame a
+    small fraction of a tracker step."""
     out = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR)
     for t in tracks:
-        if t.mask is None or not t.mask.any():
+        if t.mask is None:
+            continue
+        m = mask_u8(t.mask)
+        x, y, w, h = cv2.boundingRect(m)
+        if w == 0:
             continue
         colour = colour_bgr(t.id)
-        m = t.mask
-        out[m] = (out[m] * (1 - alpha) + np.array(colour, np.float32) * alpha).astype(np.uint8)
-        contours, _ = cv2.findContours(m.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        cv2.drawContours(out, contours, -1, colour, 2, cv2.LINE_AA)
-        ys, xs = np.nonzero(m)
-        x, y = int(xs.min()), max(int(ys.min()) - 6, 14)
-        text = f"#{t.id} {t.label} {t.score:.2f}".strip()
-        cv2.putText(out, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 3, cv2.LINE_AA)
-        cv2.putText(out, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, 1, cv2.LINE_AA)
+        roi = out[y:y + h, x:x + w]
+        inside = m[y:y + h, x:x + w]
+        tint = np.empty_like(roi)
+        tint[:] = colour
+        cv2.addWeighted(roi, 1.0 - alpha, tint, alpha, 0.0, dst=tint)
+        cv2.copyTo(tint, inside, roi)  # writes through the view into `out`
+        contours, _ = cv2.findContours(inside, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE, offset=(x, y))
+        # LINE_8, not LINE_AA: antialiasing a long outline costs more than the rest together.
+        cv2.drawContours(out, contours, -1, colour, 2, cv2.LINE_8)
+        text = f"#{t.id} {t.label} {t.score:.2f}".replace("  ", " ")
+        org = (x, max(y - 6, 14))
+        cv2.putText(out, text, org, cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 3, cv2.LINE_AA)
+        cv2.putText(out, text, org, cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, 1, cv2.LINE_AA)
     return out

@@ -1,0 +1,174 @@
+"""steerseg-play: publish a folder of frames or a video file as a camera topic.
+
+Owns the player used by the tests, the demo and anyone without a camera: frames go out as
+sensor_msgs/Image (or CompressedImage for jpeg/png) at a fixed rate with increasing stamps,
+optionally looping; a std_msgs/String command goes out at a given time, and optionally a seed
+mask (mono8, stamped with the first frame's stamp) for tracking without a command. A manifest
+(one JSON line per published frame: index, name, stamp_ns) lets a recorder match outputs to
+input frames by stamp.
+
+    steerseg-play --frames DIR --rate 10 --command "the black swan" --command-at 1.0
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import cv2
+
+from steerseg_ros.tools.sources import FrameSource
+
+RAW_ENCODINGS = ("bgr8", "rgb8", "bgra8", "rgba8", "mono8")
+COMPRESSED_ENCODINGS = ("jpeg", "png")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="steerseg-play", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--frames", type=Path, help="folder of images, published in name order")
+    source.add_argument("--video", type=Path, help="video file (anything OpenCV reads)")
+    parser.add_argument("--rate", type=float, default=10.0, help="frames per second")
+    parser.add_argument("--count", type=int, default=None, help="publish only the first COUNT frames")
+    parser.add_argument("--loop", action="store_true", help="start over after the last frame (stamps keep increasing)")
+    parser.add_argument("--loops", type=int, default=0, help="with --loop, stop after this many passes (0: until Ctrl-C)")
+    parser.add_argument("--topic", default=None, help="image topic (default: image, or image/compressed for jpeg/png)")
+    parser.add_argument("--encoding", default="bgr8", choices=RAW_ENCODINGS + COMPRESSED_ENCODINGS)
+    parser.add_argument("--frame-id", default="camera", help="header.frame_id of every frame")
+    parser.add_argument("--qos", default="sensor_data", choices=("sensor_data", "reliable"), help="QoS of the image topic")
+    parser.add_argument("--stamp-start", type=float, default=None,
+                        help="stamp of the first frame in seconds (default: the wall clock at start)")
+    parser.add_argument("--command", default=None, help="text published on the command topic")
+    parser.add_argument("--command-at", type=float, default=0.0,
+                        help="seconds after the first frame at which the command is published")
+    parser.add_argument("--command-topic", default="command")
+    parser.add_argument("--seed-mask", type=Path, default=None,
+                        help="PNG mask (nonzero: the object) published as mono8 on --seed-topic with the first frame's stamp")
+    parser.add_argument("--seed-topic", default="seed_mask")
+    parser.add_argument("--wait-subscribers", type=float, default=10.0,
+                        help="wait up to this many seconds for a subscriber on each topic before the first frame (0: no wait)")
+    parser.add_argument("--linger", type=float, default=1.0,
+                        help="seconds to stay up after the last message so reliable subscribers get everything")
+    parser.add_argument("--manifest", type=Path, default=None, help="write one JSON line per published frame here")
+    return parser
+
+
+def _wait_for_subscribers(publishers, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(p.get_subscription_count() > 0 for p in publishers):
+            return True
+        time.sleep(0.05)
+    return all(p.get_subscription_count() > 0 for p in publishers)
+
+
+def play(args: argparse.Namespace, node) -> int:
+    """Publish with `node` (an rclpy node) as the options say; returns the frames published."""
+    from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+    from sensor_msgs.msg import CompressedImage, Image
+    from std_msgs.msg import String
+
+    from steerseg_ros.ros.image_conversion import array_to_image, rgb_to_compressed, rgb_to_image
+    from steerseg_ros.ros.messages import header_at
+
+    compressed = args.encoding in COMPRESSED_ENCODINGS
+    topic = args.topic or ("image/compressed" if compressed else "image")
+    image_qos = qos_profile_sensor_data if args.qos == "sensor_data" else QoSProfile(
+        depth=10, reliability=ReliabilityPolicy.RELIABLE)
+    reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+    image_pub = node.create_publisher(CompressedImage if compressed else Image, topic, image_qos)
+    command_pub = node.create_publisher(String, args.command_topic, reliable) if args.command is not None else None
+    seed_pub = node.create_publisher(Image, args.seed_topic, reliable) if args.seed_mask is not None else None
+    log = node.get_logger()
+
+    source = FrameSource(frames=args.frames, video=args.video, limit=args.count)
+    seed = None
+    if args.seed_mask is not None:
+        seed = cv2.imread(str(args.seed_mask), cv2.IMREAD_GRAYSCALE)
+        if seed is None:
+            raise FileNotFoundError(f"cannot read the seed mask {args.seed_mask}")
+        seed = ((seed > 0) * 255).astype("uint8")
+
+    publishers = [p for p in (image_pub, command_pub, seed_pub) if p is not None]
+    if args.wait_subscribers > 0 and not _wait_for_subscribers(publishers, args.wait_subscribers):
+        log.warning(f"no subscriber on some topic after {args.wait_subscribers:.1f} s; publishing anyway")
+
+    period_ns = int(round(1e9 / args.rate))
+    start_ns = int(args.stamp_start * 1e9) if args.stamp_start is not None else time.time_ns()
+    manifest = open(args.manifest, "w") if args.manifest is not None else None
+    command_sent = command_pub is None
+    published = 0
+    t0 = time.monotonic()
+    try:
+        passes = 0
+        while True:
+            for name, bgr in source:
+                due = t0 + published / args.rate
+                delay = due - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                stamp_ns = start_ns + published * period_ns
+                header = header_at(stamp_ns, args.frame_id)
+                if seed is not None and published == 0:
+                    if seed.shape != bgr.shape[:2]:
+                        raise ValueError(f"seed mask is {seed.shape[::-1]}, the first frame {bgr.shape[1::-1]}")
+                    # Sent just before its frame: the node holds it until that frame arrives.
+                    # The short pause lets it get there first (else it is applied, caught up,
+                    # from the next frame on).
+                    seed_pub.publish(array_to_image(seed, "mono8", header))
+                    time.sleep(min(0.2, 1.0 / args.rate))
+                    t0 += min(0.2, 1.0 / args.rate)
+                if not command_sent and time.monotonic() - t0 >= args.command_at:
+                    command_pub.publish(String(data=args.command))
+                    command_sent = True
+                    log.info(f"command: {args.command!r}")
+                rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+                msg = rgb_to_compressed(rgb, args.encoding, header) if compressed else rgb_to_image(rgb, args.encoding, header)
+                image_pub.publish(msg)
+                if manifest is not None:
+                    manifest.write(json.dumps({"index": published, "name": name, "stamp_ns": stamp_ns}) + "\n")
+                    manifest.flush()
+                published += 1
+            passes += 1
+            if not args.loop or (args.loops and passes >= args.loops):
+                break
+        # A command due after the last frame still goes out.
+        if not command_sent:
+            command_pub.publish(String(data=args.command))
+        if args.linger > 0:
+            time.sleep(args.linger)
+    finally:
+        if manifest is not None:
+            manifest.close()
+    log.info(f"published {published} frames on {node.resolve_topic_name(topic)}")
+    return published
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    # ROS arguments (--ros-args -r image:=/camera/image_raw ...) go to rclpy, the rest to us.
+    ours = argv[:argv.index("--ros-args")] if "--ros-args" in argv else argv
+    args = build_parser().parse_args(ours)
+    if args.rate <= 0:
+        raise SystemExit("--rate must be > 0")
+    import rclpy
+    from rclpy.executors import ExternalShutdownException
+
+    rclpy.init(args=["steerseg-play"] + argv)
+    node = rclpy.create_node("steerseg_play")
+    try:
+        play(args, node)
+        return 0
+    except (KeyboardInterrupt, ExternalShutdownException):
+        return 0
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
