@@ -39,18 +39,16 @@ import numpy as np
 from PIL import Image
 
 from steerseg_ros import metrics, render
-from steerseg_ros.buffer import NS_PER_S, Frame
+from steerseg_ros.buffer import NS_PER_S
 from steerseg_ros.datasets import Dataset, Sample
 from steerseg_ros.grounding.base import Grounder, GroundingError
 from steerseg_ros.offline import OfflineConfig, propagate_objects, segment_clip
-from steerseg_ros.pipeline import Pipeline, PipelineConfig, PipelineOutput, TrackState
+from steerseg_ros.pipeline import Pipeline, PipelineConfig, PipelineOutput
 from steerseg_ros.tracking.base import Tracker
 
 log = logging.getLogger("steerseg_ros.evaluation")
 
 MODES = ("streaming", "offline")
-# Tracks the node draws in its label image: those with a confident mask on the frame.
-VISIBLE = (TrackState.TRACKING, TrackState.REGROUNDING)
 PREVIEWS = 4
 PREVIEW_WIDTH = 480
 
@@ -300,11 +298,10 @@ def _stamp(i: int, fps: float) -> int:
 
 
 def visible_mask(output: PipelineOutput) -> np.ndarray:
-    """The union of the tracks the node draws on this frame (confident ones)."""
+    """The union of the tracks the node draws on this frame (the confident ones)."""
     mask = np.zeros((output.frame.height, output.frame.width), bool)
-    for t in output.tracks:
-        if t.state in VISIBLE and t.mask is not None:
-            mask |= t.mask
+    for t in output.visible_tracks():
+        mask |= t.mask
     return mask
 
 
@@ -318,36 +315,40 @@ def _paint(shape: tuple[int, int], masks: dict[int, Any]) -> np.ndarray:
 def run_streaming(sample: Sample, clip: _Head, grounder: Grounder, tracker: Tracker,
                   config: EvalConfig, fps: float, put: Callable[[int, np.ndarray], None]) -> dict[str, Any]:
     """Feed the clip to the node's pipeline frame by frame (grounding inline, so results do not
-    depend on this machine's speed) and put the mask the node would publish on each frame.
-    Semi-supervised samples seed each object from the first frame's mask and step the tracker
-    on every later frame."""
+    depend on this machine's speed) and put what the node would publish on each frame: the
+    union of its visible tracks. A semi-supervised sample seeds one track per object from the
+    first frame's mask (`Pipeline.seed_mask`, no command) and paints the visible tracks with
+    their object ids."""
     tracker.reset()
+    pipeline = Pipeline(grounder, tracker, dataclasses.replace(config.pipeline, asynchronous=False))
     info: dict[str, Any] = {}
     try:
         if sample.semi_supervised:
             first_labels = sample.labels(0)
-            first = Frame(0, 0, clip.image(0), name=clip.frame_names[0])
-            # The given masks are the first frame's prediction (the protocol does not score it).
-            put(0, np.where(np.isin(first_labels, sample.object_ids), first_labels, 0))
+            pipeline.process(clip.image(0), 0, name=clip.frame_names[0])
+            objects: dict[int, int] = {}  # track id -> object id
             for obj in sample.object_ids:
                 mask = first_labels == obj
                 if mask.any():
-                    tracker.attach(obj, tracker.start(first, mask=mask))
+                    objects[pipeline.seed_mask(mask, label=str(obj)).id] = obj
+            # The given masks are the first frame's prediction (the protocol does not score it).
+            put(0, np.where(np.isin(first_labels, sample.object_ids), first_labels, 0))
             for i in range(1, len(clip)):
-                frame = Frame(i, _stamp(i, fps), clip.image(i), name=clip.frame_names[i])
-                put(i, _paint(first_labels.shape, tracker.step(frame)))
-            return info
-        pipeline = Pipeline(grounder, tracker, dataclasses.replace(config.pipeline, asynchronous=False))
-        try:
+                output = pipeline.process(clip.image(i), _stamp(i, fps), name=clip.frame_names[i])
+                labels = np.zeros(first_labels.shape, np.int32)
+                for t in sorted(output.visible_tracks(), key=lambda t: objects.get(t.id, 0)):
+                    if t.id in objects:
+                        labels[t.mask] = objects[t.id]
+                put(i, labels)
+        else:
             pipeline.set_command(sample.command)
             for i in range(len(clip)):
                 output = pipeline.process(clip.image(i), _stamp(i, fps), name=clip.frame_names[i])
                 put(i, visible_mask(output))
-            info.update({k: v for k, v in pipeline.stats.items() if k.startswith(("grounding", "tracks_"))})
-        finally:
-            pipeline.close()
+        info.update({k: v for k, v in pipeline.stats.items() if k.startswith(("grounding", "tracks_"))})
         return info
     finally:
+        pipeline.close()
         tracker.reset()
 
 

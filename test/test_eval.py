@@ -15,11 +15,12 @@ import zipfile
 import numpy as np
 import pytest
 
-from conftest import load_davis
+from conftest import REPO, load_davis
 from steerseg_ros import metrics
 from steerseg_ros.datasets import open_dataset
 from steerseg_ros.evaluation import EvalConfig, Evaluator, read_mask
 from steerseg_ros.grounding.base import Grounder, GroundingError, GroundingResult
+from steerseg_ros.pipeline import PipelineConfig
 from steerseg_ros.offline import ClipMasks, OfflineConfig, keyframe_indices, propagate, segment_clip
 from steerseg_ros.prompts import points_from_maps
 from steerseg_ros.tools import eval as eval_tool
@@ -295,6 +296,10 @@ def test_settings_from_a_node_parameters_file_and_set_overrides(tmp_path):
     p = setup.pipeline
     assert (p.min_keyframes, p.keyframes.count, p.keyframes.window_s, p.selection.scorer) == (3, 5, 2.0, "decaf")
     assert isinstance(p.keyframes.window_s, float) and setup.offline.keyframes == 8
+    # The node's own parameters file, as shipped, configures the evaluation the same way.
+    node = eval_tool.make_setup(eval_tool.read_params_file(REPO / "config/steerseg.yaml"), None, None)
+    assert (node.grounder, node.tracker) == ("builtin", "builtin")
+    assert node.pipeline == PipelineConfig() and node.grounder_options
     with pytest.raises(ValueError, match="no option 'keyframe'"):
         eval_tool.make_setup(eval_tool.parse_set(["pipeline.keyframe=3"]), None, None)
     with pytest.raises(ValueError, match="expects int"):
