@@ -1,0 +1,127 @@
+"""Measure the built-in tracker on DAVIS 2016 (a measurement, not a test).
+
+Each sequence: FlowTracker is seeded with the first frame's ground-truth mask and tracks to the
+last frame; J, F and J&F follow the DAVIS semi-supervised protocol (first and last frames left
+out). Then the time per `step` at the data's 854x480, and the per-frame cost with 1, 2 and 4
+live objects (the extra objects are copies of the same seed: the flow is shared, the per-object
+work is the same as for distinct objects of that size).
+
+    python benchmarks/davis_tracker.py [--davis DIR] [--sequences blackswan dog ...]
+        [--set name=value ...]   (FlowTrackerConfig fields, for ablations)
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import copy
+import dataclasses
+import os
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from steerseg_ros.buffer import Frame
+from steerseg_ros.metrics import score_object, summarize
+from steerseg_ros.tracking.flow import FlowTracker, FlowTrackerConfig
+
+DEFAULT_DAVIS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "davis16"
+
+
+def load_sequence(root: Path, seq: str):
+    frames_dir = root / "JPEGImages" / "480p" / seq
+    names = sorted(p.stem for p in frames_dir.glob("*.jpg"))
+    images = [cv2.cvtColor(cv2.imread(str(frames_dir / f"{n}.jpg")), cv2.COLOR_BGR2RGB) for n in names]
+    masks = [cv2.imread(str(root / "Annotations" / "480p" / seq / f"{n}.png"), cv2.IMREAD_GRAYSCALE) > 127
+             for n in names]
+    return images, masks
+
+
+def frames_of(images, start_seq: int = 0) -> list[Frame]:
+    return [Frame(start_seq + i, (start_seq + i) * 41_666_667, im, "camera", str(i)) for i, im in enumerate(images)]
+
+
+def track_sequence(config: FlowTrackerConfig, images, masks, n_objects: int = 1):
+    """Masks for every frame (the seed on frame 0), per-step times (s) and scores."""
+    tracker = FlowTracker(config)
+    frames = frames_of(images)
+    state = tracker.start(frames[0], mask=masks[0])
+    for obj_id in range(1, n_objects + 1):
+        tracker.attach(obj_id, state if obj_id == 1 else copy.deepcopy(state))
+    preds, times, scores = [masks[0]], [], []
+    for f in frames[1:]:
+        t0 = time.perf_counter()
+        out = tracker.step(f)
+        times.append(time.perf_counter() - t0)
+        preds.append(out[1].mask)
+        scores.append(out[1].score)
+    return preds, np.array(times), np.array(scores)
+
+
+def parse_overrides(items: list[str]) -> dict:
+    values = {}
+    for item in items:
+        name, _, text = item.partition("=")
+        try:
+            values[name] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            values[name] = text
+    return values
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--davis", type=Path, default=Path(os.environ.get("STEERSEG_DAVIS", DEFAULT_DAVIS)),
+                        help="DAVIS 2016 folder (JPEGImages/480p, Annotations/480p)")
+    parser.add_argument("--sequences", nargs="*", help="sequence names (default: all in the folder)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
+                        help="FlowTrackerConfig overrides, for ablations")
+    parser.add_argument("--no-timing", action="store_true", help="skip the 1/2/4-object timing runs")
+    args = parser.parse_args(argv)
+
+    root = args.davis
+    if not (root / "JPEGImages" / "480p").is_dir():
+        print(f"no DAVIS data at {root}", file=sys.stderr)
+        return 1
+    sequences = args.sequences or sorted(p.name for p in (root / "JPEGImages" / "480p").iterdir() if p.is_dir())
+    config = FlowTrackerConfig(**parse_overrides(args.set))
+    config.validate()
+    changed = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+               if getattr(config, f.name) != getattr(FlowTrackerConfig(), f.name)}
+    print(f"FlowTracker, OpenCV {cv2.__version__}, {cv2.getNumThreads()} threads; config changes: {changed or 'none'}")
+
+    scores, all_times = [], []
+    print(f"{'sequence':<12} {'frames':>6} {'J':>6} {'F':>6} {'J&F':>6} {'ms med':>7} {'score med':>9} {'min':>5}")
+    for seq in sequences:
+        images, masks = load_sequence(root, seq)
+        preds, times, conf = track_sequence(config, images, masks)
+        s = score_object(seq, 1, preds, masks, skip_first_last=True)
+        scores.append(s)
+        all_times.append(times)
+        print(f"{seq:<12} {len(images):>6} {100 * s.j:6.1f} {100 * s.f:6.1f} {100 * s.jf:6.1f} "
+              f"{1000 * np.median(times):7.1f} {np.median(conf):9.2f} {conf.min():5.2f}", flush=True)
+    summary = summarize(scores)
+    times = np.concatenate(all_times)
+    print(f"{'mean':<12} {'':>6} {100 * summary['J']:6.1f} {100 * summary['F']:6.1f} {100 * summary['J&F']:6.1f}")
+    print(f"step time over {len(times)} frames at {images[0].shape[1]}x{images[0].shape[0]}: "
+          f"median {1000 * np.median(times):.1f} ms, p90 {1000 * np.percentile(times, 90):.1f} ms")
+
+    if not args.no_timing:
+        # Cost against the number of live objects, on the first sequence given.
+        images, masks = load_sequence(root, sequences[0])
+        base = None
+        for n in (1, 2, 4):
+            _, t, _ = track_sequence(config, images, masks, n_objects=n)
+            med = 1000 * np.median(t)
+            base = base or med
+            print(f"{n} live object(s) on {sequences[0]}: median {med:.1f} ms/frame "
+                  f"(+{(med - base) / max(n - 1, 1):.1f} ms per added object)" if n > 1 else
+                  f"{n} live object(s) on {sequences[0]}: median {med:.1f} ms/frame")
+    print("load average:", " ".join(f"{x:.2f}" for x in os.getloadavg()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
