@@ -6,8 +6,12 @@ out). Then the time per `step` at the data's 854x480, and the per-frame cost wit
 live objects (the extra objects are copies of the same seed: the flow is shared, the per-object
 work is the same as for distinct objects of that size).
 
+`--segment` also measures `segment` (masks from one click, no learned model): the point of
+each sequence's first and middle ground-truth mask farthest from its edge, J of the top
+candidate and of the best candidate.
+
     python benchmarks/davis_tracker.py [--davis DIR] [--sequences blackswan dog ...]
-        [--set name=value ...]   (FlowTrackerConfig fields, for ablations)
+        [--segment] [--no-timing] [--set name=value ...]   (FlowTrackerConfig fields, for ablations)
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ import cv2
 import numpy as np
 
 from steerseg_ros.buffer import Frame
-from steerseg_ros.metrics import score_object, summarize
+from steerseg_ros.metrics import region_j, score_object, summarize
 from steerseg_ros.tracking.flow import FlowTracker, FlowTrackerConfig
 
 DEFAULT_DAVIS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "davis16"
@@ -44,20 +48,40 @@ def frames_of(images, start_seq: int = 0) -> list[Frame]:
 
 
 def track_sequence(config: FlowTrackerConfig, images, masks, n_objects: int = 1):
-    """Masks for every frame (the seed on frame 0), per-step times (s) and scores."""
+    """Masks for every frame (the seed on frame 0), per-step wall and process-CPU times (s),
+    and scores."""
     tracker = FlowTracker(config)
     frames = frames_of(images)
     state = tracker.start(frames[0], mask=masks[0])
     for obj_id in range(1, n_objects + 1):
         tracker.attach(obj_id, state if obj_id == 1 else copy.deepcopy(state))
-    preds, times, scores = [masks[0]], [], []
+    preds, wall, cpu, scores = [masks[0]], [], [], []
     for f in frames[1:]:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = tracker.step(f)
-        times.append(time.perf_counter() - t0)
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
         preds.append(out[1].mask)
         scores.append(out[1].score)
-    return preds, np.array(times), np.array(scores)
+    return preds, np.array(wall), np.array(cpu), np.array(scores)
+
+
+def measure_segment(config: FlowTrackerConfig, root: Path, sequences: list[str]) -> None:
+    tracker = FlowTracker(config)
+    top, best, times = [], [], []
+    for seq in sequences:
+        images, masks = load_sequence(root, seq)
+        for i in (0, len(images) // 2):
+            dist = cv2.distanceTransform(masks[i].astype(np.uint8), cv2.DIST_L2, 5)
+            y, x = np.unravel_index(np.argmax(dist), dist.shape)
+            t0 = time.perf_counter()
+            candidates = tracker.segment(Frame(i, 0, images[i]), np.array([[x, y]], np.float32), np.array([1]))
+            times.append(time.perf_counter() - t0)
+            js = [region_j(c.mask, masks[i]) for c in candidates] or [0.0]
+            top.append(js[0])
+            best.append(max(js))
+    print(f"segment() from one interior point, {len(top)} frames: J of the top candidate {100 * np.mean(top):.1f}, "
+          f"of the best candidate {100 * np.mean(best):.1f}; median {1000 * np.median(times):.0f} ms per call")
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -79,6 +103,7 @@ def main(argv=None) -> int:
     parser.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
                         help="FlowTrackerConfig overrides, for ablations")
     parser.add_argument("--no-timing", action="store_true", help="skip the 1/2/4-object timing runs")
+    parser.add_argument("--segment", action="store_true", help="also measure segment() from one click")
     args = parser.parse_args(argv)
 
     root = args.davis
@@ -92,34 +117,42 @@ def main(argv=None) -> int:
                if getattr(config, f.name) != getattr(FlowTrackerConfig(), f.name)}
     print(f"FlowTracker, OpenCV {cv2.__version__}, {cv2.getNumThreads()} threads; config changes: {changed or 'none'}")
 
-    scores, all_times = [], []
+    scores, all_wall, all_cpu = [], [], []
     print(f"{'sequence':<12} {'frames':>6} {'J':>6} {'F':>6} {'J&F':>6} {'ms med':>7} {'score med':>9} {'min':>5}")
     for seq in sequences:
         images, masks = load_sequence(root, seq)
-        preds, times, conf = track_sequence(config, images, masks)
+        preds, wall, cpu, conf = track_sequence(config, images, masks)
         s = score_object(seq, 1, preds, masks, skip_first_last=True)
         scores.append(s)
-        all_times.append(times)
+        all_wall.append(wall)
+        all_cpu.append(cpu)
         print(f"{seq:<12} {len(images):>6} {100 * s.j:6.1f} {100 * s.f:6.1f} {100 * s.jf:6.1f} "
-              f"{1000 * np.median(times):7.1f} {np.median(conf):9.2f} {conf.min():5.2f}", flush=True)
+              f"{1000 * np.median(wall):7.1f} {np.median(conf):9.2f} {conf.min():5.2f}", flush=True)
     summary = summarize(scores)
-    times = np.concatenate(all_times)
+    wall, cpu = np.concatenate(all_wall), np.concatenate(all_cpu)
     print(f"{'mean':<12} {'':>6} {100 * summary['J']:6.1f} {100 * summary['F']:6.1f} {100 * summary['J&F']:6.1f}")
-    print(f"step time over {len(times)} frames at {images[0].shape[1]}x{images[0].shape[0]}: "
-          f"median {1000 * np.median(times):.1f} ms, p90 {1000 * np.percentile(times, 90):.1f} ms")
+    # Process CPU time counts OpenCV's worker threads too; on a shared machine it moves less
+    # with the load than wall time does.
+    print(f"step time over {len(wall)} frames at {images[0].shape[1]}x{images[0].shape[0]}: "
+          f"wall median {1000 * np.median(wall):.1f} ms, p90 {1000 * np.percentile(wall, 90):.1f} ms; "
+          f"process CPU median {1000 * np.median(cpu):.1f} ms, p90 {1000 * np.percentile(cpu, 90):.1f} ms")
 
     if not args.no_timing:
-        # Cost against the number of live objects, on the first sequence given.
+        # Cost against the number of live objects, on the first sequence given: the copies of
+        # the seed share the flow, as distinct objects do, and cost what an object that size costs.
         images, masks = load_sequence(root, sequences[0])
         base = None
         for n in (1, 2, 4):
-            _, t, _ = track_sequence(config, images, masks, n_objects=n)
-            med = 1000 * np.median(t)
+            _, w, c, _ = track_sequence(config, images, masks, n_objects=n)
+            med = 1000 * np.median(w)
             base = base or med
-            print(f"{n} live object(s) on {sequences[0]}: median {med:.1f} ms/frame "
-                  f"(+{(med - base) / max(n - 1, 1):.1f} ms per added object)" if n > 1 else
-                  f"{n} live object(s) on {sequences[0]}: median {med:.1f} ms/frame")
-    print("load average:", " ".join(f"{x:.2f}" for x in os.getloadavg()))
+            extra = f" (+{(med - base) / (n - 1):.1f} ms per added object)" if n > 1 else ""
+            print(f"{n} live object(s) on {sequences[0]}: wall median {med:.1f} ms/frame{extra}; "
+                  f"process CPU median {1000 * np.median(c):.1f} ms")
+    if args.segment:
+        measure_segment(config, root, sequences)
+    print("load average (1, 5, 15 min):", " ".join(f"{x:.2f}" for x in os.getloadavg()),
+          f"on {os.cpu_count()} CPUs")
     return 0
 
 
