@@ -38,6 +38,10 @@ class SelectionConfig:
     propagate: bool = field(default=True, metadata={
         "help": "Propagate candidates over all keyframes into tracklets before ranking; false "
                 "ranks each candidate on its own keyframe only (cheaper)."})
+    skip_covered_points: bool = field(default=True, metadata={
+        "help": "Do not segment a point that falls inside a candidate already made on its "
+                "keyframe (its mask would almost always be suppressed by NMS): fewer tracker "
+                "calls per grounding. False segments every point, as DecAF does."})
     weight: float = field(default=0.5, metadata={
         "help": "steerseg: weight a of the frame-level map (1 - a for the video-level map)."})
     nms_iou: float = field(default=0.7, metadata={
@@ -122,9 +126,13 @@ def _propagate(result: GroundingResult, tracker: Tracker, t: Tracklet) -> None:
 
 def build_tracklets(result: GroundingResult, tracker: Tracker, config: SelectionConfig) -> list[Tracklet]:
     """Candidates from the best `max_points` points, in order of s_sam + V_p; a candidate
-    overlapping one kept on the same keyframe, or a kept tracklet there, is dropped."""
+    overlapping one kept on the same keyframe, or a kept tracklet there, is dropped. Points must
+    lie inside their keyframe (PointPrompt's contract)."""
     candidates: list[Tracklet] = []
     for i, p in enumerate(result.points[:config.max_points]):
+        if config.skip_covered_points and any(
+                c.keyframe_index == p.keyframe_index and c.mask[int(p.y), int(p.x)] for c in candidates):
+            continue
         proposals = tracker.segment(result.keyframes[p.keyframe_index],
                                     np.array([[p.x, p.y]], np.float32), np.array([1], np.int32))
         if proposals and proposals[0].mask.any():

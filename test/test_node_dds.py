@@ -25,11 +25,16 @@ from steerseg_ros.pipeline import TrackState  # noqa: E402
 pytestmark = [pytest.mark.ros, pytest.mark.timeout(240)]
 
 RATE = 10.0
-# Measured with the built-in backends over DDS (see the lead's report for the runs); each floor
-# sits well below the measured value so that a loaded CI machine does not fail it, and well above
-# what a broken node (no masks, masks on the wrong frames, a lost track) scores.
-FLOORS = {"command": 0.0, "seed": 0.0}
-COMMAND_SEQUENCE, COMMAND_FRAMES = "blackswan", 40
+# The command test plays slower: the built-in grounding (GrabCut candidates propagated over the
+# keyframes) takes about a second on an idle 2-core machine, and the track it starts is caught
+# up to the live frame; at 5 fps most of the clip is then tracked.
+COMMAND_RATE = 5.0
+# Measured with the built-in backends over DDS (command: J&F 0.24-0.28, seed: 0.705, on a loaded
+# 2-core machine); each floor sits well below the measured value so that a loaded CI machine
+# does not fail it, and well above what a broken node (no masks, masks on the wrong frames, a
+# lost track) scores.
+FLOORS = {"command": 0.12, "seed": 0.45}
+COMMAND_SEQUENCE, COMMAND_FRAMES = "breakdance", 50
 SEED_SEQUENCE, SEED_FRAMES = "car-shadow", 30
 
 
@@ -45,7 +50,7 @@ def recorder(domain):
     r.close()
 
 
-def _run(tmp_path, domain, recorder, node_params, play_args, frames):
+def _run(tmp_path, domain, recorder, node_params, play_args, frames, rate=RATE):
     """Start the node, configure and activate it, play, and wait for the last frame's mask.
     Returns the manifest (index, name, stamp_ns per published frame) and the node's log."""
     env = rp.ros_env(domain)
@@ -54,7 +59,7 @@ def _run(tmp_path, domain, recorder, node_params, play_args, frames):
         assert recorder.change_state("configure", timeout=60.0), f"configure failed:\n{node.text()[-3000:]}"
         assert recorder.change_state("activate", timeout=30.0), f"activate failed:\n{node.text()[-3000:]}"
         manifest_path = tmp_path / "manifest.jsonl"
-        play = rp.Process(["steerseg-play", "--frames", str(frames), "--rate", str(RATE),
+        play = rp.Process(["steerseg-play", "--frames", str(frames), "--rate", str(rate),
                            "--manifest", str(manifest_path), "--wait-subscribers", "20", *play_args],
                           env, tmp_path / "play.log")
         try:
@@ -105,7 +110,7 @@ def test_command_over_dds(tmp_path, domain, recorder, davis_root, davis_expressi
     names, _, gts = load_davis(davis_root, COMMAND_SEQUENCE, COMMAND_FRAMES)
     frames = davis_root / "JPEGImages" / "480p" / COMMAND_SEQUENCE
     manifest, log = _run(tmp_path, domain, recorder, {}, [
-        "--count", str(COMMAND_FRAMES), "--command", command, "--command-at", "0"], frames)
+        "--count", str(COMMAND_FRAMES), "--command", command, "--command-at", "0"], frames, rate=COMMAND_RATE)
     assert [e["name"] for e in manifest] == names
     _check_stamps_and_ids(recorder, manifest)
     score = _score(recorder, manifest, names, gts)

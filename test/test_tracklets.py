@@ -168,3 +168,22 @@ def test_max_points_limits_the_candidates_and_helpers_behave():
     assert mask_iou(cell_mask(0, 0, 1, 2), cell_mask(0, 1, 1, 2)) == pytest.approx(1 / 3)
     with pytest.raises(ValueError):
         SelectionConfig(scorer="best").validate()
+
+
+def test_points_inside_a_candidate_on_their_keyframe_are_not_segmented_again():
+    class Counting(CellTracker):
+        calls = 0
+
+        def segment(self, frame, points, labels):
+            Counting.calls += 1
+            return super().segment(frame, points, labels)
+
+    # Two points in the same cell of keyframe 2, one in another cell.
+    points = [point(2, 1, 1, 1.0), PointPrompt(2, 1.2 * CELL, 1.7 * CELL, 0.95), point(2, 3, 3, 0.5)]
+    r = result(two_object_map(), points)
+    select(r, Counting(), SelectionConfig(scorer="decaf"))
+    assert Counting.calls == 2 and math.isnan(r.candidate_scores[1])
+    Counting.calls = 0
+    r = result(two_object_map(), points)
+    select(r, Counting(), SelectionConfig(scorer="decaf", skip_covered_points=False))
+    assert Counting.calls == 3 and math.isnan(r.candidate_scores[1])  # segmented, then suppressed
