@@ -10,6 +10,7 @@ TOOLS = {
     "steerseg-play": "steerseg_ros.tools.play:main",
     "steerseg-demo": "steerseg_ros.tools.demo:main",
     "steerseg-bench": "steerseg_ros.tools.bench:main",
+    "steerseg-export": "steerseg_ros.tools.export:main",
     "steerseg-eval": "steerseg_ros.tools.eval:main",
 }
 

@@ -75,6 +75,10 @@ class PipelineConfig:
     time_jump_reset_s: float = field(default=1.0, metadata={"help": (
         "A frame this many seconds older than the newest means the source restarted (a bag "
         "looping): everything is reset. A smaller step back is rejected.")})
+    max_catch_up_frames: int = field(default=30, metadata={"help": (
+        "A new target is caught up from its keyframe to the live frame through at most this many "
+        "buffered frames, evenly spaced (a slow tracker otherwise never reaches the live frame); "
+        "0: through every buffered frame.")})
     max_command_chars: int = field(default=MAX_COMMAND_CHARS, metadata={"help": "Longer commands are rejected."})
     selection: tracklets.SelectionConfig = field(default_factory=tracklets.SelectionConfig,
                                                  metadata={"help": "Target selection."})
@@ -95,6 +99,8 @@ class PipelineConfig:
         for name in ("min_confidence", "reconcile_iou"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.max_catch_up_frames < 0:
+            raise ValueError(f"max_catch_up_frames must be >= 0, got {self.max_catch_up_frames}")
         if self.max_command_chars < 1:
             raise ValueError("max_command_chars must be >= 1")
 
@@ -467,6 +473,11 @@ class Pipeline:
                 self.stats["catch_up_gaps"] += 1
                 log.warning("catch-up skipped %d frames that left the buffer: raise buffer_size",
                             frames[0].seq - state.seq - 1)
+            cap = self.config.max_catch_up_frames
+            if cap and len(frames) > cap:
+                # Evenly spaced, ending on the newest: the trackers take gaps between frames.
+                self.stats["catch_up_frames_skipped"] += len(frames) - cap
+                frames = [frames[i] for i in np.linspace(0, len(frames) - 1, cap).round().astype(int)]
             for f in frames:
                 state.result = self.tracker.advance(state, f)
                 state.seq = f.seq

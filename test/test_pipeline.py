@@ -305,6 +305,32 @@ def test_masks_keep_flowing_while_grounding_runs_and_catch_up_lands_on_the_live_
     assert [t.id for t in feed().tracks] == [1]
 
 
+def test_catch_up_goes_through_at_most_the_cap_evenly_and_ends_on_the_live_frame(setup):
+    grounder, tracker, make = setup
+    p, feed = make(buffer_size=64, max_catch_up_frames=5,
+                   keyframes=KeyframeConfig(count=4, window_s=5.0, min_spacing_s=0.0))
+    feed(40)
+    p.set_command("the cup")
+    grounder.where = (0.25, 0.5)
+    # Make the grounding choose the oldest keyframe: only it has the peak.
+    original = grounder.ground
+
+    def oldest_only(keyframes, command):
+        r = original(keyframes, command)
+        r.maps[1:] = 0
+        r.points = [q for q in r.points if q.keyframe_index == 0]
+        return r
+
+    grounder.ground = oldest_only
+    feed()
+    seed_seq = grounder.calls[-1][1][0]
+    attached = tracker.live[1]
+    path = [seq for sid, seq in tracker.advanced if sid == id(attached)]
+    assert len(path) == 5 and path[-1] == 40 == attached.seq
+    assert path == sorted(path) and path[0] > seed_seq
+    assert p.stats["catch_up_frames_skipped"] == 40 - seed_seq - 5
+
+
 def test_track_history_stays_bounded(setup):
     _, _, make = setup
     p, feed = make(buffer_size=8, keyframes=KeyframeConfig(count=4, window_s=1.0, min_spacing_s=0.0))
@@ -316,6 +342,6 @@ def test_track_history_stays_bounded(setup):
 
 def test_invalid_configuration_is_rejected():
     for bad in (config(buffer_size=2), config(min_keyframes=9), config(lost_timeout_s=-1),
-                config(min_confidence=1.5)):
+                config(min_confidence=1.5), config(max_catch_up_frames=-1)):
         with pytest.raises(ValueError):
             bad.validate()
