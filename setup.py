@@ -11,6 +11,7 @@ TOOLS = {
     "steerseg-demo": "steerseg_ros.tools.demo:main",
     "steerseg-bench": "steerseg_ros.tools.bench:main",
     "steerseg-export": "steerseg_ros.tools.export:main",
+    "steerseg-eval": "steerseg_ros.tools.eval:main",
 }
 
 setup(
@@ -24,7 +25,7 @@ setup(
     extras_require={
         "models": ["torch", "transformers==5.23.0", "safetensors", "pillow"],
         "export": ["onnx", "onnxscript", "onnxruntime"],
-        "eval": ["matplotlib"],
+        "eval": ["matplotlib", "pycocotools"],
     },
     entry_points={"console_scripts": [f"{name}={target}" for name, target in TOOLS.items()]},
 )

@@ -9,7 +9,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 CORE = ["buffer", "pipeline", "prompts", "tracklets", "metrics", "render", "backends", "grounding.builtin",
-        "grounding", "tracking"]
+        "grounding", "tracking", "datasets", "offline", "evaluation", "tools.eval"]
 
 
 def test_core_modules_import_without_rclpy_or_torch():
@@ -34,3 +34,4 @@ def test_setup_py_builds_a_wheel_with_the_core_and_the_tools(tmp_path):
     for m in ("buffer", "pipeline", "metrics", "tracklets"):
         assert f"steerseg_ros/{m}.py" in names
     assert "steerseg-demo = steerseg_ros.tools.demo:main" in entry_points
+    assert "steerseg-eval = steerseg_ros.tools.eval:main" in entry_points
