@@ -12,6 +12,7 @@ TOOLS = {
     "steerseg-bench": "steerseg_ros.tools.bench:main",
     "steerseg-export": "steerseg_ros.tools.export:main",
     "steerseg-eval": "steerseg_ros.tools.eval:main",
+    "steerseg-tiny-models": "steerseg_ros.tools.tiny_models:main",
 }
 
 setup(

@@ -72,6 +72,10 @@ class PipelineConfig:
     reconcile_iou: float = field(default=0.5, metadata={"help": (
         "A re-grounded target overlapping a live track by at least this IoU on the keyframe it used "
         "is the same object and keeps the id.")})
+    replace_after: int = field(default=2, metadata={"help": (
+        "A confident track is replaced only when this many re-groundings in a row pick another "
+        "target: one wrong grounding does not swap what the robot follows. A LOST track is "
+        "replaced at once. 1: replace at the first disagreement.")})
     time_jump_reset_s: float = field(default=1.0, metadata={"help": (
         "A frame this many seconds older than the newest means the source restarted (a bag "
         "looping): everything is reset. A smaller step back is rejected.")})
@@ -99,6 +103,8 @@ class PipelineConfig:
         for name in ("min_confidence", "reconcile_iou"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.replace_after < 1:
+            raise ValueError(f"replace_after must be >= 1, got {self.replace_after}")
         if self.max_catch_up_frames < 0:
             raise ValueError(f"max_catch_up_frames must be >= 0, got {self.max_catch_up_frames}")
         if self.max_command_chars < 1:
@@ -172,6 +178,8 @@ class _Track:
     mask: np.ndarray
     last_confident_ns: int
     last_grounding_ns: int
+    # Re-groundings in a row that picked another target while this track was confident.
+    disagreements: int = 0
     # Packed masks of recent frames by sequence number, to compare a re-grounding with this
     # track on the keyframe it used. Bounded by the frame buffer's capacity.
     history: deque = field(default_factory=deque)
@@ -487,27 +495,48 @@ class Pipeline:
 
     def _reconcile(self, job: _Job, result: GroundingResult, seeds: list) -> None:
         """Attach the grounded targets (under the lock). A target that overlaps a live track on
-        its keyframe keeps that track's id; otherwise it is a new track, and on a re-grounding
-        the live tracks it did not confirm are reported REPLACED by it."""
+        its keyframe keeps that track's id. Otherwise it is another object: it replaces the live
+        tracks it did not confirm once they are LOST or `replace_after` re-groundings in a row
+        have disagreed with them; until then the disagreeing target is dropped and the tracks
+        go on (a re-grounding that is wrong once must not swap what the robot follows)."""
         stamp = result.keyframes[-1].stamp_ns
         unmatched = dict(self._tracks)
+        matches = []
         for cand, keyframe, state in seeds:
             best_id, best_iou = None, 0.0
             for tid, t in unmatched.items():
                 iou = self._overlap(t, cand, result, state)
                 if iou > best_iou:
                     best_id, best_iou = tid, iou
-            if best_id is not None and best_iou >= self.config.reconcile_iou:
-                t = unmatched.pop(best_id)
+            confirmed = best_id is not None and best_iou >= self.config.reconcile_iou
+            matches.append((cand, state, unmatched.pop(best_id) if confirmed else None, best_iou))
+        if unmatched:
+            for t in unmatched.values():
+                t.disagreements += 1
+            holding = [t for t in unmatched.values()
+                       if t.state != TrackState.LOST and t.disagreements < self.config.replace_after]
+            if holding:
+                self.stats["regroundings_disputed"] += 1
+                log.info("grounding did not confirm track(s) %s (best IoU %s); keeping them until %d "
+                         "re-groundings in a row disagree", [t.id for t in holding],
+                         ", ".join(f"{m[3]:.2f}" for m in matches if m[2] is None) or "-",
+                         self.config.replace_after)
+                # The targets found instead wait for the next re-grounding to repeat them.
+                matches = [m for m in matches if m[2] is not None]
+                for t in holding:
+                    del unmatched[t.id]
+        for cand, state, t, iou in matches:
+            if t is not None:
                 self.stats["tracks_confirmed"] += 1
-                log.info("grounding confirmed track %d (IoU %.2f)", t.id, best_iou)
+                log.info("grounding confirmed track %d (IoU %.2f)", t.id, iou)
             else:
                 t = _Track(self._next_id, job.command, result.class_word, TrackState.TRACKING,
                            state.result.score, state.result.mask, stamp, stamp)
                 self._next_id += 1
                 self._tracks[t.id] = t
                 self.stats["tracks_started"] += 1
-                log.info("new track %d for %r", t.id, job.command)
+                log.info("new track %d for %r (best overlap with a live track: IoU %.2f)", t.id, job.command, iou)
+            t.disagreements = 0
             t.label = result.class_word or t.label
             t.last_grounding_ns = stamp
             self.tracker.attach(t.id, state)

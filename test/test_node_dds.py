@@ -86,7 +86,13 @@ def _score(recorder, manifest, names, gts):
     return metrics.score_object("seq", 1, preds, truth)
 
 
-def _check_stamps_and_ids(recorder, manifest):
+def _grounding_log(log: str) -> str:
+    """The node's grounding decisions (confirmed, new, replaced tracks), for failure messages."""
+    return "\n".join(line for line in log.splitlines()
+                     if any(k in line for k in ("confirmed track", "new track", "replaced by", "grounding")))
+
+
+def _check_stamps_and_ids(recorder, manifest, log=""):
     stamps = {e["stamp_ns"] for e in manifest}
     with recorder.lock:
         received = set(recorder.masks)
@@ -98,7 +104,7 @@ def _check_stamps_and_ids(recorder, manifest):
     assert {stamp_to_ns(m.header.stamp) for m in track_msgs} <= stamps
     live_ids = {t.id for m in track_msgs for t in m.tracks
                 if t.state in (TrackState.TRACKING, TrackState.REGROUNDING)}
-    assert len(live_ids) == 1, f"the target changed track id: {sorted(live_ids)}"
+    assert len(live_ids) == 1, f"the target changed track id: {sorted(live_ids)}\n{_grounding_log(log)}"
     # the label image paints the track with its label value
     (track_id,) = live_ids
     values = set().union(*(np.unique(m).tolist() for m in recorder.masks.values()))
@@ -112,7 +118,7 @@ def test_command_over_dds(tmp_path, domain, recorder, davis_root, davis_expressi
     manifest, log = _run(tmp_path, domain, recorder, {}, [
         "--count", str(COMMAND_FRAMES), "--command", command, "--command-at", "0"], frames, rate=COMMAND_RATE)
     assert [e["name"] for e in manifest] == names
-    _check_stamps_and_ids(recorder, manifest)
+    _check_stamps_and_ids(recorder, manifest, log)
     score = _score(recorder, manifest, names, gts)
     print(f"{COMMAND_SEQUENCE} {command!r}: J {score.j:.3f} F {score.f:.3f} J&F {score.jf:.3f}")
     assert score.jf >= FLOORS["command"], f"J&F {score.jf:.3f} below the floor {FLOORS['command']}"
@@ -127,7 +133,7 @@ def test_seed_mask_over_compressed_images(tmp_path, domain, recorder, davis_root
     seed = davis_root / "Annotations" / "480p" / SEED_SEQUENCE / f"{names[0]}.png"
     manifest, log = _run(tmp_path, domain, recorder, {"image_transport": "compressed", "image_qos": "reliable"}, [
         "--count", str(SEED_FRAMES), "--encoding", "jpeg", "--qos", "reliable", "--seed-mask", str(seed)], frames)
-    _check_stamps_and_ids(recorder, manifest)
+    _check_stamps_and_ids(recorder, manifest, log)
     score = _score(recorder, manifest, names, gts)
     print(f"{SEED_SEQUENCE} seeded: J {score.j:.3f} F {score.f:.3f} J&F {score.jf:.3f}")
     assert score.jf >= FLOORS["seed"], f"J&F {score.jf:.3f} below the floor {FLOORS['seed']}"

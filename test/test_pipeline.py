@@ -165,18 +165,46 @@ def test_regrounding_that_finds_the_same_object_keeps_the_id(setup):
     assert p.stats["tracks_confirmed"] >= 4
 
 
-def test_regrounding_that_finds_another_object_replaces_the_track(setup):
+def test_regrounding_that_finds_another_object_twice_in_a_row_replaces_the_track(setup):
     grounder, _, make = setup
-    p, feed = make(regrounding_period_s=0.5)
+    p, feed = make(regrounding_period_s=0.5)  # replace_after=2 by default
     p.set_command("the cup")
     feed(4)
     grounder.where = (0.75, 0.5)
-    outputs = [feed() for _ in range(6)]
+    first = [feed() for _ in range(5)]  # one re-grounding: it disagrees, the track stays
+    assert len(grounder.calls) == 2 and p.stats["regroundings_disputed"] == 1
+    assert all([t.id for t in o.tracks] == [1] for o in first)
+    outputs = [feed() for _ in range(6)]  # the second disagreeing re-grounding replaces it
     ended = [t for o in outputs for t in o.tracks if t.state == TrackState.REPLACED]
     assert [(t.id, t.replaced_by) for t in ended] == [(1, 2)]
     assert [t.id for t in outputs[-1].tracks] == [2]
     x, y = cell_centre(grounder.where)
     assert outputs[-1].tracks[0].mask[int(y), int(x)]
+
+
+def test_one_wrong_regrounding_does_not_swap_the_target(setup):
+    grounder, _, make = setup
+    p, feed = make(regrounding_period_s=0.5)
+    p.set_command("the cup")
+    feed(4)
+    ids = set()
+    for where in [(0.75, 0.5), (0.25, 0.5), (0.75, 0.5), (0.25, 0.5)]:
+        grounder.where = where  # every other re-grounding points elsewhere
+        for _ in range(5):
+            ids |= {t.id for t in feed().tracks}
+    assert len(grounder.calls) == 5
+    assert ids == {1} and p.stats["tracks_replaced"] == 0
+    assert p.stats["regroundings_disputed"] == 2 and p.stats["tracks_confirmed"] == 2
+
+
+def test_replace_after_one_swaps_at_the_first_disagreement(setup):
+    grounder, _, make = setup
+    p, feed = make(regrounding_period_s=0.5, replace_after=1)
+    p.set_command("the cup")
+    feed(4)
+    grounder.where = (0.75, 0.5)
+    outputs = [feed() for _ in range(5)]
+    assert [(t.id, t.replaced_by) for o in outputs for t in o.tracks if t.state == TrackState.REPLACED] == [(1, 2)]
 
 
 def test_regrounding_is_reconciled_on_the_keyframe_it_used_not_on_the_live_frame(setup):
