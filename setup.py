@@ -13,6 +13,7 @@ TOOLS = {
     "steerseg-export": "steerseg_ros.tools.export:main",
     "steerseg-eval": "steerseg_ros.tools.eval:main",
     "steerseg-tiny-models": "steerseg_ros.tools.tiny_models:main",
+    "steerseg-train-prompts": "steerseg_ros.tools.train_prompts:main",
 }
 
 setup(

@@ -354,15 +354,18 @@ class AttentionRollout:
         row = torch.zeros(batch, length, dtype=torch.float32, device=first.device)
         row[:, -1] = 1.0
         support: Optional[int] = length - 1
-        for layer in reversed(self._captured):
-            # One batch item at a time, so the row block's size does not grow with the batch.
-            row = torch.cat([
-                _layer_row(layer.queries[item:item + 1], layer.keys[item:item + 1], row[item:item + 1],
-                           layer.scaling, self.config, runs[item], row_support=support)
-                for item in range(batch)])
-            support = None
-            # Each layer is needed once: let its queries and keys go as soon as it is used.
-            layer.queries = layer.keys = None
+        # The rollout is specified in fp32; under autocast (the soft-prompt trainer's mixed
+        # precision) its matmuls would otherwise run in bf16.
+        with torch.autocast(first.device.type, enabled=False):
+            for layer in reversed(self._captured):
+                # One batch item at a time, so the row block's size does not grow with the batch.
+                row = torch.cat([
+                    _layer_row(layer.queries[item:item + 1], layer.keys[item:item + 1], row[item:item + 1],
+                               layer.scaling, self.config, runs[item], row_support=support)
+                    for item in range(batch)])
+                support = None
+                # Each layer is needed once: let its queries and keys go as soon as it is used.
+                layer.queries = layer.keys = None
         self._row = row
         return row
 
