@@ -101,6 +101,10 @@ class TrainConfig:
         "help": "ask the frozen model for the target's attributes first and put them in the question, "
                 "as the grounder's cot option does (one extra generation per clip)"})
     cot_tokens: int = field(default=48, metadata={"help": "tokens decoded for the attributes (with cot)"})
+    crop_scale: float = field(default=1.0, metadata={
+        "help": "training clips are cropped at random, one crop per clip with its side between this "
+                "fraction of the frame's and all of it (1: no cropping), so the prompts learn what the "
+                "target looks like rather than where targets usually are"})
     bce_weight: float = field(default=1.0, metadata={"help": "weight of the BCE term"})
     dice_weight: float = field(default=1.0, metadata={"help": "weight of the Dice term"})
     device: str = field(default="auto", metadata={"help": "auto (cuda when available), cpu, cuda, cuda:N"})
@@ -162,6 +166,8 @@ class TrainConfig:
         if self.gradient_checkpointing not in CHECKPOINTING_MODES:
             raise TrainingError(f"gradient_checkpointing {self.gradient_checkpointing!r}; expected one of "
                                 f"{CHECKPOINTING_MODES}")
+        if not 0.1 <= self.crop_scale <= 1.0:
+            raise TrainingError(f"crop_scale must be in [0.1, 1], got {self.crop_scale}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise TrainingError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.val_fraction and self.val_videos.strip():
@@ -239,12 +245,25 @@ def keyframe_indices(count: int, keyframes: int, rng: Optional[np.random.Generat
     return sorted(set(min(p, count - 1) for p in picks))
 
 
+def random_crop(images: list, masks: list, min_scale: float, rng: np.random.Generator) -> tuple[list, list]:
+    """One random crop for the whole clip (side between min_scale and 1 of the frame's, same
+    aspect ratio, anywhere in the frame), so the prompts cannot learn where targets usually are
+    in the frame instead of what they look like. The grounder resizes the crop back."""
+    h, w = images[0].shape[:2]
+    scale = float(rng.uniform(min_scale, 1.0))
+    ch, cw = max(1, round(h * scale)), max(1, round(w * scale))
+    y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+    return [im[y:y + ch, x:x + cw] for im in images], [m[y:y + ch, x:x + cw] for m in masks]
+
+
 def pool_mask(mask: np.ndarray, grid_hw: tuple[int, int]) -> np.ndarray:
     """HxW bool -> (h, w) float32: the fraction of each token cell inside the mask. A cell of the
     grid covers the same fraction of the image whatever the model's resize, so pooling the mask
     at its own resolution is exact. INTER_AREA averages exactly over each cell's pixel area."""
     h, w = grid_hw
-    return cv2.resize(mask.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
+    pooled = cv2.resize(mask.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
+    # INTER_AREA's weights do not always sum to exactly 1 at fractional scales.
+    return np.clip(pooled, 0.0, 1.0)
 
 
 def normalise_maps(maps, per_frame: bool):
@@ -473,6 +492,10 @@ class PromptTrainer:
         images = [resize_rgb(im, size) for im in images]
         masks = [m if m.shape == size else cv2.resize(m.astype(np.uint8), size[::-1],
                                                       interpolation=cv2.INTER_NEAREST) > 0 for m in masks]
+        if keyframe_rng is not None and cfg.crop_scale < 1.0:
+            images, masks = random_crop(images, masks, cfg.crop_scale, keyframe_rng)
+        if not any(m.any() for m in masks):
+            return None
         g = self.grounder
         video, frame_batches = g.prepare_inputs(images)
         with torch.no_grad(), self._autocast():

@@ -98,3 +98,41 @@ def test_the_command_line_tool_reports_a_bad_dataset_without_a_traceback(tmp_pat
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert "missing" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_training_raises_the_attention_mass_inside_the_mask_on_held_out_clips(davis_root, tmp_path):
+    """Training visibly works: after 200 steps the frame maps of held-out clips put clearly more of
+    their attention inside the target's mask than before training, and the training clips'
+    maps much more.
+
+    The held-out clips are the last 40% of the frames of the first three sequences in name
+    order, which training never sees. A tiny random model has no notion of an object that could
+    carry over to other videos (a linear probe on its visual tokens separates target from
+    background at AUC 0.63 across videos, 0.77 across time within a video), so later frames of
+    the same objects are what it can be expected to generalise to. Its weights are drawn with
+    std 0.3 instead of 0.02: at 0.02 every attention row is nearly uniform and nothing can steer
+    it (tiny_models.tiny_config). Training is seeded and runs on the CPU, so the run is the same
+    on every machine with this torch; the floors sit below the measured values (frame-map mass
+    on held-out clips 0.061 -> 0.099, chance 0.065; on training clips 0.040 -> 0.137)."""
+    from steerseg_ros.grounding.tiny_models import build_tiny_checkpoint
+
+    videos = sorted(json.loads((davis_root / "expressions.json").read_text())["videos"])[:3]
+    data = build_from_davis(davis_root, tmp_path / "data", videos=videos, step=5, max_side=112, later_fraction=0.4)
+    model = build_tiny_checkpoint(tmp_path / "model", "qwen2_5_vl", tokenizer=vlm_helpers.tokenizer(),
+                                  initializer_range=0.3)
+    config = TrainConfig(model=str(model), root=str(data.root), out=str(tmp_path / "steer.safetensors"),
+                         val_videos=",".join(data.heldout_videos), steps=200, lr=0.3, soft_tokens=16, keyframes=4,
+                         video_tokens_per_pair=24, val_every=0, progress=False, local_files_only=True)
+    trainer = PromptTrainer(config)
+    assert trainer.val_videos == sorted(f"{v}-later" for v in videos)
+    train_before = trainer.evaluate(trainer.train_items)
+    result = trainer.train()
+    train_after = trainer.evaluate(trainer.train_items)
+    before, after = result.validations[0], result.validations[-1]
+    print(f"held-out frame-map mass {before['frame_mass']:.3f} -> {after['frame_mass']:.3f} "
+          f"(chance {after['frame_chance']:.3f}), fused {before['fused_mass']:.3f} -> {after['fused_mass']:.3f}; "
+          f"training clips {train_before['frame_mass']:.3f} -> {train_after['frame_mass']:.3f}")
+    assert after["clips"] == 6
+    assert train_after["frame_mass"] >= 2.0 * train_before["frame_mass"]
+    assert after["frame_mass"] >= 1.3 * before["frame_mass"]
+    assert after["frame_mass"] >= 1.3 * after["frame_chance"]

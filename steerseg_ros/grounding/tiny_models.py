@@ -90,9 +90,14 @@ def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
-def tiny_config(family: str, tokenizer, num_layers: int = 4):
+def tiny_config(family: str, tokenizer, num_layers: int = 4, initializer_range: float = 0.02):
     """The config of a tiny random model of `family` ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"):
-    real patch sizes and merge factors, small widths."""
+    real patch sizes and merge factors, small widths.
+
+    initializer_range: the std of the random weights (text and vision). At the usual 0.02 the
+    queries and keys of normalised hidden states are so small that every attention row is
+    nearly uniform, and no input can make it otherwise; training soft prompts on such a model
+    shows nothing. A few tenths give attention with structure to steer."""
     from transformers import Qwen2_5_VLConfig, Qwen2VLConfig, Qwen3VLConfig
 
     ids = {name: tokenizer.convert_tokens_to_ids(tok) for name, tok in [
@@ -100,29 +105,31 @@ def tiny_config(family: str, tokenizer, num_layers: int = 4):
         ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>")]}
     text = dict(vocab_size=_round_up(len(tokenizer), 64), hidden_size=64, intermediate_size=128,
                 num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2,
-                max_position_embeddings=4096,
+                max_position_embeddings=4096, initializer_range=initializer_range,
                 bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
                 eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
                 pad_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"))
     if family == "qwen2_vl":
         text["rope_parameters"] = {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]}
         vision = dict(depth=2, embed_dim=32, hidden_size=64, mlp_ratio=2, num_heads=2,
-                      patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
-        return Qwen2VLConfig(text_config=text, vision_config=vision, **ids)
+                      patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
+                      initializer_range=initializer_range)
+        return Qwen2VLConfig(text_config=text, vision_config=vision, **ids, initializer_range=initializer_range)
     if family == "qwen2_5_vl":
         text["rope_parameters"] = {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]}
         # window_size 56 px = 2x2 merged tokens per window, so window attention really reorders.
         vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
                       patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
-                      fullatt_block_indexes=[1], tokens_per_second=2)
-        return Qwen2_5_VLConfig(text_config=text, vision_config=vision, **ids)
+                      fullatt_block_indexes=[1], tokens_per_second=2, initializer_range=initializer_range)
+        return Qwen2_5_VLConfig(text_config=text, vision_config=vision, **ids, initializer_range=initializer_range)
     if family == "qwen3_vl":
         text.update(head_dim=16, rope_parameters={"rope_type": "default", "rope_theta": 5e6,
                                                    "mrope_section": [4, 2, 2], "mrope_interleaved": True})
         vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
                       patch_size=16, spatial_merge_size=2, temporal_patch_size=2,
-                      num_position_embeddings=64, deepstack_visual_indexes=[0])
-        return Qwen3VLConfig(text_config=text, vision_config=vision, **ids)
+                      num_position_embeddings=64, deepstack_visual_indexes=[0],
+                      initializer_range=initializer_range)
+        return Qwen3VLConfig(text_config=text, vision_config=vision, **ids, initializer_range=initializer_range)
     raise ValueError(f"unknown family {family!r}; expected one of {TINY_FAMILIES}")
 
 
@@ -170,13 +177,13 @@ def save_checkpoint(folder: str | Path, model, tokenizer, image_processor) -> Pa
 
 
 def build_tiny_checkpoint(folder: str | Path, family: str = "qwen2_5_vl", num_layers: int = 4,
-                          seed: int = 0, tokenizer=None) -> Path:
+                          seed: int = 0, tokenizer=None, initializer_range: float = 0.02) -> Path:
     """Build a tiny random `family` model and save it with its processor files to `folder`
     (created). Returns the folder, loadable with `VLMGrounderConfig(model=str(folder))`."""
     import torch
 
     tokenizer = tokenizer if tokenizer is not None else build_tokenizer()
-    config = tiny_config(family, tokenizer, num_layers)
+    config = tiny_config(family, tokenizer, num_layers, initializer_range)
     torch.manual_seed(seed)
     model = model_class_for(family)(config).eval()
     return save_checkpoint(folder, model, tokenizer, image_processor_for(family))

@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "this DAVIS 2016 folder (JPEGImages/480p, Annotations/480p, expressions.json)")
     parser.add_argument("--demo-side", type=int, default=224, help="with --from-davis: longer image side")
     parser.add_argument("--demo-step", type=int, default=5, help="with --from-davis: keep every N-th frame")
+    parser.add_argument("--demo-later", type=float, default=0.0,
+                        help="with --from-davis: hold out the last this fraction of every video's frames "
+                             "(as <video>-later) instead of whole videos")
     return parser
 
 
@@ -59,12 +62,14 @@ def main(argv: Optional[list[str]] = None) -> int:
 
             root = Path(args.root)
             if not (root / "meta_expressions" / "train" / "meta_expressions.json").is_file():
-                demo = build_from_davis(args.from_davis, root, step=args.demo_step, max_side=args.demo_side)
+                demo = build_from_davis(args.from_davis, root, step=args.demo_step, max_side=args.demo_side,
+                                        later_fraction=args.demo_later)
                 print(f"wrote {demo.frames} frames of {len(demo.train_videos) + len(demo.heldout_videos)} "
                       f"videos to {root}", file=sys.stderr)
             if not options["val_videos"] and not options["val_fraction"]:
                 videos = [p.name for p in (root / "train" / "JPEGImages").iterdir() if p.is_dir()]
-                options["val_videos"] = ",".join(heldout_rule(videos))
+                later = [v for v in videos if v.endswith("-later")]
+                options["val_videos"] = ",".join(sorted(later) or heldout_rule(videos))
         config = TrainConfig(**options)
         config.validate()
         from steerseg_ros.training import PromptTrainer
