@@ -70,7 +70,8 @@ def grounding(args: argparse.Namespace) -> dict[str, Any]:
         for count in keyframe_counts:
             report = bench_grounding(args.grounding_family if shape == "tiny" else "qwen2_5_vl", shape,
                                      keyframes=count, repeats=args.grounding_repeats,
-                                     num_layers=args.grounding_layers, dtype="bfloat16" if args.real_size else "auto",
+                                     num_layers=args.grounding_layers, vision_depth=args.grounding_vision_depth,
+                                     dtype="bfloat16" if args.real_size else "auto",
                                      device=args.device)
             out.update({f"{shape}.{count}kf.{k}": v for k, v in flat_figures(report).items()})
     return out
@@ -84,8 +85,8 @@ def sam2(args: argparse.Namespace) -> dict[str, Any]:
         ["sam2.1-tiny", "sam2.1-small"] if args.real_size else ["tiny"])
     out: dict[str, Any] = {}
     for config in configs:
-        figures = bench_sam2(config, frames=args.sam2_frames, frame_size=(480, 854), device=args.device,
-                             onnx=not args.sam2_no_onnx)
+        figures = bench_sam2(config, frames=args.sam2_frames, memory_frames=args.sam2_memory_frames,
+                             frame_size=(480, 854), device=args.device, onnx=not args.sam2_no_onnx)
         figures.pop("load_average", None)  # the machine record has it
         out.update(flatten(figures, config))
     return out
@@ -121,9 +122,13 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--grounding-repeats", type=int, default=1, help="timed groundings per mode (after a warm-up)")
     group.add_argument("--grounding-layers", type=int, default=None,
                        help="decoder layers of the grounding model; None: the shape's (cut it for a CPU)")
+    group.add_argument("--grounding-vision-depth", type=int, default=None,
+                       help="vision blocks of the grounding model; None: the shape's")
     group.add_argument("--sam2-configs", default=None,
                        help="comma-separated (tiny, sam2.1-tiny, sam2.1-small); None: tiny, the real ones with --real-size")
     group.add_argument("--sam2-frames", type=int, default=10, help="timed frames per object count")
+    group.add_argument("--sam2-memory-frames", type=int, default=0,
+                       help="frames of each memory-growth run; 0: 10 x --sam2-frames tiny, 40 real")
     group.add_argument("--sam2-no-onnx", action="store_true", help="skip the ONNX encoder comparison")
     group.add_argument("--tracker-sequences", default=None,
                        help="DAVIS sequences for the tracker: a count (the first N) or comma-separated names; None: all")
