@@ -20,7 +20,8 @@ Sections (`--sections`, comma-separated; default all) and the goals the issues s
 - sam2: SAM2 step time for 1/2/4 objects and its parts, memory growth with and without
   pruning, catch-up time, the ONNX encoder against torch.
 The last four live in bench_models.py. Model sections use tiny random-weight configs unless
-`--real-size` (Qwen2.5-VL-3B/-7B and SAM2.1 tiny/small layer shapes, random weights), and run
+`--real-size` (Qwen2.5-VL-3B/-7B and SAM2.1 tiny/small/base-plus/large layer shapes at 1024 px,
+854x480 frames, random weights), and run
 on `--device` (default: cuda if available, else cpu).
 
 A section whose dependencies are missing (no torch, no data) is reported as skipped with the

@@ -12,7 +12,7 @@ Each section calls the benchmark its stage owns and flattens the result into fig
 
 By default the models are tiny random-weight configs (the whole run takes minutes on a CPU);
 `--real-size` switches to random weights in the real layer shapes (Qwen2.5-VL-3B and -7B,
-SAM2.1 tiny and small at 1024 px), which is what the goals are stated for.
+SAM2.1 tiny, small, base-plus and large at 1024 px), which is what the goals are stated for.
 """
 from __future__ import annotations
 
@@ -81,8 +81,10 @@ def grounding(args: argparse.Namespace) -> dict[str, Any]:
 def sam2(args: argparse.Namespace) -> dict[str, Any]:
     from steerseg_ros.tools.bench_sam2 import bench_sam2
 
+    from steerseg_ros.tracking.tiny_sam2 import REAL_BACKBONES
+
     configs = args.sam2_configs.split(",") if args.sam2_configs else (
-        ["sam2.1-tiny", "sam2.1-small"] if args.real_size else ["tiny"])
+        list(REAL_BACKBONES) if args.real_size else ["tiny"])
     out: dict[str, Any] = {}
     for config in configs:
         figures = bench_sam2(config, frames=args.sam2_frames, memory_frames=args.sam2_memory_frames,
@@ -125,7 +127,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--grounding-vision-depth", type=int, default=None,
                        help="vision blocks of the grounding model; None: the shape's")
     group.add_argument("--sam2-configs", default=None,
-                       help="comma-separated (tiny, sam2.1-tiny, sam2.1-small); None: tiny, the real ones with --real-size")
+                       help="comma-separated (tiny, sam2.1-tiny, -small, -base-plus, -large); None: tiny, all four real with --real-size")
     group.add_argument("--sam2-frames", type=int, default=10, help="timed frames per object count")
     group.add_argument("--sam2-memory-frames", type=int, default=0,
                        help="frames of each memory-growth run; 0: 10 x --sam2-frames tiny, 40 real")
