@@ -21,8 +21,9 @@ Sections (`--sections`, comma-separated; default all) and the goals the issues s
   pruning, catch-up time, the ONNX encoder against torch.
 The last four live in bench_models.py. Model sections use tiny random-weight configs unless
 `--real-size` (Qwen2.5-VL-3B/-7B and SAM2.1 tiny/small/base-plus/large layer shapes at 1024 px,
-854x480 frames, random weights), and run
-on `--device` (default: cuda if available, else cpu).
+854x480 frames, random weights), and run on `--device` (default: cuda if available, else cpu).
+On a CPU the real sizes take hours; `--grounding-layers`, `--grounding-vision-depth`,
+`--rollout-layers`, `--sam2-configs` and `--sam2-memory-frames` cut them down.
 
 A section whose dependencies are missing (no torch, no data) is reported as skipped with the
 reason; a section that fails reports its error and the others still run (the exit code is then
