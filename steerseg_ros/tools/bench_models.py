@@ -127,11 +127,13 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--grounding-vision-depth", type=int, default=None,
                        help="vision blocks of the grounding model; None: the shape's")
     group.add_argument("--sam2-configs", default=None,
-                       help="comma-separated (tiny, sam2.1-tiny, -small, -base-plus, -large); None: tiny, all four real with --real-size")
+                       help="comma-separated, of tiny, sam2.1-tiny, -small, -base-plus, -large; "
+                            "None: tiny, all four real ones with --real-size")
     group.add_argument("--sam2-frames", type=int, default=10, help="timed frames per object count")
     group.add_argument("--sam2-memory-frames", type=int, default=0,
                        help="frames of each memory-growth run; 0: 10 x --sam2-frames tiny, 40 real")
     group.add_argument("--sam2-no-onnx", action="store_true", help="skip the ONNX encoder comparison")
     group.add_argument("--tracker-sequences", default=None,
-                       help="DAVIS sequences for the tracker: a count (the first N) or comma-separated names; None: all")
+                       help="DAVIS sequences for the tracker: a count (the first N) or comma-separated names; "
+                            "None: all")
     group.add_argument("--tracker-frames", type=int, default=None, help="first N frames of each sequence; None: all")
