@@ -27,7 +27,7 @@ On a CPU the real sizes take hours; `--grounding-layers`, `--grounding-vision-de
 
 A section whose dependencies are missing (no torch, no data) is reported as skipped with the
 reason; a section that fails reports its error and the others still run (the exit code is then
-1). Each section is a function (options) -> flat dict of figures, registered with
+1). The files are rewritten after every section, and Ctrl-C stops the run keeping what is done. Each section is a function (options) -> flat dict of figures, registered with
 `@section("name")`; nested results are flattened with dotted keys. The JSON holds the machine
 (CPUs, load average before and after, torch version, device, GPU), the options and every
 section's figures, so two runs can be compared. Timings depend on what else runs on the
@@ -519,23 +519,33 @@ def main(argv: Optional[list[str]] = None) -> int:
         "command": command, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine,
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in sorted(vars(args).items())},
         "sections": {}}
-    for name in names:
+    for i, name in enumerate(names):
         print(f"[bench] {name} ...", file=sys.stderr, flush=True)
-        report["sections"][name] = entry = run_section(name, args)
+        try:
+            report["sections"][name] = entry = run_section(name, args)
+        except KeyboardInterrupt:
+            # A long real-size run stopped by hand keeps the figures it has.
+            report["sections"][name] = entry = {"status": "interrupted"}
+            report["sections"].update({n: {"status": "not run"} for n in names[i + 1:]})
         print(f"[bench] {name}: {entry['status']} {entry.get('reason', entry.get('error', ''))}",
               file=sys.stderr, flush=True)
-    machine["load_average_after"] = _load()
-    table = markdown(report)
-    print(table)
-    text = json.dumps(report, indent=2, default=str)
+        machine["load_average_after"] = _load()
+        _write(report, args)  # after every section, so a run killed later keeps these
+        if entry["status"] == "interrupted":
+            break
+    print(markdown(report))
+    return 1 if any(e["status"] in ("failed", "interrupted") for e in report["sections"].values()) else 0
+
+
+def _write(report: dict[str, Any], args: argparse.Namespace) -> None:
+    text = json.dumps(report, indent=2, default=str) + "\n"
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "bench.md").write_text(table)
-        (args.out / "bench.json").write_text(text + "\n")
+        (args.out / "bench.md").write_text(markdown(report))
+        (args.out / "bench.json").write_text(text)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
-    return 1 if any(e["status"] == "failed" for e in report["sections"].values()) else 0
+        args.json.write_text(text)
 
 
 # The model and tracker sections register themselves into SECTIONS.
