@@ -12,12 +12,15 @@ candidate and of the best candidate.
 
     python benchmarks/davis_tracker.py [--davis DIR] [--sequences blackswan dog ...]
         [--segment] [--no-timing] [--set name=value ...]   (FlowTrackerConfig fields, for ablations)
+
+The measurement itself lives in steerseg_ros/tools/bench_tracker.py (also `steerseg-bench
+--sections tracker`, which reports the same figures in the common table); this script prints
+them per sequence and adds the ablation and `segment` options.
 """
 from __future__ import annotations
 
 import argparse
 import ast
-import copy
 import dataclasses
 import os
 import sys
@@ -29,41 +32,10 @@ import numpy as np
 
 from steerseg_ros.buffer import Frame
 from steerseg_ros.metrics import region_j, score_object, summarize
+from steerseg_ros.tools.bench_tracker import load_sequence, track_sequence
 from steerseg_ros.tracking.flow import FlowTracker, FlowTrackerConfig
 
 DEFAULT_DAVIS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "davis16"
-
-
-def load_sequence(root: Path, seq: str):
-    frames_dir = root / "JPEGImages" / "480p" / seq
-    names = sorted(p.stem for p in frames_dir.glob("*.jpg"))
-    images = [cv2.cvtColor(cv2.imread(str(frames_dir / f"{n}.jpg")), cv2.COLOR_BGR2RGB) for n in names]
-    masks = [cv2.imread(str(root / "Annotations" / "480p" / seq / f"{n}.png"), cv2.IMREAD_GRAYSCALE) > 127
-             for n in names]
-    return images, masks
-
-
-def frames_of(images, start_seq: int = 0) -> list[Frame]:
-    return [Frame(start_seq + i, (start_seq + i) * 41_666_667, im, "camera", str(i)) for i, im in enumerate(images)]
-
-
-def track_sequence(config: FlowTrackerConfig, images, masks, n_objects: int = 1):
-    """Masks for every frame (the seed on frame 0), per-step wall and process-CPU times (s),
-    and scores."""
-    tracker = FlowTracker(config)
-    frames = frames_of(images)
-    state = tracker.start(frames[0], mask=masks[0])
-    for obj_id in range(1, n_objects + 1):
-        tracker.attach(obj_id, state if obj_id == 1 else copy.deepcopy(state))
-    preds, wall, cpu, scores = [masks[0]], [], [], []
-    for f in frames[1:]:
-        t0, c0 = time.perf_counter(), time.process_time()
-        out = tracker.step(f)
-        wall.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
-        preds.append(out[1].mask)
-        scores.append(out[1].score)
-    return preds, np.array(wall), np.array(cpu), np.array(scores)
 
 
 def measure_segment(config: FlowTrackerConfig, root: Path, sequences: list[str]) -> None:

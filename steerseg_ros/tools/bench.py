@@ -1,12 +1,10 @@
-"""steerseg-bench: figures for this machine, printed as one table and written as JSON.
+"""steerseg-bench: the whole pipeline's figures for this machine, as one table plus JSON.
 
-    steerseg-bench                                  # every section
-    steerseg-bench --sections node_overhead --json out/bench.json
+    steerseg-bench                                     # every section, tiny models (minutes on a CPU)
+    steerseg-bench --out out/bench                     # also writes out/bench/bench.md and bench.json
+    steerseg-bench --sections tracker,sam2 --device cuda --real-size
 
-Each section is a function that takes the parsed options and returns a flat dict of figures;
-`SECTIONS` maps its name to it, and other modules add theirs with `@section("name")`. The
-sections here measure the built-in backends and the node:
-
+Sections (`--sections`, comma-separated; default all) and the goals the issues set:
 - node_overhead: per-frame time of the tracker step and of the node's own work around it
   (image conversion in, label image, overlay drawing, track and marker messages, serialisation
   of everything published), in this process without DDS; goal: overhead <= 10% of the step.
@@ -15,35 +13,76 @@ sections here measure the built-in backends and the node:
   share of the rate while none runs; goal: >= 90%.
 - memory: the node process's resident memory after 2,000 published masks minus after 200 (with
   re-grounding running); goal: < 20 MB.
+- tracker: the built-in tracker's J&F on DAVIS 2016 and its step time at 854x480; goal: <= 30 ms.
+- rollout: attention capture + streaming rollout against the materialising reference; goal:
+  >= 10x less peak memory at <= 1.2x the time (CPU only: it measures process memory).
+- grounding: whole grounding latency per mode (decaf, steerseg) on 8 and 16 keyframes.
+- sam2: SAM2 step time for 1/2/4 objects and its parts, memory growth with and without
+  pruning, catch-up time, the ONNX encoder against torch.
+The last four live in bench_models.py. Model sections use tiny random-weight configs unless
+`--real-size` (Qwen2.5-VL-3B/-7B and SAM2.1 tiny/small/base-plus/large layer shapes at 1024 px,
+854x480 frames, random weights), and run on `--device` (default: cuda if available, else cpu).
+On a CPU the real sizes take hours; `--grounding-layers`, `--grounding-vision-depth`,
+`--rollout-layers`, `--sam2-configs` and `--sam2-memory-frames` cut them down.
 
-Timings depend on what else runs on the machine: the table reports the load average with them.
+A section whose dependencies are missing (no torch, no data) is reported as skipped with the
+reason; a section that fails reports its error and the others still run (the exit code is then
+1). The files are rewritten after every section, and Ctrl-C stops the run keeping what is done. Each section is a function (options) -> flat dict of figures, registered with
+`@section("name")`; nested results are flattened with dotted keys. The JSON holds the machine
+(CPUs, load average before and after, torch version, device, GPU), the options and every
+section's figures, so two runs can be compared. Timings depend on what else runs on the
+machine: compare runs only with their load averages.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
+import importlib.util
 import json
 import os
+import platform
 import random
 import statistics
 import subprocess
 import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import cv2
 import numpy as np
 
-SECTIONS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {}
+SectionFn = Callable[[argparse.Namespace], dict[str, Any]]
+SECTIONS: dict[str, SectionFn] = {}
+REQUIRES: dict[str, tuple[str, ...]] = {}
 
 
-def section(name: str):
-    """Register a benchmark section: a function (options) -> dict of figures."""
+class SectionSkipped(Exception):
+    """Raised by a section that cannot run here (no data, no device): reported, not failed."""
+
+
+def section(name: str, requires: tuple[str, ...] = ()):
+    """Register a benchmark section: a function (options) -> dict of figures. `requires` names
+    the modules it imports; without them the section is reported as skipped."""
     def register(fn):
         SECTIONS[name] = fn
+        REQUIRES[name] = tuple(requires)
         return fn
     return register
+
+
+def flatten(figures: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested dict of figures as one level, keys joined with dots."""
+    flat: dict[str, Any] = {}
+    for key, value in figures.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            flat.update(flatten(value, name))
+        else:
+            flat[name] = value
+    return flat
 
 
 def default_data() -> Path:
@@ -58,7 +97,7 @@ def load_sequence(data: Path, sequence: str, count: Optional[int] = None):
     frames_dir = data / "JPEGImages" / "480p" / sequence
     names = sorted(p.stem for p in frames_dir.glob("*.jpg"))[:count]
     if not names:
-        raise SystemExit(f"no frames at {frames_dir} (give --data, the davis16 folder)")
+        raise SectionSkipped(f"no frames at {frames_dir} (give --data, the davis16 folder)")
     images = [cv2.cvtColor(cv2.imread(str(frames_dir / f"{n}.jpg")), cv2.COLOR_BGR2RGB) for n in names]
     masks = [cv2.imread(str(data / "Annotations" / "480p" / sequence / f"{n}.png"), cv2.IMREAD_GRAYSCALE) > 127
              for n in names]
@@ -75,7 +114,7 @@ def _ms(values: list[float]) -> dict[str, float]:
 
 
 # ---- node overhead ------------------------------------------------------------------------------
-@section("node_overhead")
+@section("node_overhead", requires=("rclpy",))
 def node_overhead(args: argparse.Namespace) -> dict[str, Any]:
     from rclpy.serialization import deserialize_message, serialize_message
     from sensor_msgs.msg import Image
@@ -266,7 +305,7 @@ class Camera:
 
 
 # ---- grounding rate ------------------------------------------------------------------------------
-@section("grounding_rate")
+@section("grounding_rate", requires=("rclpy",))
 def grounding_rate(args: argparse.Namespace) -> dict[str, Any]:
     from std_msgs.msg import String
 
@@ -315,7 +354,7 @@ def grounding_rate(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # ---- memory --------------------------------------------------------------------------------------
-@section("memory")
+@section("memory", requires=("rclpy",))
 def memory(args: argparse.Namespace) -> dict[str, Any]:
     from std_msgs.msg import String
 
@@ -349,16 +388,23 @@ def memory(args: argparse.Namespace) -> dict[str, Any]:
 
 # ---- the command ---------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
+    from steerseg_ros.tools import bench_models
+
     parser = argparse.ArgumentParser(prog="steerseg-bench", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, of {sorted(SECTIONS)}")
-    parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, of {list(SECTIONS)}")
+    parser.add_argument("--out", type=Path, default=None, help="write DIR/bench.md (the table) and DIR/bench.json")
+    parser.add_argument("--json", type=Path, default=None, help="also write the JSON here")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="for the torch sections; auto: cuda if available, else cpu")
+    parser.add_argument("--real-size", action="store_true",
+                        help="model sections on real layer shapes (random weights) instead of tiny configs")
     parser.add_argument("--data", type=Path, default=default_data(), help="the davis16 folder")
-    parser.add_argument("--sequence", default="blackswan")
-    parser.add_argument("--frames", type=int, default=None, help="frames of the sequence to use (default: all)")
+    parser.add_argument("--sequence", default="blackswan", help="DAVIS sequence of the node sections")
+    parser.add_argument("--frames", type=int, default=None, help="frames of that sequence to use (default: all)")
     parser.add_argument("--warmup", type=int, default=5, help="frames left out of the timings at the start")
-    parser.add_argument("--grounder", default="builtin")
-    parser.add_argument("--tracker", default="builtin")
+    parser.add_argument("--grounder", default="builtin", help="grounder backend of the node sections")
+    parser.add_argument("--tracker", default="builtin", help="tracker backend of the node sections")
     parser.add_argument("--camera-rate", type=float, default=30.0, help="frames per second fed to the node")
     parser.add_argument("--duration", type=float, default=40.0, help="seconds of camera for grounding_rate")
     parser.add_argument("--regrounding-period", type=float, default=2.0,
@@ -366,35 +412,148 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--memory-start", type=int, default=200)
     parser.add_argument("--memory-frames", type=int, default=2000)
     parser.add_argument("--workdir", default="out/bench", help="logs and parameter files of the node runs")
+    bench_models.add_options(parser)
     return parser
 
 
-def _table(results: dict[str, dict[str, Any]]) -> str:
-    rows = [(name, key, value) for name, figures in results.items() for key, value in figures.items()]
-    w1 = max(len(r[0]) for r in rows)
-    w2 = max(len(r[1]) for r in rows)
-    return "\n".join(f"{a:<{w1}}  {b:<{w2}}  {c}" for a, b, c in rows)
+def _missing(modules: tuple[str, ...]) -> list[str]:
+    return [m for m in modules if importlib.util.find_spec(m) is None]
+
+
+def _version(package: str) -> Optional[str]:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _resolve_device(args: argparse.Namespace, names: list[str], parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """Sets args.device to cpu or cuda and returns the machine's device figures. torch is only
+    imported when a selected section uses it."""
+    uses_torch = any("torch" in REQUIRES[n] and not _missing(REQUIRES[n]) for n in names)
+    if not uses_torch:
+        args.device = "cpu" if args.device == "auto" else args.device
+        return {"device": args.device}
+    import torch
+
+    available = torch.cuda.is_available()
+    if args.device == "cuda" and not available:
+        parser.error("--device cuda: torch sees no CUDA device here")
+    args.device = "cuda" if args.device == "auto" and available else ("cpu" if args.device == "auto" else args.device)
+    figures: dict[str, Any] = {"device": args.device, "torch_threads": torch.get_num_threads()}
+    if args.device == "cuda":
+        figures["gpu"] = torch.cuda.get_device_name(0)
+        figures["cuda"] = torch.version.cuda
+    return figures
+
+
+def _git_commit() -> Optional[str]:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parent,
+                              capture_output=True, text=True, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return "x".join(_cell(v) for v in value) if all(isinstance(v, (int, float)) for v in value) else str(value)
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The report as markdown: the machine, then one table of every section's figures."""
+    machine = report["machine"]
+    lines = ["# steerseg-bench", "", f"`{report['command']}`", "",
+             "| machine | |", "|---|---|"]
+    lines += [f"| {k} | {_cell(v)} |" for k, v in machine.items()]
+    lines += ["", "| section | figure | value |", "|---|---|---|"]
+    for name, entry in report["sections"].items():
+        status = entry["status"] + (f" ({entry['seconds']:.0f} s)" if "seconds" in entry else "")
+        lines.append(f"| {name} | status | {status} |")
+        for key in ("reason", "error"):
+            if key in entry:
+                lines.append(f"| {name} | {key} | {_cell(entry[key])} |")
+        lines += [f"| {name} | {k} | {_cell(v)} |" for k, v in entry.get("figures", {}).items()]
+    return "\n".join(lines) + "\n"
+
+
+def run_section(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """One section's entry: status ok (with figures), skipped (with the reason) or failed (with
+    the error). Never raises: one broken section must not cost the others."""
+    missing = _missing(REQUIRES[name])
+    if missing:
+        return {"status": "skipped", "reason": f"needs {', '.join(missing)}, not installed"}
+    start = time.perf_counter()
+    try:
+        figures = flatten(SECTIONS[name](args))
+    except SectionSkipped as reason:
+        return {"status": "skipped", "reason": str(reason)}
+    except Exception as error:  # noqa: BLE001 - reported in the table, the run goes on
+        traceback.print_exc()
+        return {"status": "failed", "error": f"{type(error).__name__}: {error}",
+                "seconds": round(time.perf_counter() - start, 1)}
+    return {"status": "ok", "seconds": round(time.perf_counter() - start, 1), "figures": figures}
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     names = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = [n for n in names if n not in SECTIONS]
-    if unknown:
-        raise SystemExit(f"unknown section(s) {unknown}; choose from {sorted(SECTIONS)}")
-    results: dict[str, dict[str, Any]] = {
-        "machine": {"cpus": os.cpu_count(), "load_average_1_5_15": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-                    "command": " ".join(["steerseg-bench"] + (sys.argv[1:] if argv is None else list(argv)))}}
-    for name in names:
+    if unknown or not names:
+        parser.error(f"unknown section(s) {unknown}; choose from {list(SECTIONS)}")
+    command = " ".join(["steerseg-bench"] + (sys.argv[1:] if argv is None else list(argv)))
+    machine: dict[str, Any] = {
+        "host": platform.node(), "cpus": os.cpu_count(), "platform": platform.platform(),
+        "python": platform.python_version(), "torch": _version("torch"), "transformers": _version("transformers"),
+        "opencv": cv2.__version__, "commit": _git_commit(), "load_average_before": _load()}
+    machine.update(_resolve_device(args, names, parser))
+    report: dict[str, Any] = {
+        "command": command, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine,
+        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in sorted(vars(args).items())},
+        "sections": {}}
+    for i, name in enumerate(names):
         print(f"[bench] {name} ...", file=sys.stderr, flush=True)
-        results[name] = SECTIONS[name](args)
-    results["machine"]["load_average_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    print(_table(results))
+        try:
+            report["sections"][name] = entry = run_section(name, args)
+        except KeyboardInterrupt:
+            # A long real-size run stopped by hand keeps the figures it has.
+            report["sections"][name] = entry = {"status": "interrupted"}
+            report["sections"].update({n: {"status": "not run"} for n in names[i + 1:]})
+        print(f"[bench] {name}: {entry['status']} {entry.get('reason', entry.get('error', ''))}",
+              file=sys.stderr, flush=True)
+        machine["load_average_after"] = _load()
+        _write(report, args)  # after every section, so a run killed later keeps these
+        if entry["status"] == "interrupted":
+            break
+    print(markdown(report))
+    return 1 if any(e["status"] in ("failed", "interrupted") for e in report["sections"].values()) else 0
+
+
+def _write(report: dict[str, Any], args: argparse.Namespace) -> None:
+    text = json.dumps(report, indent=2, default=str) + "\n"
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "bench.md").write_text(markdown(report))
+        (args.out / "bench.json").write_text(text)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2, default=str))
-    return 0
+        args.json.write_text(text)
 
+
+# The model and tracker sections register themselves into SECTIONS.
+from steerseg_ros.tools import bench_models  # noqa: E402,F401
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # Run through the package's module, so the sections bench_models registers land in the same
+    # SECTIONS as main reads (as __main__ this file is a second copy of the module).
+    from steerseg_ros.tools.bench import main as package_main
+
+    raise SystemExit(package_main())

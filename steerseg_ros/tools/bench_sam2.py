@@ -10,10 +10,10 @@ the real architecture, the masks are meaningless):
 - catch-up time per buffered frame (a detached object advanced through frames not yet encoded);
 - the image encoder through onnxruntime against torch (time and largest difference).
 
-Configs: "tiny" (the test config, 64 px by default) or the layer shapes of "sam2.1-tiny" /
-"sam2.1-small" (1024 px by default). Frames are synthetic (a textured disc moving over a
-gradient) so that the benchmark needs no data. Timings depend on the machine and its load:
-record `uptime` with them.
+Configs: "tiny" (the test config, 64 px by default) or the layer shapes of "sam2.1-tiny",
+"sam2.1-small", "sam2.1-base-plus" or "sam2.1-large" (1024 px by default). Frames are synthetic
+(a textured disc moving over a gradient) so that the benchmark needs no data. Timings depend on
+the machine and its load: record `uptime` with them.
 """
 from __future__ import annotations
 
@@ -220,7 +220,9 @@ def bench_sam2(config: str = "tiny", image_size: Optional[int] = None, frames: i
 
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", default="tiny", choices=["tiny", "sam2.1-tiny", "sam2.1-small"])
+    from steerseg_ros.tracking.tiny_sam2 import REAL_BACKBONES
+
+    p.add_argument("--config", default="tiny", choices=["tiny", *REAL_BACKBONES])
     p.add_argument("--image-size", type=int, default=None, help="model input size (64 tiny, 1024 real)")
     p.add_argument("--frames", type=int, default=30, help="timed frames per object count")
     p.add_argument("--objects", default="1,2,4", help="object counts to time")

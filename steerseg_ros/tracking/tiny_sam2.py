@@ -25,6 +25,18 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 REAL_BACKBONES = {
     "sam2.1-tiny": dict(blocks_per_stage=[1, 2, 7, 2], global_attention_blocks=[5, 7, 9]),
     "sam2.1-small": dict(blocks_per_stage=[1, 2, 11, 2], global_attention_blocks=[7, 10, 13]),
+    # The larger two are wider too: embedding and heads double at each stage from their own
+    # start, and the FPN neck reads their stage widths (backbone_channel_list, widest first).
+    "sam2.1-base-plus": dict(hidden_size=112, num_attention_heads=2, blocks_per_stage=[2, 3, 16, 3],
+                             embed_dim_per_stage=[112, 224, 448, 896], num_attention_heads_per_stage=[2, 4, 8, 16],
+                             window_size_per_stage=[8, 4, 14, 7], global_attention_blocks=[12, 16, 20],
+                             window_positional_embedding_background_size=[14, 14],
+                             backbone_channel_list=[896, 448, 224, 112]),
+    "sam2.1-large": dict(hidden_size=144, num_attention_heads=2, blocks_per_stage=[2, 6, 36, 4],
+                         embed_dim_per_stage=[144, 288, 576, 1152], num_attention_heads_per_stage=[2, 4, 8, 16],
+                         window_size_per_stage=[8, 4, 16, 8], global_attention_blocks=[23, 33, 43],
+                         window_positional_embedding_background_size=[7, 7],
+                         backbone_channel_list=[1152, 576, 288, 144]),
 }
 
 
@@ -72,16 +84,19 @@ def tiny_config(image_size: int = 64) -> Sam2VideoConfig:
 
 
 def real_config(name: str = "sam2.1-tiny", image_size: int = 1024) -> Sam2VideoConfig:
-    """The layer shapes of a real SAM2.1 checkpoint ("sam2.1-tiny" or "sam2.1-small") at
+    """The layer shapes of a real SAM2.1 checkpoint (a name in REAL_BACKBONES) at
     `image_size` (1024 for the published models; a multiple of 256 to keep the windows whole)."""
     if name not in REAL_BACKBONES:
         raise ValueError(f"unknown real config {name!r}; choose one of {sorted(REAL_BACKBONES)}")
     if image_size < 256 or image_size % 256:
         raise ValueError(f"image_size must be a positive multiple of 256, got {image_size}")
     stride4 = image_size // 4
-    backbone = Sam2HieraDetConfig(image_size=[image_size, image_size], **REAL_BACKBONES[name])
+    shapes = dict(REAL_BACKBONES[name])
+    channels = shapes.pop("backbone_channel_list", None)
+    backbone = Sam2HieraDetConfig(image_size=[image_size, image_size], **shapes)
     vision = Sam2VisionConfig(
         backbone_config=backbone,
+        backbone_channel_list=channels,
         backbone_feature_sizes=[[stride4, stride4], [stride4 // 2, stride4 // 2], [stride4 // 4, stride4 // 4]],
     )
     return Sam2VideoConfig(
