@@ -471,12 +471,22 @@ class Pipeline:
     def _catch_up(self, state: ObjectState, upto: Optional[int]) -> None:
         """Advance a detached object through the buffered frames after it. Without the lock
         (`upto` None) it chases the live frame, which moves on meanwhile; with the lock it
-        finishes exactly at the last stepped frame."""
+        finishes exactly at the last stepped frame.
+
+        The chase stops when a round did not shrink the gap to the live frame (the tracker is
+        slower than the camera, or shares the CPU with the camera thread's steps): it would
+        never end. The locked pass then finishes through at most max_catch_up_frames frames."""
+        gap = None
         while True:
             limit = self._last_stepped_seq if upto is None else upto
             frames = [f for f in self.buffer.frames_after(state.seq) if f.seq <= limit]
             if not frames:
                 return
+            if upto is None:
+                if gap is not None and len(frames) >= gap:
+                    self.stats["catch_up_chases_stopped"] += 1
+                    return
+                gap = len(frames)
             if frames[0].seq != state.seq + 1:
                 self.stats["catch_up_gaps"] += 1
                 log.warning("catch-up skipped %d frames that left the buffer: raise buffer_size",

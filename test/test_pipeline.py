@@ -388,6 +388,29 @@ def test_catch_up_goes_through_at_most_the_cap_evenly_and_ends_on_the_live_frame
     assert p.stats["catch_up_frames_skipped"] == 40 - seed_seq - 5
 
 
+def test_a_catch_up_slower_than_the_camera_still_ends_and_attaches_the_track(setup):
+    """The worker chases the live frame while the camera thread keeps stepping; when catching
+    up one frame takes longer than a camera frame lasts, the chase stops and the rest is done
+    under the lock, through at most max_catch_up_frames frames: the track still starts."""
+    grounder, tracker, make = setup
+    p, feed = make(asynchronous=True, buffer_size=64, max_catch_up_frames=8)
+    slow = tracker.advance
+
+    def slow_advance(state, frame):
+        time.sleep(0.02)  # each catch-up frame costs two camera frames (fed every 10 ms)
+        return slow(state, frame)
+
+    tracker.advance = slow_advance
+    p.set_command("the cup")
+    deadline = time.monotonic() + 20
+    while p.state != PipelineState.TRACKING and time.monotonic() < deadline:
+        feed()
+        time.sleep(0.01)
+    assert p.state == PipelineState.TRACKING
+    assert p.stats["catch_up_chases_stopped"] >= 1
+    assert tracker.live[1].seq == p.buffer.latest().seq
+
+
 def test_track_history_stays_bounded(setup):
     _, _, make = setup
     p, feed = make(buffer_size=8, keyframes=KeyframeConfig(count=4, window_s=1.0, min_spacing_s=0.0))
