@@ -16,6 +16,7 @@ A clip is anything with `len()`, `image(i)` (HxWx3 uint8 RGB) and `frame_names`
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Protocol, Sequence
@@ -26,6 +27,9 @@ from steerseg_ros import tracklets
 from steerseg_ros.buffer import NS_PER_S, Frame
 from steerseg_ros.grounding.base import Grounder, GroundingResult, clean_command
 from steerseg_ros.tracking.base import ObjectMask, Tracker
+
+
+log = logging.getLogger("steerseg_ros.offline")
 
 
 class Clip(Protocol):
@@ -157,6 +161,7 @@ def segment_clip(grounder: Grounder, tracker: Tracker, clip: Clip, command: str,
     t0 = time.perf_counter()
     chosen = tracklets.select(result, tracker, selection)
     timings["selection_s"] = time.perf_counter() - t0
+    log.info("grounding %r: %d point(s), %d target(s) chosen", command, len(result.points), len(chosen))
     del keyframes  # the grounding result keeps its own references; propagation reloads frames
 
     t0 = time.perf_counter()

@@ -347,3 +347,35 @@ def test_steerseg_eval_end_to_end_on_two_davis16_sequences(davis_root, tmp_path,
     assert summary["mode"] == mode and summary["grounder"] == "builtin" and summary["tracker"] == "builtin"
     assert summary["table"]["overall"]["J&F"] == pytest.approx(np.mean([float(r["J&F"]) for r in rows]), abs=1e-6)
     assert (out / "plot.png").stat().st_size > 20_000 and (out / "summary.md").exists()
+
+
+@pytest.mark.parametrize("grounder,mode", [("steerseg", "streaming"), ("decaf", "offline")])
+def test_model_backends_run_through_steerseg_eval(davis_root, tmp_path, caplog, grounder, mode):
+    """Both model backends, on tiny random Qwen2.5-VL and SAM2 checkpoints loaded from disk,
+    through the same command users run: every frame gets a mask file and every grounding ends
+    (a target, or none: the maps of a random model mean nothing, and neither do the scores)."""
+    import logging
+
+    pytest.importorskip("transformers")
+    import vlm_helpers
+    from steerseg_ros.tracking.tiny_sam2 import save_random_sam2, tiny_config
+
+    sam2 = save_random_sam2(tmp_path / "sam2", tiny_config(64))
+    out = tmp_path / "out"
+    caplog.set_level(logging.INFO, logger="steerseg_ros")
+    rc = eval_tool.main(["--dataset", "expressions", "--root", str(davis_root), "--out", str(out), "--mode", mode,
+                         "--sequences", "blackswan", "--limit", "1", "--max-frames", "8", "--keyframes", "4",
+                         "--grounder", grounder, "--tracker", "sam2", "--no-progress",
+                         "--set", f"grounder.model={vlm_helpers.checkpoint('qwen2_5_vl')}",
+                         "--set", "grounder.video_tokens_per_pair=24", "--set", "grounder.cot_tokens=6",
+                         "--set", "grounder.local_files_only=true",
+                         "--set", f"tracker.model={sam2}", "--set", "tracker.local_files_only=true"])
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["grounder"], summary["tracker"], summary["errors"]) == (grounder, "sam2", 0)
+    names, _, _ = load_davis(davis_root, "blackswan", count=8)
+    masks = [read_mask(out / "masks" / "blackswan" / "0" / f"{n}.png") for n in names]
+    assert all(m.shape == (480, 854) for m in masks)
+    log = caplog.text
+    assert "new track" in log or "found no target" in log or "target(s) chosen" in log
+    assert "failed" not in log
