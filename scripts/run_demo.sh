@@ -5,7 +5,7 @@
 # J and F against the ground truth). Arguments: [SEQUENCE [KIND]] (KIND: referring or reasoning).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-SEQ=${1:-blackswan}
+SEQ=${1:-parkour}
 KIND=${2:-referring}
 DATA=${STEERSEG_SHARED:-$ROOT/../shared}/data/davis16
 bash "$ROOT/scripts/setup_env.sh"
