@@ -54,3 +54,43 @@ def load_davis(root: Path, seq: str, count: int | None = None, step: int = 1):
     masks = [cv2.imread(str(root / "Annotations" / "480p" / seq / f"{n}.png"), cv2.IMREAD_GRAYSCALE) > 127
              for n in names]
     return names, images, masks
+
+
+# ---- the node over DDS ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def domain() -> int:
+    """A random ROS domain per test module (ros_processes), so modules do not hear each other."""
+    import ros_processes
+
+    return ros_processes.random_domain_id()
+
+
+@pytest.fixture
+def recorder(domain):
+    """The test's own DDS participant on `domain` (ros_processes.Recorder)."""
+    import ros_processes
+
+    r = ros_processes.Recorder(domain)
+    yield r
+    r.close()
+
+
+# ---- model backends ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch intra-op thread for a module: on the 2 shared cores of CI one thread is several
+    times faster than two, and it fixes the order of arithmetic in concurrent tests."""
+    torch = pytest.importorskip("torch")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def sam2_checkpoint(tmp_path_factory) -> Path:
+    """A tiny random SAM2 checkpoint (64 px input) saved to a folder, built once per run."""
+    pytest.importorskip("transformers")
+    from steerseg_ros.tracking.tiny_sam2 import save_random_sam2, tiny_config
+
+    return save_random_sam2(tmp_path_factory.mktemp("sam2") / "tiny", tiny_config(64))

@@ -209,3 +209,66 @@ class Recorder:
         self.node.destroy_node()
         self.context.try_shutdown()
         self._thread.join(timeout=5.0)
+
+
+def play_through_node(tmp_path: Path, domain: int, recorder: "Recorder", node_params: dict, frames: Path,
+                      play_args: list[str], rate: float, configure_timeout: float = 60.0,
+                      until: Optional[Callable[[], bool]] = None, until_timeout: float = 60.0):
+    """Start the node with `node_params`, configure and activate it through its lifecycle
+    services (as launch or a lifecycle manager does), play `frames` with `steerseg-play`, wait
+    for the last frame's mask (and for `until`, when given), then stop the node.
+    Returns (manifest: index, name, stamp_ns per published frame; the node's log; its last
+    /diagnostics counters)."""
+    import json
+
+    env = ros_env(domain)
+    node = start_node(env, tmp_path, node_params)
+    try:
+        assert recorder.change_state("configure", timeout=configure_timeout), \
+            f"configure failed:\n{node.text()[-3000:]}"
+        assert recorder.change_state("activate", timeout=30.0), f"activate failed:\n{node.text()[-3000:]}"
+        manifest_path = tmp_path / "manifest.jsonl"
+        play = Process(["steerseg-play", "--frames", str(frames), "--rate", str(rate),
+                        "--manifest", str(manifest_path), "--wait-subscribers", "20", *play_args],
+                       env, tmp_path / "play.log")
+        try:
+            assert play.wait(120.0) == 0, f"steerseg-play failed:\n{play.text()[-3000:]}"
+        finally:
+            play.stop()
+        manifest = [json.loads(line) for line in manifest_path.read_text().splitlines()]
+        assert manifest, "steerseg-play published nothing"
+        last = manifest[-1]["stamp_ns"]
+        assert wait_until(lambda: last in recorder.masks, 30.0), "no mask for the last frame"
+        if until is not None:
+            assert wait_until(until, until_timeout), f"{recorder.counters()}\n{node.text()[-3000:]}"
+        counters = recorder.counters()
+    finally:
+        assert node.stop() == 0, f"the node did not exit cleanly:\n{node.text()[-3000:]}"
+    return manifest, node.text(), counters
+
+
+def check_missing_weights(tmp_path: Path, domain: int, recorder: "Recorder", kind: str, missing: dict,
+                          model: str) -> str:
+    """A `kind` ("grounder" or "tracker") backend whose weights are not on the machine: configure
+    fails, the node stays up and names `model` on /diagnostics; with fallback_to_builtin the
+    node configures on the built-in backend instead. Returns the error the node reported."""
+    node = start_node(ros_env(domain), tmp_path, {"stats_period_s": 0.5, kind: missing})
+    try:
+        assert not recorder.change_state("configure", timeout=60.0)
+        assert wait_until(lambda: model in recorder.node_error(), 20.0), \
+            f"no error on /diagnostics:\n{node.text()[-3000:]}"
+        error = recorder.node_error()
+        assert node.popen.poll() is None, "the node exited"
+    finally:
+        assert node.stop() == 0, f"the node did not exit cleanly:\n{node.text()[-3000:]}"
+    second = tmp_path / "fallback"
+    second.mkdir()
+    fallback = start_node(ros_env(domain), second,
+                          {"stats_period_s": 0.5, kind: {**missing, "fallback_to_builtin": True}})
+    try:
+        assert recorder.change_state("configure", timeout=60.0), f"configure failed:\n{fallback.text()[-3000:]}"
+        expected = f"builtin (fallback from {missing['backend']})"
+        assert wait_until(lambda: recorder.counters().get(kind) == expected, 20.0), recorder.counters()
+    finally:
+        assert fallback.stop() == 0
+    return error

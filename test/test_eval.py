@@ -350,7 +350,7 @@ def test_steerseg_eval_end_to_end_on_two_davis16_sequences(davis_root, tmp_path,
 
 
 @pytest.mark.parametrize("grounder,mode", [("steerseg", "streaming"), ("decaf", "offline")])
-def test_model_backends_run_through_steerseg_eval(davis_root, tmp_path, caplog, grounder, mode):
+def test_model_backends_run_through_steerseg_eval(davis_root, tmp_path, caplog, sam2_checkpoint, grounder, mode):
     """Both model backends, on tiny random Qwen2.5-VL and SAM2 checkpoints loaded from disk,
     through the same command users run: every frame gets a mask file and every grounding ends
     (a target, or none: the maps of a random model mean nothing, and neither do the scores)."""
@@ -358,9 +358,7 @@ def test_model_backends_run_through_steerseg_eval(davis_root, tmp_path, caplog, 
 
     pytest.importorskip("transformers")
     import vlm_helpers
-    from steerseg_ros.tracking.tiny_sam2 import save_random_sam2, tiny_config
 
-    sam2 = save_random_sam2(tmp_path / "sam2", tiny_config(64))
     out = tmp_path / "out"
     caplog.set_level(logging.INFO, logger="steerseg_ros")
     rc = eval_tool.main(["--dataset", "expressions", "--root", str(davis_root), "--out", str(out), "--mode", mode,
@@ -369,7 +367,7 @@ def test_model_backends_run_through_steerseg_eval(davis_root, tmp_path, caplog, 
                          "--set", f"grounder.model={vlm_helpers.checkpoint('qwen2_5_vl')}",
                          "--set", "grounder.video_tokens_per_pair=24", "--set", "grounder.cot_tokens=6",
                          "--set", "grounder.local_files_only=true",
-                         "--set", f"tracker.model={sam2}", "--set", "tracker.local_files_only=true"])
+                         "--set", f"tracker.model={sam2_checkpoint}", "--set", "tracker.local_files_only=true"])
     assert rc == 0
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["grounder"], summary["tracker"], summary["errors"]) == (grounder, "sam2", 0)

@@ -9,8 +9,6 @@ lifecycle manager does.
 """
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
@@ -36,43 +34,6 @@ COMMAND_RATE = 5.0
 FLOORS = {"command": 0.12, "seed": 0.45}
 COMMAND_SEQUENCE, COMMAND_FRAMES = "breakdance", 50
 SEED_SEQUENCE, SEED_FRAMES = "car-shadow", 30
-
-
-@pytest.fixture(scope="module")
-def domain():
-    return rp.random_domain_id()
-
-
-@pytest.fixture
-def recorder(domain):
-    r = rp.Recorder(domain)
-    yield r
-    r.close()
-
-
-def _run(tmp_path, domain, recorder, node_params, play_args, frames, rate=RATE):
-    """Start the node, configure and activate it, play, and wait for the last frame's mask.
-    Returns the manifest (index, name, stamp_ns per published frame) and the node's log."""
-    env = rp.ros_env(domain)
-    node = rp.start_node(env, tmp_path, {"stats_period_s": 1.0, **node_params})
-    try:
-        assert recorder.change_state("configure", timeout=60.0), f"configure failed:\n{node.text()[-3000:]}"
-        assert recorder.change_state("activate", timeout=30.0), f"activate failed:\n{node.text()[-3000:]}"
-        manifest_path = tmp_path / "manifest.jsonl"
-        play = rp.Process(["steerseg-play", "--frames", str(frames), "--rate", str(rate),
-                           "--manifest", str(manifest_path), "--wait-subscribers", "20", *play_args],
-                          env, tmp_path / "play.log")
-        try:
-            assert play.wait(120.0) == 0, f"steerseg-play failed:\n{play.text()[-3000:]}"
-        finally:
-            play.stop()
-        manifest = [json.loads(line) for line in manifest_path.read_text().splitlines()]
-        assert manifest, "steerseg-play published nothing"
-        last = manifest[-1]["stamp_ns"]
-        rp.wait_until(lambda: last in recorder.masks, 20.0)
-    finally:
-        assert node.stop() == 0, f"the node did not exit cleanly:\n{node.text()[-3000:]}"
-    return manifest, node.text()
 
 
 def _score(recorder, manifest, names, gts):
@@ -115,8 +76,8 @@ def test_command_over_dds(tmp_path, domain, recorder, davis_root, davis_expressi
     command = next(e["exp"] for e in davis_expressions[COMMAND_SEQUENCE]["expressions"] if e["kind"] == "referring")
     names, _, gts = load_davis(davis_root, COMMAND_SEQUENCE, COMMAND_FRAMES)
     frames = davis_root / "JPEGImages" / "480p" / COMMAND_SEQUENCE
-    manifest, log = _run(tmp_path, domain, recorder, {}, [
-        "--count", str(COMMAND_FRAMES), "--command", command, "--command-at", "0"], frames, rate=COMMAND_RATE)
+    manifest, log, _ = rp.play_through_node(tmp_path, domain, recorder, {"stats_period_s": 1.0}, frames, [
+        "--count", str(COMMAND_FRAMES), "--command", command, "--command-at", "0"], COMMAND_RATE)
     assert [e["name"] for e in manifest] == names
     _check_stamps_and_ids(recorder, manifest, log)
     score = _score(recorder, manifest, names, gts)
@@ -131,8 +92,9 @@ def test_seed_mask_over_compressed_images(tmp_path, domain, recorder, davis_root
     names, _, gts = load_davis(davis_root, SEED_SEQUENCE, SEED_FRAMES)
     frames = davis_root / "JPEGImages" / "480p" / SEED_SEQUENCE
     seed = davis_root / "Annotations" / "480p" / SEED_SEQUENCE / f"{names[0]}.png"
-    manifest, log = _run(tmp_path, domain, recorder, {"image_transport": "compressed", "image_qos": "reliable"}, [
-        "--count", str(SEED_FRAMES), "--encoding", "jpeg", "--qos", "reliable", "--seed-mask", str(seed)], frames)
+    params = {"stats_period_s": 1.0, "image_transport": "compressed", "image_qos": "reliable"}
+    manifest, log, _ = rp.play_through_node(tmp_path, domain, recorder, params, frames, [
+        "--count", str(SEED_FRAMES), "--encoding", "jpeg", "--qos", "reliable", "--seed-mask", str(seed)], RATE)
     _check_stamps_and_ids(recorder, manifest, log)
     score = _score(recorder, manifest, names, gts)
     print(f"{SEED_SEQUENCE} seeded: J {score.j:.3f} F {score.f:.3f} J&F {score.jf:.3f}")

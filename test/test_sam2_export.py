@@ -21,48 +21,34 @@ from steerseg_ros.tools import export  # noqa: E402
 from steerseg_ros.tracking.sam2 import load_model  # noqa: E402
 from steerseg_ros.tracking.sam2_encoder import (ONNX_OUTPUTS, EncoderUnavailableError, OnnxEncoder,  # noqa: E402
                                                 TorchEncoder)
-from steerseg_ros.tracking.tiny_sam2 import save_random_sam2, tiny_config  # noqa: E402
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 
 
-pytestmark = pytest.mark.models
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [pytest.mark.models, pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return save_random_sam2(tmp_path_factory.mktemp("sam2") / "tiny", tiny_config(64))
-
-
-@pytest.fixture(scope="module")
-def exported(checkpoint, tmp_path_factory):
+def exported(sam2_checkpoint, tmp_path_factory):
     """The ONNX encoder written by the command-line tool, as a user would (one export per
     module: it takes about 20 s even for the tiny model)."""
     folder = tmp_path_factory.mktemp("export")
     onnx_path, engine = folder / "encoder.onnx", folder / "encoder.engine"
     errors = io.StringIO()
     with contextlib.redirect_stderr(errors):
-        code = export.main(["--model", str(checkpoint), "--onnx", str(onnx_path), "--tensorrt", str(engine),
+        code = export.main(["--model", str(sam2_checkpoint), "--onnx", str(onnx_path), "--tensorrt", str(engine),
                             "--local-files-only"])
     return onnx_path, engine, code, errors.getvalue()
 
 
-def test_onnx_encoder_has_a_dynamic_batch_and_matches_torch(checkpoint, exported):
+def test_onnx_encoder_has_a_dynamic_batch_and_matches_torch(sam2_checkpoint, exported):
     onnx_path = exported[0]
     assert onnx_path.is_file()
     graph = onnx.load(str(onnx_path)).graph
     batch = graph.input[0].type.tensor_type.shape.dim[0]
     assert batch.dim_param and not batch.dim_value  # symbolic, not fixed
     assert [o.name for o in graph.output] == list(ONNX_OUTPUTS)
-    model = load_model(str(checkpoint))
+    model = load_model(str(sam2_checkpoint))
     runners = TorchEncoder(model), OnnxEncoder(onnx_path, torch.device("cpu"), torch.float32)
     for batch_size in (1, 3):
         x = torch.randn(batch_size, 3, 64, 64, generator=torch.Generator().manual_seed(batch_size))
@@ -72,11 +58,11 @@ def test_onnx_encoder_has_a_dynamic_batch_and_matches_torch(checkpoint, exported
             assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
 
 
-def test_tracker_runs_its_encoder_through_onnxruntime(checkpoint, exported, davis_root):
+def test_tracker_runs_its_encoder_through_onnxruntime(sam2_checkpoint, exported, davis_root):
     onnx_path = exported[0]
     _, images, masks = load_davis(davis_root, "camel", count=5)
     frames = [Frame(i, i, image) for i, image in enumerate(images)]
-    common = {"model": str(checkpoint), "local_files_only": True}
+    common = {"model": str(sam2_checkpoint), "local_files_only": True}
     by_torch = backends.make_tracker("sam2", common)
     by_onnx = backends.make_tracker("sam2", {**common, "encoder": "onnx", "encoder_file": str(onnx_path)})
     assert by_onnx.encoder.name == "onnx"
@@ -97,12 +83,12 @@ def test_tracker_runs_its_encoder_through_onnxruntime(checkpoint, exported, davi
 
 
 @pytest.mark.skipif(HAS_TENSORRT, reason="TensorRT is installed here")
-def test_tensorrt_where_it_is_missing_is_a_clear_error(checkpoint, exported):
+def test_tensorrt_where_it_is_missing_is_a_clear_error(sam2_checkpoint, exported):
     onnx_path, engine, code, errors = exported
     assert code == 3 and onnx_path.is_file() and not engine.exists()  # the ONNX file is still there
     assert "no TensorRT engine: TensorRT is not available" in errors
     with pytest.raises(EncoderUnavailableError) as e:
-        backends.make_tracker("sam2", {"model": str(checkpoint), "local_files_only": True,
+        backends.make_tracker("sam2", {"model": str(sam2_checkpoint), "local_files_only": True,
                                        "encoder": "tensorrt", "encoder_file": str(engine)})
     message = str(e.value)
     assert "TensorRT is not available" in message and "tensorrt" in message and "encoder: onnx" in message

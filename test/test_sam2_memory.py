@@ -13,28 +13,13 @@ psutil = pytest.importorskip("psutil")
 from conftest import load_davis  # noqa: E402
 from steerseg_ros import backends  # noqa: E402
 from steerseg_ros.buffer import Frame  # noqa: E402
-from steerseg_ros.tracking.tiny_sam2 import save_random_sam2, tiny_config  # noqa: E402
 
 
-pytestmark = pytest.mark.models
+pytestmark = [pytest.mark.models, pytest.mark.usefixtures("one_torch_thread")]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # 2 shared cores: one intra-op thread is several times faster there than two.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return save_random_sam2(tmp_path_factory.mktemp("sam2") / "tiny", tiny_config(64))
-
-
-def make(checkpoint, **options):
-    return backends.make_tracker("sam2", {"model": str(checkpoint), "local_files_only": True, **options})
+def make(sam2_checkpoint, **options):
+    return backends.make_tracker("sam2", {"model": str(sam2_checkpoint), "local_files_only": True, **options})
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -52,10 +37,10 @@ def stored_frames(tracker) -> list[int]:
     return counts
 
 
-def test_pruned_and_unpruned_streams_give_the_same_masks(checkpoint, davis_root):
+def test_pruned_and_unpruned_streams_give_the_same_masks(sam2_checkpoint, davis_root):
     _, images, masks = load_davis(davis_root, "bmx-trees", count=80)
     frames = [Frame(i, i * 33_333_333, image) for i, image in enumerate(images)]
-    pruned, unpruned = make(checkpoint), make(checkpoint, prune_memory=False)
+    pruned, unpruned = make(sam2_checkpoint), make(sam2_checkpoint, prune_memory=False)
     ys, xs = np.nonzero(masks[0])
     for tracker in (pruned, unpruned):
         tracker.attach(1, tracker.start(frames[0], mask=masks[0]))
@@ -81,11 +66,11 @@ def test_pruned_and_unpruned_streams_give_the_same_masks(checkpoint, davis_root)
 
 
 @pytest.mark.timeout(240)
-def test_memory_stays_flat_over_2000_frames(checkpoint, davis_root):
+def test_memory_stays_flat_over_2000_frames(sam2_checkpoint, davis_root):
     _, images, masks = load_davis(davis_root, "blackswan", count=50)
     small = [cv2.resize(im, (96, 54), interpolation=cv2.INTER_AREA) for im in images]
     seed = cv2.resize(masks[0].astype(np.uint8), (96, 54), interpolation=cv2.INTER_NEAREST) > 0
-    tracker = make(checkpoint)
+    tracker = make(sam2_checkpoint)
     tracker.attach(1, tracker.start(Frame(0, 0, small[0]), mask=seed))
     process = psutil.Process()
     samples = {}

@@ -6,8 +6,6 @@ with them: stamps, one track id, the tracker in use. And missing SAM2 weights: t
 names the model, or falls back to the built-in tracker when told to."""
 from __future__ import annotations
 
-import json
-
 import pytest
 
 pytest.importorskip("rclpy", reason="needs the ROS 2 Python packages (scripts/setup_env.sh)")
@@ -24,47 +22,19 @@ SEQUENCE, FRAMES, RATE = "cows", 30, 6.0
 
 
 @pytest.fixture(scope="module")
-def domain():
-    return rp.random_domain_id()
-
-
-@pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     return save_random_sam2(tmp_path_factory.mktemp("sam2") / "tiny", tiny_config(128))
-
-
-@pytest.fixture
-def recorder(domain):
-    r = rp.Recorder(domain)
-    yield r
-    r.close()
 
 
 def test_node_tracks_a_grounded_command_with_sam2(tmp_path, domain, recorder, checkpoint, davis_root,
                                                   davis_expressions):
     command = next(e["exp"] for e in davis_expressions[SEQUENCE]["expressions"] if e["kind"] == "referring")
     frames = davis_root / "JPEGImages" / "480p" / SEQUENCE
-    node = rp.start_node(rp.ros_env(domain), tmp_path, {
-        "stats_period_s": 0.5, "tracker": {"backend": "sam2", "model": str(checkpoint), "device": "cpu"},
-        "pipeline": {"regrounding_period_s": 30.0, "lost_timeout_s": 30.0}})
-    try:
-        assert recorder.change_state("configure", timeout=120.0), f"configure failed:\n{node.text()[-3000:]}"
-        assert recorder.change_state("activate", timeout=30.0), f"activate failed:\n{node.text()[-3000:]}"
-        manifest_path = tmp_path / "manifest.jsonl"
-        play = rp.Process(["steerseg-play", "--frames", str(frames), "--count", str(FRAMES), "--rate", str(RATE),
-                           "--manifest", str(manifest_path), "--wait-subscribers", "20", "--command", command,
-                           "--command-at", "0"], rp.ros_env(domain), tmp_path / "play.log")
-        try:
-            assert play.wait(120.0) == 0, f"steerseg-play failed:\n{play.text()[-3000:]}"
-        finally:
-            play.stop()
-        manifest = [json.loads(line) for line in manifest_path.read_text().splitlines()]
-        last = manifest[-1]["stamp_ns"]
-        assert rp.wait_until(lambda: last in recorder.masks, 30.0), "no mask for the last frame"
-        counters = recorder.counters()
-    finally:
-        assert node.stop() == 0, f"the node did not exit cleanly:\n{node.text()[-3000:]}"
-    log = node.text()
+    params = {"stats_period_s": 0.5, "tracker": {"backend": "sam2", "model": str(checkpoint), "device": "cpu"},
+              "pipeline": {"regrounding_period_s": 30.0, "lost_timeout_s": 30.0}}
+    manifest, log, counters = rp.play_through_node(
+        tmp_path, domain, recorder, params, frames,
+        ["--count", str(FRAMES), "--command", command, "--command-at", "0"], RATE, configure_timeout=120.0)
     assert counters["tracker"] == "sam2"
     assert int(counters.get("pipeline.groundings", 0)) >= 1 and int(counters.get("pipeline.grounding_failures", 0)) == 0
     stamps = {e["stamp_ns"] for e in manifest}
@@ -78,21 +48,4 @@ def test_node_tracks_a_grounded_command_with_sam2(tmp_path, domain, recorder, ch
 
 def test_missing_sam2_weights_leave_the_node_up_or_fall_back(tmp_path, domain, recorder):
     missing = {"backend": "sam2", "model": "facebook/sam2.1-hiera-tiny", "local_files_only": True}
-    node = rp.start_node(rp.ros_env(domain), tmp_path, {"stats_period_s": 0.5, "tracker": missing})
-    try:
-        assert not recorder.change_state("configure", timeout=60.0)
-        assert rp.wait_until(lambda: "facebook/sam2.1-hiera-tiny" in recorder.node_error(), 20.0), \
-            f"no error on /diagnostics:\n{node.text()[-3000:]}"
-        assert node.popen.poll() is None, "the node exited"
-    finally:
-        assert node.stop() == 0, f"the node did not exit cleanly:\n{node.text()[-3000:]}"
-    second = tmp_path / "fallback"
-    second.mkdir()
-    fallback = rp.start_node(rp.ros_env(domain), second,
-                             {"stats_period_s": 0.5, "tracker": {**missing, "fallback_to_builtin": True}})
-    try:
-        assert recorder.change_state("configure", timeout=60.0), f"configure failed:\n{fallback.text()[-3000:]}"
-        assert rp.wait_until(lambda: recorder.counters().get("tracker") == "builtin (fallback from sam2)", 20.0), \
-            recorder.counters()
-    finally:
-        assert fallback.stop() == 0
+    rp.check_missing_weights(tmp_path, domain, recorder, "tracker", missing, "facebook/sam2.1-hiera-tiny")

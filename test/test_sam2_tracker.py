@@ -24,17 +24,7 @@ from steerseg_ros.tracking.sam2 import Sam2Tracker, Sam2TrackerConfig  # noqa: E
 from steerseg_ros.tracking.tiny_sam2 import random_sam2, save_random_sam2, tiny_config  # noqa: E402
 
 
-pytestmark = pytest.mark.models
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # The CI machine has 2 cores shared with other processes; one intra-op thread is several
-    # times faster there than two, and makes the concurrent test's arithmetic order fixed.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [pytest.mark.models, pytest.mark.usefixtures("one_torch_thread")]
 
 
 # 128 px: masks come out of a 32x32 grid, fine enough for the judo prompts' small objects.
