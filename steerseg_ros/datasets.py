@@ -284,6 +284,18 @@ class Dataset(ABC):
         return sum(1 for _ in self.samples(videos))
 
 
+def _palette_annotation(folder: Path, names: list[str]) -> Optional[Callable[[int], Optional[np.ndarray]]]:
+    """Frame i's label image from folder/<names[i]>.png, read when asked (None where a frame has
+    no PNG); None when the folder does not exist."""
+    if not folder.is_dir():
+        return None
+
+    def load(i: int) -> Optional[np.ndarray]:
+        path = folder / f"{names[i]}.png"
+        return read_label_png(path) if path.exists() else None
+    return load
+
+
 # ---- DAVIS ---------------------------------------------------------------------------------
 class _DavisFolders:
     """JPEGImages/<resolution>/<seq> and Annotations/<resolution>/<seq> under a root."""
@@ -304,14 +316,7 @@ class _DavisFolders:
         return [p.stem for p in paths], paths
 
     def annotation(self, seq: str, names: list[str]) -> Optional[Callable[[int], Optional[np.ndarray]]]:
-        folder = self.annotations / seq
-        if not folder.is_dir():
-            return None
-
-        def load(i: int) -> Optional[np.ndarray]:
-            path = folder / f"{names[i]}.png"
-            return read_label_png(path) if path.exists() else None
-        return load
+        return _palette_annotation(self.annotations / seq, names)
 
 
 class DavisDataset(Dataset):
@@ -384,16 +389,6 @@ class ExpressionsDataset(Dataset):
 
 
 # ---- the Ref-YouTube-VOS family --------------------------------------------------------------
-def _palette_annotation(folder: Path, names: list[str]) -> Optional[Callable[[int], Optional[np.ndarray]]]:
-    if not folder.is_dir():
-        return None
-
-    def load(i: int) -> Optional[np.ndarray]:
-        path = folder / f"{names[i]}.png"
-        return read_label_png(path) if path.exists() else None
-    return load
-
-
 class RefYouTubeVOSDataset(Dataset):
     """Ref-YouTube-VOS: meta_expressions.json in either layout; ground truth where
     <split>/Annotations exists (train)."""

@@ -194,35 +194,30 @@ def qwen2_5_vl_3b_config(num_layers: Optional[int] = None, vision_depth: Optiona
     """Qwen2.5-VL-3B-Instruct's shapes (36 decoder layers of width 2048, 16 query / 2 key-value
     heads; a 32-block vision tower of width 1280). `num_layers` / `vision_depth` cut the depth
     for CPU benchmarks."""
-    from transformers import Qwen2_5_VLConfig
-
-    layers = num_layers or 36
-    text = dict(vocab_size=vocab_size, hidden_size=2048, intermediate_size=11008, num_hidden_layers=layers,
-                num_attention_heads=16, num_key_value_heads=2, max_position_embeddings=128000,
-                rms_norm_eps=1e-6, bos_token_id=151643, eos_token_id=151645,
-                rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]})
-    depth = vision_depth or 32
-    vision = dict(depth=depth, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=2048,
-                  patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
-                  fullatt_block_indexes=[i for i in (7, 15, 23, 31) if i < depth] or [depth - 1],
-                  tokens_per_second=2)
-    return Qwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=True)
+    return _qwen2_5_vl_config(hidden=2048, intermediate=11008, layers=num_layers or 36, heads=16, kv_heads=2,
+                              vocab_size=vocab_size, tie_embeddings=True, vision_depth=vision_depth or 32)
 
 
 def qwen2_5_vl_7b_config(num_layers: Optional[int] = None, vision_depth: Optional[int] = None,
                          vocab_size: int = 152064):
     """Qwen2.5-VL-7B-Instruct's shapes (28 decoder layers of width 3584, 28 query / 4 key-value
     heads; the same vision tower with a 3584-wide merger)."""
+    return _qwen2_5_vl_config(hidden=3584, intermediate=18944, layers=num_layers or 28, heads=28, kv_heads=4,
+                              vocab_size=vocab_size, tie_embeddings=False, vision_depth=vision_depth or 32)
+
+
+def _qwen2_5_vl_config(hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int, vocab_size: int,
+                       tie_embeddings: bool, vision_depth: int):
+    """A Qwen2.5-VL config of the released sizes: they share the vision tower (width 1280, full
+    attention every 8th block) and the rotary layout, and differ in the language model."""
     from transformers import Qwen2_5_VLConfig
 
-    layers = num_layers or 28
-    text = dict(vocab_size=vocab_size, hidden_size=3584, intermediate_size=18944, num_hidden_layers=layers,
-                num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=128000,
+    text = dict(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+                num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=128000,
                 rms_norm_eps=1e-6, bos_token_id=151643, eos_token_id=151645,
                 rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]})
-    depth = vision_depth or 32
-    vision = dict(depth=depth, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584,
+    vision = dict(depth=vision_depth, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=hidden,
                   patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
-                  fullatt_block_indexes=[i for i in (7, 15, 23, 31) if i < depth] or [depth - 1],
+                  fullatt_block_indexes=[i for i in (7, 15, 23, 31) if i < vision_depth] or [vision_depth - 1],
                   tokens_per_second=2)
-    return Qwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=False)
+    return Qwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=tie_embeddings)
