@@ -177,7 +177,7 @@ def test_missing_weights_name_the_model_and_how_to_get_it(tmp_path, monkeypatch)
         VLMGrounder(VLMGrounderConfig(model="Qwen/Qwen2.5-VL-3B-Instruct", local_files_only=True))
     message = str(info.value)
     assert "'Qwen/Qwen2.5-VL-3B-Instruct' is not available" in message
-    assert "huggingface-cli download Qwen/Qwen2.5-VL-3B-Instruct" in message and "grounder.model" in message
+    assert "hf download Qwen/Qwen2.5-VL-3B-Instruct" in message and "grounder.model" in message
 
     with pytest.raises(ModelUnavailableError, match="no such folder"):
         VLMGrounder(VLMGrounderConfig(model=str(tmp_path / "nowhere")))

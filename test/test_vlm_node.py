@@ -46,4 +46,4 @@ def test_node_grounds_a_command_with_the_vlm_backend(tmp_path, domain, recorder,
 def test_missing_weights_leave_the_node_up_and_say_how_to_get_them(tmp_path, domain, recorder):
     missing = {"backend": "decaf", "model": "Qwen/Qwen2.5-VL-3B-Instruct", "local_files_only": True}
     error = rp.check_missing_weights(tmp_path, domain, recorder, "grounder", missing, "Qwen/Qwen2.5-VL-3B-Instruct")
-    assert "huggingface-cli download Qwen/Qwen2.5-VL-3B-Instruct" in error
+    assert "hf download Qwen/Qwen2.5-VL-3B-Instruct" in error

@@ -164,9 +164,9 @@ def _unavailable(model: str, reason: str, local: bool) -> ModelUnavailableError:
     if local:
         how = ("the folder must hold a transformers checkpoint (config.json, the weights, the tokenizer "
                "and preprocessor files): download one on a connected machine with "
-               "`huggingface-cli download <hub id> --local-dir <folder>` and copy the folder here")
+               "`hf download <hub id> --local-dir <folder>` and copy the folder here")
     else:
-        how = (f"download it on a connected machine with `huggingface-cli download {model}` and copy the "
+        how = (f"download it on a connected machine with `hf download {model}` and copy the "
                f"Hugging Face cache (~/.cache/huggingface/hub) to this machine, or download it with "
                f"`--local-dir <folder>` and point grounder.model at that folder")
     return ModelUnavailableError(f"model {model!r} is not available: {reason}. To get it, {how}.")
