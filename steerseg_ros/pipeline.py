@@ -519,7 +519,7 @@ class Pipeline:
                 if iou > best_iou:
                     best_id, best_iou = tid, iou
             confirmed = best_id is not None and best_iou >= self.config.reconcile_iou
-            matches.append((cand, state, unmatched.pop(best_id) if confirmed else None, best_iou))
+            matches.append((state, unmatched.pop(best_id) if confirmed else None, best_iou))
         if unmatched:
             for t in unmatched.values():
                 t.disagreements += 1
@@ -529,13 +529,13 @@ class Pipeline:
                 self.stats["regroundings_disputed"] += 1
                 log.info("grounding did not confirm track(s) %s (best IoU %s); keeping them until %d "
                          "re-groundings in a row disagree", [t.id for t in holding],
-                         ", ".join(f"{m[3]:.2f}" for m in matches if m[2] is None) or "-",
+                         ", ".join(f"{iou:.2f}" for _, matched, iou in matches if matched is None) or "-",
                          self.config.replace_after)
                 # The targets found instead wait for the next re-grounding to repeat them.
-                matches = [m for m in matches if m[2] is not None]
+                matches = [m for m in matches if m[1] is not None]
                 for t in holding:
                     del unmatched[t.id]
-        for cand, state, t, iou in matches:
+        for state, t, iou in matches:
             if t is not None:
                 self.stats["tracks_confirmed"] += 1
                 log.info("grounding confirmed track %d (IoU %.2f)", t.id, iou)
