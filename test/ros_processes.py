@@ -24,8 +24,10 @@ NODE_NAME = "steerseg"
 
 
 def random_domain_id() -> int:
-    # 1..100 stays inside the port range every DDS vendor accepts on Linux.
-    return random.SystemRandom().randint(1, 100)
+    # 1..100 stays inside the port range every DDS vendor accepts on Linux. Test runs that share
+    # one machine keep apart by giving each its own range: STEERSEG_TEST_DOMAINS="21-40".
+    low, _, high = os.environ.get("STEERSEG_TEST_DOMAINS", "1-100").partition("-")
+    return random.SystemRandom().randint(int(low), int(high or low))
 
 
 def ros_env(domain_id: int) -> dict[str, str]:

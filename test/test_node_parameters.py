@@ -7,7 +7,6 @@ publishers existing only while active.
 from __future__ import annotations
 
 import dataclasses
-import random
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.signals import SignalHandlerOptions  # noqa: E402
 
+import ros_processes as rp  # noqa: E402
 from ros_processes import wait_until  # noqa: E402
 
 from steerseg_ros import backends  # noqa: E402
@@ -48,7 +48,7 @@ class BrokenGrounder:
 @pytest.fixture(scope="module")
 def context():
     ctx = rclpy.Context()
-    rclpy.init(context=ctx, domain_id=random.SystemRandom().randint(1, 100),
+    rclpy.init(context=ctx, domain_id=rp.random_domain_id(),
                signal_handler_options=SignalHandlerOptions.NO)
     yield ctx
     ctx.try_shutdown()
