@@ -4,6 +4,14 @@ Owns the state machine idle -> grounding -> tracking (-> lost), the grounding wo
 periodic re-grounding, the catch-up of a new target from its keyframe to the live frame, the
 reconciliation of a re-grounding with the live tracks, and the tracks' ids and states.
 
+Several targets at once. Each command followed is a target (`add_target`, `remove_target`,
+`targets`; `set_command` replaces them all with one). A target has its own grounding schedule
+(first grounding, retries, periodic re-grounding, re-grounding when lost), its own tracks, and its
+own reconciliation: a re-grounding of one target only ever confirms or replaces that target's
+tracks. Track ids (hence label values) are unique across targets. The one grounding worker serves
+the targets' due groundings one at a time, in the order they fell due, so each target waits at
+most for one grounding of every other target.
+
 Time is the camera's: every timeout and period is measured on frame stamps, so a bag or a
 simulator runs the same as a live camera.
 """
@@ -42,6 +50,10 @@ class TrackState(enum.IntEnum):
     LOST = 2
     REGROUNDING = 3
     REPLACED = 4
+
+
+class TargetLimitError(ValueError):
+    """add_target was refused: `max_targets` targets are already followed."""
 
 
 class FrameRejected(ValueError):
@@ -84,6 +96,9 @@ class PipelineConfig:
         "buffered frames, evenly spaced (a slow tracker otherwise never reaches the live frame); "
         "0: through every buffered frame.")})
     max_command_chars: int = field(default=MAX_COMMAND_CHARS, metadata={"help": "Longer commands are rejected."})
+    max_targets: int = field(default=4, metadata={"help": (
+        "At most this many commands are followed at once (Follow goals, commands); more are "
+        "refused. Each target grounds on its own schedule, so grounding latency grows with the count.")})
     selection: tracklets.SelectionConfig = field(default_factory=tracklets.SelectionConfig,
                                                  metadata={"help": "Target selection."})
     asynchronous: bool = field(default=True, metadata={"help": (
@@ -109,6 +124,8 @@ class PipelineConfig:
             raise ValueError(f"max_catch_up_frames must be >= 0, got {self.max_catch_up_frames}")
         if self.max_command_chars < 1:
             raise ValueError("max_command_chars must be >= 1")
+        if self.max_targets < 1:
+            raise ValueError(f"max_targets must be >= 1, got {self.max_targets}")
 
 
 @dataclass
@@ -123,6 +140,9 @@ class TrackView:
     mask: np.ndarray
     last_grounding_ns: int
     replaced_by: int = 0
+    # The target (add_target's id) this track answers; 0 for a track seeded from a mask with no
+    # target to join.
+    target_id: int = 0
 
     @property
     def label_value(self) -> int:
@@ -150,14 +170,32 @@ class TrackView:
 
 
 @dataclass
+class TargetView:
+    """One target (a followed command) on one frame.
+
+    `state`: GROUNDING while it has no track, LOST when every track is LOST, else TRACKING.
+    `unseen_s`: 0 while a track of it has a confident mask on this frame (TRACKING state), else
+    the camera seconds since one last had, counted from the target's first frame when none ever
+    had (a target grounding has not found yet is unseen since it was added)."""
+
+    id: int
+    command: str
+    state: PipelineState
+    track_ids: list[int]
+    unseen_s: float
+    groundings: int
+
+
+@dataclass
 class PipelineOutput:
     """What one processed frame produced. `groundings` holds the groundings that finished since
-    the previous output (to publish once)."""
+    the previous output (to publish once); `targets` the targets followed on this frame."""
 
     frame: Frame
     state: PipelineState
     tracks: list[TrackView]
     groundings: list[GroundingResult] = field(default_factory=list)
+    targets: list[TargetView] = field(default_factory=list)
 
     def visible_tracks(self) -> list[TrackView]:
         """The tracks with a confident mask on this frame (TRACKING or REGROUNDING): the ones the
@@ -178,6 +216,7 @@ class _Track:
     mask: np.ndarray
     last_confident_ns: int
     last_grounding_ns: int
+    target: int = 0
     # Re-groundings in a row that picked another target while this track was confident.
     disagreements: int = 0
     # Packed masks of recent frames by sequence number, to compare a re-grounding with this
@@ -195,16 +234,28 @@ class _Track:
 
 
 @dataclass
+class _Target:
+    id: int
+    command: str
+    # Stamp of the first frame processed after it was added (None until then).
+    start_ns: Optional[int] = None
+    last_attempt_ns: Optional[int] = None
+    groundings: int = 0
+
+
+@dataclass
 class _Job:
     generation: int
     command: str
     end_seq: int
     end_stamp_ns: int
     reason: str
+    target: int = 0
 
 
 class Pipeline:
-    """Feed frames with `process` (one thread) and commands with `set_command` (any thread)."""
+    """Feed frames with `process` (one thread) and commands with `set_command` or
+    `add_target` / `remove_target` (any thread)."""
 
     def __init__(self, grounder: Grounder, tracker: Tracker, config: Optional[PipelineConfig] = None):
         self.config = config or PipelineConfig()
@@ -218,13 +269,15 @@ class Pipeline:
         self._ended: list[TrackView] = []
         self._finished: list[GroundingResult] = []
         self._next_id = 1
-        self._command: Optional[str] = None
+        self._targets: dict[int, _Target] = {}
+        self._next_target_id = 1
         self._generation = 0
         self._last_stepped_seq = -1
         self._last_stamp_ns: Optional[int] = None
-        self._last_attempt_ns: Optional[int] = None
-        self._job_running = False
-        self._pending: Optional[_Job] = None
+        # The target whose grounding runs now (None: none), and the due groundings waiting for
+        # the worker, in the order they fell due (at most one per target).
+        self._running: Optional[int] = None
+        self._pending: dict[int, _Job] = {}
         self._wake = threading.Condition(self._lock)
         self._closed = False
         self._worker: Optional[threading.Thread] = None
@@ -235,28 +288,78 @@ class Pipeline:
     # ---- commands -------------------------------------------------------------------------
     @property
     def command(self) -> Optional[str]:
-        return self._command
+        """The command followed ("; "-joined when several targets are); None when none."""
+        with self._lock:
+            if not self._targets:
+                return None
+            return "; ".join(t.command for t in self._targets.values())
 
     def set_command(self, text: str) -> str:
-        """Follow a new command; tracks of the previous one end now. Returns the cleaned
-        command. Raises GroundingError for an empty or over-long command (nothing changes)."""
+        """Follow a new command instead of every target followed so far: their tracks end now.
+        Returns the cleaned command. Raises GroundingError for an empty or over-long command
+        (nothing changes)."""
         command = clean_command(text, self.config.max_command_chars)
         with self._lock:
             self._end_all_tracks()
-            self._command = command
+            self._targets.clear()
             self._generation += 1
-            self._pending = None
-            self._last_attempt_ns = None
-            self.stats["commands"] += 1
+            self._pending.clear()
+            self._new_target(command)
         log.info("new command: %r", command)
         return command
 
     def clear_command(self) -> None:
+        """Stop following every target; their tracks end now."""
         with self._lock:
             self._end_all_tracks()
-            self._command = None
+            self._targets.clear()
             self._generation += 1
-            self._pending = None
+            self._pending.clear()
+
+    def add_target(self, text: str) -> int:
+        """Follow one more command beside the targets already followed; returns the new
+        target's id (the `target_id` of its tracks). Raises GroundingError for an empty or
+        over-long command and TargetLimitError when `max_targets` are followed already."""
+        command = clean_command(text, self.config.max_command_chars)
+        with self._lock:
+            if len(self._targets) >= self.config.max_targets:
+                self.stats["targets_refused"] += 1
+                raise TargetLimitError(f"already following {len(self._targets)} targets, the most allowed "
+                                       f"(pipeline.max_targets = {self.config.max_targets})")
+            target = self._new_target(command)
+        log.info("new target %d: %r", target.id, command)
+        return target.id
+
+    def remove_target(self, target_id: int) -> bool:
+        """Stop following one target: its tracks end now (state REPLACED, replaced by 0), a
+        grounding of it that is running is dropped when it finishes. False when there is no
+        such target."""
+        with self._lock:
+            if self._targets.pop(target_id, None) is None:
+                return False
+            self._pending.pop(target_id, None)
+            for t in [t for t in self._tracks.values() if t.target == target_id]:
+                self._end_track(t)
+            self.stats["targets_removed"] += 1
+        log.info("target %d removed", target_id)
+        return True
+
+    def targets(self) -> list[TargetView]:
+        """The targets followed now, oldest first."""
+        with self._lock:
+            return [self._target_view(t) for t in self._targets.values()]
+
+    def _new_target(self, command: str) -> _Target:
+        target = _Target(self._next_target_id, command)
+        self._next_target_id += 1
+        self._targets[target.id] = target
+        self.stats["commands"] += 1
+        return target
+
+    def _end_track(self, t: _Track) -> None:
+        self.tracker.remove(t.id)
+        del self._tracks[t.id]
+        self._ended.append(self._view(t, TrackState.REPLACED))
 
     def _end_all_tracks(self) -> None:
         for t in self._tracks.values():
@@ -264,13 +367,30 @@ class Pipeline:
             self._ended.append(self._view(t, TrackState.REPLACED))
         self._tracks.clear()
 
+    def _target_view(self, target: _Target) -> TargetView:
+        tracks = [t for t in self._tracks.values() if t.target == target.id]
+        if not tracks:
+            state = PipelineState.GROUNDING
+        elif all(t.state == TrackState.LOST for t in tracks):
+            state = PipelineState.LOST
+        else:
+            state = PipelineState.TRACKING
+        seen = any(t.state in (TrackState.TRACKING, TrackState.REGROUNDING) and t.last_confident_ns == self._last_stamp_ns
+                   for t in tracks)
+        unseen_s = 0.0
+        if not seen and self._last_stamp_ns is not None:
+            since = max([t.last_confident_ns for t in tracks] + [target.start_ns or self._last_stamp_ns])
+            unseen_s = max(0.0, (self._last_stamp_ns - since) / NS_PER_S)
+        return TargetView(target.id, target.command, state, sorted(t.id for t in tracks), unseen_s,
+                          target.groundings)
+
     # ---- frames ---------------------------------------------------------------------------
     @property
     def state(self) -> PipelineState:
         with self._lock:
             if not self._tracks:
                 # Tracks seeded from a mask (seed_mask) live without a command.
-                return PipelineState.IDLE if self._command is None else PipelineState.GROUNDING
+                return PipelineState.IDLE if not self._targets else PipelineState.GROUNDING
             if all(t.state == TrackState.LOST for t in self._tracks.values()):
                 return PipelineState.LOST
             return PipelineState.TRACKING
@@ -303,16 +423,25 @@ class Pipeline:
         self._last_stamp_ns = stamp_ns
         self.stats["frames"] += 1
         with self._lock:
+            for target in self._targets.values():
+                if target.start_ns is None:
+                    target.start_ns = stamp_ns
             self._step(frame)
-            job = self._due_job(frame)
-            if job is not None and self.config.asynchronous:
-                self._pending = job
+            jobs = self._due_jobs(frame)
+            if jobs and self.config.asynchronous:
+                self._pending.update((job.target, job) for job in jobs)
                 self._wake.notify()
-        if job is not None and not self.config.asynchronous:
-            self._run_job(job)
+        if not self.config.asynchronous:
+            for job in jobs:
+                with self._lock:
+                    if self._targets.get(job.target) is None:
+                        continue  # removed meanwhile (from another thread)
+                    self._running = job.target
+                self._run_job(job)
         with self._lock:
             views = [self._view(t, t.state) for t in sorted(self._tracks.values(), key=lambda t: t.id)]
-            output = PipelineOutput(frame, self.state, self._ended + views, self._finished)
+            targets = [self._target_view(t) for t in self._targets.values()]
+            output = PipelineOutput(frame, self.state, self._ended + views, self._finished, targets)
             self._ended, self._finished = [], []
         return output
 
@@ -322,20 +451,20 @@ class Pipeline:
             self.tracker.reset()
             self.buffer.clear()
             self._generation += 1
-            self._pending = None
-            self._last_attempt_ns = None
+            self._pending.clear()
+            for target in self._targets.values():
+                target.start_ns = target.last_attempt_ns = None
             self._last_stamp_ns = None
             self._last_stepped_seq = -1
 
     def _step(self, frame: Frame) -> None:
         results = self.tracker.step(frame) if self._tracks else {}
         self._last_stepped_seq = frame.seq
-        running = self._job_running or self._pending is not None
         for t in self._tracks.values():
             r = results.get(t.id)
             if r is None:
                 continue
-            self._update(t, frame, r.mask, r.score, running)
+            self._update(t, frame, r.mask, r.score, self._grounding_target(t.target))
 
     def _update(self, t: _Track, frame: Frame, mask: np.ndarray, score: float, regrounding: bool) -> None:
         t.mask, t.score = mask, score
@@ -353,37 +482,49 @@ class Pipeline:
         else:
             t.state = TrackState.REGROUNDING if regrounding else TrackState.TRACKING
 
-    def _due_job(self, frame: Frame) -> Optional[_Job]:
-        """A grounding job when one should start on this frame (called under the lock)."""
-        if self._command is None or self._job_running or self._pending is not None:
-            return None
-        since = None if self._last_attempt_ns is None else (frame.stamp_ns - self._last_attempt_ns) / NS_PER_S
-        if not self._tracks:
-            if since is not None and since < self.config.grounding_retry_s:
-                return None
-            reason = "command"
-        elif any(t.state == TrackState.LOST for t in self._tracks.values()):
-            if since is not None and since < min(self.config.grounding_retry_s, self.config.regrounding_period_s or np.inf):
-                return None
-            reason = "lost"
-        elif self.config.regrounding_period_s > 0 and since is not None and since >= self.config.regrounding_period_s:
-            reason = "regrounding"
-        else:
-            return None
-        if len(self.buffer.select_keyframes(self.config.keyframes, frame.seq)) < self.config.min_keyframes:
-            return None
-        self._last_attempt_ns = frame.stamp_ns
-        self._job_running = not self.config.asynchronous
-        return _Job(self._generation, self._command, frame.seq, frame.stamp_ns, reason)
+    def _grounding_target(self, target_id: int) -> bool:
+        """Whether a grounding of this target runs or waits (called under the lock)."""
+        return target_id != 0 and (self._running == target_id or target_id in self._pending)
+
+    def _due_jobs(self, frame: Frame) -> list[_Job]:
+        """The grounding jobs that should start on this frame, one per target at most (called
+        under the lock). Each target keeps its own schedule; a target with a grounding running
+        or waiting is not due."""
+        jobs = []
+        for target in self._targets.values():
+            if self._grounding_target(target.id):
+                continue
+            tracks = [t for t in self._tracks.values() if t.target == target.id]
+            since = None if target.last_attempt_ns is None else (frame.stamp_ns - target.last_attempt_ns) / NS_PER_S
+            if not tracks:
+                if since is not None and since < self.config.grounding_retry_s:
+                    continue
+                reason = "command"
+            elif any(t.state == TrackState.LOST for t in tracks):
+                if since is not None and since < min(self.config.grounding_retry_s, self.config.regrounding_period_s or np.inf):
+                    continue
+                reason = "lost"
+            elif self.config.regrounding_period_s > 0 and since is not None and since >= self.config.regrounding_period_s:
+                reason = "regrounding"
+            else:
+                continue
+            if len(self.buffer.select_keyframes(self.config.keyframes, frame.seq)) < self.config.min_keyframes:
+                return []  # the same for every target
+            target.last_attempt_ns = frame.stamp_ns
+            jobs.append(_Job(self._generation, target.command, frame.seq, frame.stamp_ns, reason, target.id))
+        return jobs
 
     # ---- seeding from a mask ---------------------------------------------------------------
-    def seed_mask(self, mask: np.ndarray, stamp_ns: Optional[int] = None, label: str = "") -> TrackView:
+    def seed_mask(self, mask: np.ndarray, stamp_ns: Optional[int] = None, label: str = "",
+                  target: Optional[int] = None) -> TrackView:
         """Start a track from a given mask instead of a grounding (a first-frame annotation, an
         operator's selection): seeded on the buffered frame with `stamp_ns` (the newest when
         None) and caught up to the last processed frame. Call it from the thread that calls
         `process`. Returns the new track as it is on the last processed frame; it is in every
-        output from the next one on. Raises ValueError when no buffered frame has that stamp or
-        the mask is empty or of another size."""
+        output from the next one on. The track joins `target` (its groundings may then confirm
+        or replace it); by default the one target followed, or none (target id 0: no grounding
+        ever touches it) when there are none or several. Raises ValueError when no buffered frame
+        has that stamp, the mask is empty or of another size, or `target` is not followed."""
         frame = self.buffer.latest()
         if stamp_ns is not None:
             frame = next((f for f in reversed(self.buffer.frames()) if f.stamp_ns == stamp_ns), None)
@@ -395,12 +536,17 @@ class Pipeline:
             raise ValueError(f"seed mask is {mask.shape[::-1]}, the frame is {frame.width}x{frame.height}")
         if not mask.any():
             raise ValueError("seed mask is empty")
+        if target is not None and target not in self._targets:
+            raise ValueError(f"no target {target}")
         state = self.tracker.start(frame, mask=mask)
         self._catch_up(state, upto=None)
         with self._lock:
             self._catch_up(state, upto=self._last_stepped_seq)
-            t = _Track(self._next_id, self._command or "", label, TrackState.TRACKING, state.result.score,
-                       state.result.mask, frame.stamp_ns, frame.stamp_ns)
+            if target is None:
+                target = next(iter(self._targets)) if len(self._targets) == 1 else 0
+            owner = self._targets.get(target)
+            t = _Track(self._next_id, owner.command if owner else "", label, TrackState.TRACKING, state.result.score,
+                       state.result.mask, frame.stamp_ns, frame.stamp_ns, target if owner else 0)
             self._next_id += 1
             self._tracks[t.id] = t
             self.tracker.attach(t.id, state)
@@ -415,12 +561,13 @@ class Pipeline:
     def _work(self) -> None:
         while True:
             with self._lock:
-                while self._pending is None and not self._closed:
+                while not self._pending and not self._closed:
                     self._wake.wait()
                 if self._closed:
                     return
-                job, self._pending = self._pending, None
-                self._job_running = True
+                # The oldest due grounding first: the targets take turns.
+                job = self._pending.pop(next(iter(self._pending)))
+                self._running = job.target
             try:
                 self._run_job(job)
             except Exception:  # the worker must survive any backend failure
@@ -437,7 +584,7 @@ class Pipeline:
             log.exception("grounding %r failed: %s", job.command, e)
         finally:
             with self._lock:
-                self._job_running = False
+                self._running = None
 
     def _ground_and_attach(self, job: _Job) -> None:
         keyframes = self.buffer.select_keyframes(self.config.keyframes, job.end_seq)
@@ -447,9 +594,12 @@ class Pipeline:
         result = self.grounder.ground(keyframes, job.command)
         result.validate()
         chosen = tracklets.select(result, self.tracker, self.config.selection)
-        if job.generation != self._generation:
-            return  # the command changed while grounding ran
+        if not self._job_current(job):
+            return  # the target was removed (or everything restarted) while grounding ran
         with self._lock:
+            target = self._targets.get(job.target)
+            if target is not None:
+                target.groundings += 1
             self._finished.append(result)
         if not chosen:
             self.stats["groundings_empty"] += 1
@@ -462,11 +612,15 @@ class Pipeline:
             self._catch_up(state, upto=None)
             seeds.append((cand, keyframe, state))
         with self._lock:
-            if job.generation != self._generation:
+            if not self._job_current(job):
                 return
             for cand, keyframe, state in seeds:
                 self._catch_up(state, upto=self._last_stepped_seq)
             self._reconcile(job, result, seeds)
+
+    def _job_current(self, job: _Job) -> bool:
+        with self._lock:
+            return job.generation == self._generation and job.target in self._targets
 
     def _catch_up(self, state: ObjectState, upto: Optional[int]) -> None:
         """Advance a detached object through the buffered frames after it. Without the lock
@@ -508,9 +662,11 @@ class Pipeline:
         its keyframe keeps that track's id. Otherwise it is another object: it replaces the live
         tracks it did not confirm once they are LOST or `replace_after` re-groundings in a row
         have disagreed with them; until then the disagreeing target is dropped and the tracks
-        go on (a re-grounding that is wrong once must not swap what the robot follows)."""
+        go on (a re-grounding that is wrong once must not swap what the robot follows).
+        Only the job's target's tracks take part: another target's tracks are never confirmed
+        or replaced by this grounding."""
         stamp = result.keyframes[-1].stamp_ns
-        unmatched = dict(self._tracks)
+        unmatched = {tid: t for tid, t in self._tracks.items() if t.target == job.target}
         matches = []
         for cand, keyframe, state in seeds:
             best_id, best_iou = None, 0.0
@@ -541,7 +697,7 @@ class Pipeline:
                 log.info("grounding confirmed track %d (IoU %.2f)", t.id, iou)
             else:
                 t = _Track(self._next_id, job.command, result.class_word, TrackState.TRACKING,
-                           state.result.score, state.result.mask, stamp, stamp)
+                           state.result.score, state.result.mask, stamp, stamp, job.target)
                 self._next_id += 1
                 self._tracks[t.id] = t
                 self.stats["tracks_started"] += 1
@@ -554,7 +710,7 @@ class Pipeline:
             if last is not None:
                 self._update(t, last, state.result.mask, state.result.score, False)
             t.last_confident_ns = max(t.last_confident_ns, stamp)
-        new_ids = [c for c in self._tracks if c not in unmatched]
+        new_ids = [c for c, t in self._tracks.items() if t.target == job.target and c not in unmatched]
         for tid, t in unmatched.items():
             # Live tracks this grounding did not confirm were a different object: replaced.
             self.tracker.remove(tid)
@@ -577,12 +733,12 @@ class Pipeline:
         return tracklets.mask_iou(t.mask, state.result.mask)
 
     def _view(self, t: _Track, state: TrackState, replaced_by: int = 0) -> TrackView:
-        return TrackView(t.id, t.command, t.label, state, t.score, t.mask, t.last_grounding_ns, replaced_by)
+        return TrackView(t.id, t.command, t.label, state, t.score, t.mask, t.last_grounding_ns, replaced_by, t.target)
 
     # ---- lifetime -------------------------------------------------------------------------
     def grounding_running(self) -> bool:
         with self._lock:
-            return self._job_running or self._pending is not None
+            return self._running is not None or bool(self._pending)
 
     def close(self) -> None:
         with self._lock:
