@@ -70,6 +70,7 @@ def track_to_msg(view: TrackView, header: Header) -> Track:
             msg.centroid = Point(x=float(cx), y=float(cy), z=0.0)
         msg.mask_area = area
     msg.last_grounding = ns_to_stamp(view.last_grounding_ns)
+    msg.target_id = int(getattr(view, "target_id", 0))
     return msg
 
 

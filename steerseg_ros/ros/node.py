@@ -28,20 +28,25 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
+from rclpy.action import ActionServer, CancelResponse, GoalResponse
+from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
+from rclpy.task import Future
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
                        qos_profile_sensor_data)
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header, String
+from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
 from steerseg_ros import backends, render
-from steerseg_ros.grounding.base import GroundingError
+from steerseg_ros.action import Follow
+from steerseg_ros.grounding.base import GroundingError, clean_command
 from steerseg_ros.msg import GroundingResult as GroundingResultMsg
 from steerseg_ros.msg import TrackArray
-from steerseg_ros.pipeline import FrameRejected, Pipeline, PipelineConfig, PipelineOutput
+from steerseg_ros.pipeline import FrameRejected, Pipeline, PipelineConfig, PipelineOutput, TargetLimitError
 from steerseg_ros.ros import parameters
 from steerseg_ros.ros.image_conversion import (ImageConversionError, array_to_image, compressed_to_rgb,
                                                image_to_array, image_to_rgb)
@@ -53,6 +58,9 @@ NODE_NAME = "steerseg"
 # absolute, as diagnostic aggregators expect.
 SUBSCRIPTIONS = {"image": "sensor_msgs/Image", "image/compressed": "sensor_msgs/CompressedImage",
                  "command": "std_msgs/String", "seed_mask": "sensor_msgs/Image"}
+# The Follow action (relative name, remappable) and the stop service (private, ~/stop).
+ACTIONS = {"follow": "steerseg_ros/action/Follow"}
+SERVICES = {"~/stop": "std_srvs/srv/Trigger"}
 PUBLICATIONS = {"mask": "sensor_msgs/Image", "overlay": "sensor_msgs/Image", "tracks": "steerseg_ros/TrackArray",
                 "grounding": "steerseg_ros/GroundingResult", "markers": "visualization_msgs/MarkerArray"}
 BACKEND_KINDS = ("grounder", "tracker")
@@ -82,6 +90,9 @@ class NodeConfig:
     stats_period_s: float = field(default=5.0, metadata={"help": (
         "Log the counters and publish /diagnostics this often (seconds); 0: never. Takes effect at "
         "the next configure.")})
+    follow_feedback_hz: float = field(default=5.0, metadata={"help": (
+        "Each Follow goal gets feedback (its tracks) at most this often (per second of wall time), "
+        "on processed frames.")})
 
     def validate(self) -> None:
         if self.image_transport not in ("raw", "compressed"):
@@ -92,6 +103,8 @@ class NodeConfig:
             raise ValueError(f"overlay_alpha must be in [0, 1], got {self.overlay_alpha}")
         if self.stats_period_s < 0:
             raise ValueError(f"stats_period_s must be >= 0, got {self.stats_period_s}")
+        if not self.follow_feedback_hz > 0:
+            raise ValueError(f"follow_feedback_hz must be > 0, got {self.follow_feedback_hz}")
 
 
 def _validate_markers(config: MarkerConfig) -> None:
@@ -233,6 +246,20 @@ class _Seed:
     label: str
 
 
+@dataclass
+class _Goal:
+    """An accepted Follow goal and the target it follows."""
+
+    handle: Any  # rclpy.action.server.ServerGoalHandle
+    target_id: int
+    command: str
+    lost_timeout_s: float
+    # Completed (reason, message) when the goal ends; the goal's execute coroutine awaits it.
+    done: Any  # rclpy.task.Future
+    tracks: list = field(default_factory=list)  # its Track messages on the last processed frame
+    last_feedback: float = -1e9
+
+
 def _short(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
 
@@ -266,6 +293,8 @@ class SteerSegNode(LifecycleNode):
         self._stats_timer = None
         self._frame_times: collections.deque[float] = collections.deque(maxlen=200)
         self._last_summary = ""
+        self._goals: dict[int, _Goal] = {}  # by target id
+        self._goals_lock = threading.RLock()
 
         self._declare_static_parameters()
         for kind in BACKEND_KINDS:
@@ -278,6 +307,7 @@ class SteerSegNode(LifecycleNode):
         # /diagnostics exists in every lifecycle state, so a node stuck unconfigured says why.
         self._pub_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._start_stats_timer()
+        self._create_follow_interfaces()
 
     # ---- parameters -----------------------------------------------------------------------
     def _declare_spec(self, spec: parameters.ParamSpec) -> None:
@@ -527,6 +557,7 @@ class SteerSegNode(LifecycleNode):
             self.destroy_publisher(pub)
         self._pubs = {}
         self._seeds.clear()
+        self._end_goals(Follow.Result.REASON_ABORTED, "the node was deactivated")
         if self._lifecycle == "active":
             self._lifecycle = "inactive"
 
@@ -586,6 +617,9 @@ class SteerSegNode(LifecycleNode):
         except GroundingError as e:
             self._reject("command.invalid", str(e))
             return
+        # The command topic means "follow this one instead of everything": Follow goals end.
+        self._end_goals(Follow.Result.REASON_PREEMPTED, f"replaced by the command {_short(command)!r} on the "
+                        "command topic", remove_targets=False)
         self._count("commands")
         self.get_logger().info(f"command: {_short(command)!r}")
 
@@ -664,8 +698,156 @@ class SteerSegNode(LifecycleNode):
             markers=draw_all or pubs["markers"].get_subscription_count() > 0)
         for topic, msg in messages:
             pubs[topic].publish(msg)
+        self._follow_update(output, dict(messages)["tracks"])
         self._count("groundings_published", len(output.groundings))
         self._count("masks_published")
+
+    # ---- Follow action and ~/stop ------------------------------------------------------------
+    # The action server and the stop service exist in every lifecycle state (a client can find
+    # them), but goals are accepted only while the node is active; deactivating ends them.
+    #
+    # Bad goals (an empty or over-long command, more targets than pipeline.max_targets) are
+    # accepted and then ended at once with reason REJECTED and the reason in words: a ROS 2 goal
+    # rejection carries no text, so a client could not tell why. Goals that arrive while the node
+    # is not active are rejected at the ROS level (logged): there is nothing to follow with.
+    #
+    # Each goal's execute callback is a coroutine awaiting a future that the goal's end
+    # completes (cancel, LOST timeout, preemption, ~/stop, deactivation), so a waiting goal holds
+    # no executor thread and the single-threaded executor keeps serving everything else.
+    def _create_follow_interfaces(self) -> None:
+        group = ReentrantCallbackGroup()
+        self._follow_server = ActionServer(
+            self, Follow, "follow", execute_callback=self._follow_execute, goal_callback=self._follow_goal,
+            cancel_callback=self._follow_cancel, callback_group=group)
+        self._stop_service = self.create_service(Trigger, "~/stop", self._on_stop, callback_group=group)
+
+    def _follow_goal(self, request) -> GoalResponse:
+        if self._lifecycle != "active" or self._pipeline is None:
+            self._count("follow.goals_refused_inactive")
+            self.get_logger().warning(f"Follow goal {_short(request.command)!r} refused: the node is {self._lifecycle}")
+            return GoalResponse.REJECT
+        return GoalResponse.ACCEPT
+
+    def _follow_cancel(self, handle) -> CancelResponse:
+        with self._goals_lock:
+            goal = next((g for g in self._goals.values() if g.handle is handle), None)
+        if goal is not None:
+            self._end_goal(goal, Follow.Result.REASON_CANCELLED, "cancelled by the client")
+        return CancelResponse.ACCEPT
+
+    async def _follow_execute(self, handle):
+        goal, error = self._start_goal(handle)
+        if goal is None:
+            self._count("follow.goals_rejected")
+            self.get_logger().warning(f"Follow goal {_short(handle.request.command)!r} rejected: {error}")
+            handle.abort()
+            return Follow.Result(reason=Follow.Result.REASON_REJECTED, message=error)
+        reason, message = await goal.done
+        self._count(f"follow.ended.{reason}")
+        self.get_logger().info(f"Follow goal for target {goal.target_id} ended: {message}")
+        result = Follow.Result(reason=reason, message=message, target_id=goal.target_id, tracks=list(goal.tracks))
+        if not handle.is_active:
+            return result
+        if reason == Follow.Result.REASON_CANCELLED and handle.is_cancel_requested:
+            handle.canceled()
+        else:
+            # rcl_action's goal states allow CANCELED only after a cancel request; every other
+            # end is ABORTED, the result's reason saying which.
+            handle.abort()
+        return result
+
+    def _start_goal(self, handle) -> tuple[Optional[_Goal], str]:
+        """Add the goal's target (after ending every other one when the goal preempts);
+        (None, reason) for a bad goal."""
+        request = handle.request
+        pipeline = self._pipeline
+        if pipeline is None or self._lifecycle != "active":
+            return None, f"the node is {self._lifecycle}"
+        if not (request.lost_timeout_s >= 0.0):  # also NaN
+            return None, f"lost_timeout_s must be >= 0 (0: never), got {request.lost_timeout_s}"
+        try:
+            command = clean_command(request.command, pipeline.config.max_command_chars)
+        except GroundingError as e:
+            return None, str(e)
+        with self._goals_lock:
+            if request.preempt:
+                self._end_goals(Follow.Result.REASON_PREEMPTED,
+                                f"preempted by a Follow goal for {_short(request.command)!r}")
+                pipeline.clear_command()
+            try:
+                target_id = pipeline.add_target(request.command)
+            except (GroundingError, TargetLimitError) as e:
+                return None, str(e)
+            done = Future(executor=self.executor)
+            # A done callback makes the executor wake up when another thread completes the
+            # future, so the awaiting coroutine resumes at once.
+            done.add_done_callback(lambda _future: None)
+            goal = _Goal(handle, target_id, command, float(request.lost_timeout_s), done)
+            self._goals[target_id] = goal
+        self._count("follow.goals_accepted")
+        self.get_logger().info(f"Follow goal accepted: target {target_id} {goal.command!r}"
+                               f"{', preempting' if request.preempt else ''}")
+        return goal, ""
+
+    def _end_goal(self, goal: _Goal, reason: int, message: str, remove_target: bool = True) -> bool:
+        """End one goal (any thread): drop its target and wake its execute coroutine."""
+        with self._goals_lock:
+            if self._goals.get(goal.target_id) is not goal:
+                return False  # ended already
+            del self._goals[goal.target_id]
+        if remove_target and self._pipeline is not None:
+            self._pipeline.remove_target(goal.target_id)
+        goal.done.set_result((reason, message))
+        return True
+
+    def _end_goals(self, reason: int, message: str, remove_targets: bool = True) -> int:
+        with self._goals_lock:
+            goals = list(self._goals.values())
+        return sum(self._end_goal(g, reason, message, remove_targets) for g in goals)
+
+    def _follow_update(self, output: PipelineOutput, tracks: TrackArray) -> None:
+        """Per processed frame (processing thread): each goal's tracks, its LOST timeout, and
+        its feedback at most follow_feedback_hz times a second. The feedback carries the very
+        Track messages published on `tracks`."""
+        with self._goals_lock:
+            goals = list(self._goals.values())
+        if not goals:
+            return
+        targets = {t.id: t for t in output.targets}
+        period = 1.0 / self._node_config.follow_feedback_hz
+        now = time.monotonic()
+        for goal in goals:
+            target = targets.get(goal.target_id)
+            if target is None:
+                continue  # ended meanwhile
+            goal.tracks = [t for t in tracks.tracks if t.target_id == goal.target_id]
+            if 0 < goal.lost_timeout_s < target.unseen_s:
+                self._end_goal(goal, Follow.Result.REASON_LOST_TIMEOUT,
+                               f"target unseen for {target.unseen_s:.2f} s of camera time "
+                               f"(lost_timeout_s {goal.lost_timeout_s:g})")
+                continue
+            if now - goal.last_feedback >= period:
+                goal.last_feedback = now
+                feedback = Follow.Feedback(target_id=goal.target_id, state=int(target.state),
+                                           unseen_s=float(target.unseen_s), tracks=goal.tracks)
+                try:
+                    goal.handle.publish_feedback(feedback)
+                except Exception as e:  # the goal ended on another thread meanwhile
+                    self.get_logger().debug(f"Follow feedback not sent: {e}")
+
+    def _on_stop(self, request, response):
+        pipeline = self._pipeline
+        if pipeline is None:
+            response.success, response.message = False, f"nothing to stop: the node is {self._lifecycle}"
+            return response
+        goals = self._end_goals(Follow.Result.REASON_STOPPED, "stopped by the ~/stop service")
+        targets = len(pipeline.targets())
+        pipeline.clear_command()
+        self._count("stops")
+        response.success = True
+        response.message = f"stopped {goals + targets} target(s) ({goals} Follow goal(s))"
+        self.get_logger().info(response.message)
+        return response
 
     # ---- counters and diagnostics -----------------------------------------------------------
     def _start_stats_timer(self) -> None:
