@@ -269,4 +269,5 @@ def test_deactivated_node_ends_goals_and_refuses_new_ones(follow_node):
     again = client.send("the red ball")
     assert again.accepted
     client.wait_feedback(again, _tracking)
-    assert client.stop().success
+    # left running: the fixture then stops the node with SIGINT while a goal is active, and
+    # checks that it exits cleanly

@@ -14,6 +14,10 @@ back to the built-in backend when `<kind>.fallback_to_builtin` is true); activat
 publishers and subscriptions and starts the processing thread; deactivate stops them; cleanup
 releases the backends. Grounding runs in the pipeline's worker thread, so masks keep flowing
 while it runs.
+
+Several targets: the `command` topic replaces everything followed with one command; the Follow
+action (`follow`) adds one target per goal (feedback, results, preemption: action/Follow.action),
+and the `~/stop` service ends them all (see the "Follow action" section of the node class).
 """
 from __future__ import annotations
 
@@ -260,6 +264,11 @@ class _Goal:
     last_feedback: float = -1e9
 
 
+# Follow.Result reasons by name, for the counters and logs.
+_REASON_NAMES = {getattr(Follow.Result, k): k[len("REASON_"):].lower()
+                 for k in dir(Follow.Result) if k.startswith("REASON_")}
+
+
 def _short(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
 
@@ -416,7 +425,7 @@ class SteerSegNode(LifecycleNode):
                 new = self._read_pipeline_config()
                 for f in ("keyframes", "min_keyframes", "regrounding_period_s", "grounding_retry_s",
                           "lost_timeout_s", "min_confidence", "reconcile_iou", "time_jump_reset_s",
-                          "max_command_chars", "selection"):
+                          "max_command_chars", "max_targets", "selection"):
                     setattr(self._pipeline.config, f, getattr(new, f))
         except Exception as e:  # validated when set; a failure here is a bug worth a log line
             self.get_logger().error(f"could not apply changed parameters: {e}")
@@ -736,6 +745,9 @@ class SteerSegNode(LifecycleNode):
         return CancelResponse.ACCEPT
 
     async def _follow_execute(self, handle):
+        if handle.is_cancel_requested:  # cancelled before it started: nothing to follow
+            handle.canceled()
+            return Follow.Result(reason=Follow.Result.REASON_CANCELLED, message="cancelled before it started")
         goal, error = self._start_goal(handle)
         if goal is None:
             self._count("follow.goals_rejected")
@@ -743,7 +755,7 @@ class SteerSegNode(LifecycleNode):
             handle.abort()
             return Follow.Result(reason=Follow.Result.REASON_REJECTED, message=error)
         reason, message = await goal.done
-        self._count(f"follow.ended.{reason}")
+        self._count(f"follow.ended.{_REASON_NAMES.get(reason, reason)}")
         self.get_logger().info(f"Follow goal for target {goal.target_id} ended: {message}")
         result = Follow.Result(reason=reason, message=message, target_id=goal.target_id, tracks=list(goal.tracks))
         if not handle.is_active:
@@ -797,7 +809,10 @@ class SteerSegNode(LifecycleNode):
             del self._goals[goal.target_id]
         if remove_target and self._pipeline is not None:
             self._pipeline.remove_target(goal.target_id)
-        goal.done.set_result((reason, message))
+        try:
+            goal.done.set_result((reason, message))
+        except Exception as e:  # at process exit the executor may be gone: no client to tell
+            self.get_logger().debug(f"Follow goal end not delivered: {e}")
         return True
 
     def _end_goals(self, reason: int, message: str, remove_targets: bool = True) -> int:
