@@ -490,7 +490,8 @@ class Pipeline:
         """The grounding jobs that should start on this frame, one per target at most (called
         under the lock). Each target keeps its own schedule; a target with a grounding running
         or waiting is not due."""
-        jobs = []
+        jobs: list[_Job] = []
+        enough_keyframes: Optional[bool] = None  # the same for every target: checked once
         for target in self._targets.values():
             if self._grounding_target(target.id):
                 continue
@@ -508,8 +509,11 @@ class Pipeline:
                 reason = "regrounding"
             else:
                 continue
-            if len(self.buffer.select_keyframes(self.config.keyframes, frame.seq)) < self.config.min_keyframes:
-                return []  # the same for every target
+            if enough_keyframes is None:
+                enough_keyframes = (len(self.buffer.select_keyframes(self.config.keyframes, frame.seq))
+                                    >= self.config.min_keyframes)
+            if not enough_keyframes:
+                return []
             target.last_attempt_ns = frame.stamp_ns
             jobs.append(_Job(self._generation, target.command, frame.seq, frame.stamp_ns, reason, target.id))
         return jobs
