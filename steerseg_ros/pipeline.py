@@ -375,8 +375,8 @@ class Pipeline:
             state = PipelineState.LOST
         else:
             state = PipelineState.TRACKING
-        seen = any(t.state in (TrackState.TRACKING, TrackState.REGROUNDING) and t.last_confident_ns == self._last_stamp_ns
-                   for t in tracks)
+        live = (TrackState.TRACKING, TrackState.REGROUNDING)
+        seen = any(t.state in live and t.last_confident_ns == self._last_stamp_ns for t in tracks)
         unseen_s = 0.0
         if not seen and self._last_stamp_ns is not None:
             since = max([t.last_confident_ns for t in tracks] + [target.start_ns or self._last_stamp_ns])

@@ -14,6 +14,7 @@ Every wait is for an answer, bounded by a generous timeout; nothing is timed.
 from __future__ import annotations
 
 import threading
+import uuid
 
 import numpy as np
 import pytest
@@ -83,23 +84,20 @@ class Client:
         return future.result()
 
     def send(self, command, lost_timeout_s=0.0, preempt=False):
-        """Send a goal; returns its handle (accepted or not)."""
+        """Send a goal; returns its handle (accepted or not). The goal id is chosen here, so
+        feedback that comes before the answer is filed under it too."""
+        from unique_identifier_msgs.msg import UUID
+
         goal = self.Follow.Goal(command=command, lost_timeout_s=lost_timeout_s, preempt=preempt)
-        key = {}
+        key = uuid.uuid4().bytes
 
         def on_feedback(msg):
             with self.lock:
-                self.feedback.setdefault(key["id"], []).append(msg.feedback)
+                self.feedback.setdefault(key, []).append(msg.feedback)
 
-        # The goal id is known only once the answer comes; feedback before that waits in a list.
-        import uuid
-        goal_uuid = uuid.uuid4().bytes
-        key["id"] = goal_uuid
-        from unique_identifier_msgs.msg import UUID
-        future = self.action.send_goal_async(goal, feedback_callback=on_feedback,
-                                             goal_uuid=UUID(uuid=list(goal_uuid)))
+        future = self.action.send_goal_async(goal, feedback_callback=on_feedback, goal_uuid=UUID(uuid=list(key)))
         handle = self._wait(future)
-        handle.key = goal_uuid
+        handle.key = key
         return handle
 
     def feedback_of(self, handle) -> list:

@@ -4,6 +4,8 @@ reconciled on its own, with the built-in backends on synthetic frames: a red and
 moving over a textured background (the built-in grounder reads colour words), then a covered
 camera (uniform grey frames) for losing them.
 """
+import time
+
 import cv2
 import numpy as np
 import pytest
@@ -189,7 +191,6 @@ def test_asynchronous_worker_serves_every_target():
     config = PipelineConfig(asynchronous=True)
     p = Pipeline(backends.make_grounder("builtin"), backends.make_tracker("builtin"), config)
     targets = [p.add_target("the red ball"), p.add_target("the blue ball")]
-    import time
     found = set()
     for i in range(600):
         img, _, _ = scene(i)
