@@ -200,3 +200,19 @@ def test_asynchronous_worker_serves_every_target():
         time.sleep(0.02)  # let the worker run on a busy machine
     assert found == set(targets), p.stats
     p.close()
+
+
+def test_seed_mask_joins_the_target_it_is_given_or_stands_alone():
+    p = make()
+    red = p.add_target("the red ball")
+    p.add_target("the blue ball")
+    run(p, 2)
+    _, red_mask, _ = scene(1)
+    alone = p.seed_mask(red_mask)  # two targets: it belongs to neither
+    assert alone.target_id == 0 and alone.command == ""
+    joined = p.seed_mask(red_mask, target=red)
+    assert joined.target_id == red and joined.command == "the red ball"
+    assert joined.id in {t.id: t for t in p.targets()}[red].track_ids
+    with pytest.raises(ValueError, match="no target 99"):
+        p.seed_mask(red_mask, target=99)
+    p.close()
