@@ -85,7 +85,10 @@ class RemoteGrounder(Grounder):
         self._owns_context = not rclpy.ok()
         if self._owns_context:
             rclpy.init()
-        self._node = rclpy.create_node("steerseg_grounding_client", namespace=self.config.namespace or "/")
+        # Without the process's global arguments: launch renames "every node in the process"
+        # (__node:=steerseg), which would give this helper node the tracker node's name.
+        self._node = rclpy.create_node("steerseg_grounding_client", namespace=self.config.namespace or "/",
+                                       use_global_arguments=False)
         self._client = ActionClient(self._node, Ground, self.config.action)
         self._executor = SingleThreadedExecutor()
         self._executor.add_node(self._node)
