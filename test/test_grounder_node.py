@@ -11,10 +11,10 @@ no assertion depends on a rate.
 """
 from __future__ import annotations
 
-import json
 import os
+import shutil
 import signal
-import time
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -42,12 +42,17 @@ def grounder_command() -> list[str]:
     return [str(Path(get_package_prefix("steerseg_ros")) / "lib" / "steerseg_ros" / NODE_NAME)]
 
 
-def start_grounder(env: dict, tmp_path: Path, params: dict, name: str = "grounder") -> rp.Process:
-    """The grounder node as its own process, configured and activated at start-up."""
+def _grounder_params(tmp_path: Path, params: dict, name: str = "grounder") -> Path:
     path = tmp_path / f"{name}_params.yaml"
     path.write_text(yaml.safe_dump({"/**/steerseg_grounder": {"ros__parameters": {
         "autostart": True, "stats_period_s": 0.5, **params}}}))
-    return rp.Process([*grounder_command(), "--ros-args", "--params-file", str(path)], env, tmp_path / f"{name}.log")
+    return path
+
+
+def start_grounder(env: dict, tmp_path: Path, params: dict, name: str = "grounder") -> rp.Process:
+    """The grounder node as its own process, configured and activated at start-up."""
+    return rp.Process([*grounder_command(), "--ros-args", "--params-file", str(_grounder_params(tmp_path, params, name))],
+                      env, tmp_path / f"{name}.log")
 
 
 def remote(**options) -> dict:
@@ -216,3 +221,98 @@ def test_grounding_past_its_timeout_is_cancelled_and_retried(tmp_path, domain, r
     assert int(counters["remote.failures"]) >= 1 and int(counters["pipeline.grounding_failures"]) >= 1
     assert masks > 0
     assert "cancel" in node.text().lower() or int(counters["remote.timeouts"]) >= 2
+
+
+# ---- two hosts: the grounder node in its own network namespace ----------------------------------------
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(args, capture_output=True, text=True)
+
+
+def _netns_support(netem: bool) -> str:
+    """Why the two-host test cannot run here ("" when it can): it needs root, `ip netns`, and for
+    the delayed lossy link the kernel's netem queueing discipline."""
+    if os.geteuid() != 0:
+        return "needs root to create network namespaces"
+    if shutil.which("ip") is None or (netem and shutil.which("tc") is None):
+        return "needs iproute2's ip and tc"
+    name = f"ssprobe{os.getpid() % 100000}"
+    made = _run("ip", "netns", "add", name)
+    if made.returncode:
+        return f"ip netns add failed: {made.stderr.strip()}"
+    try:
+        if netem:
+            _run("ip", "-n", name, "link", "set", "lo", "up")
+            added = _run("ip", "netns", "exec", name, "tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms")
+            if added.returncode:
+                return f"tc netem is not available in this kernel: {added.stderr.strip()}"
+    finally:
+        _run("ip", "netns", "del", name)
+    return ""
+
+
+def _profile(shipped: Path, out: Path, own: str, peer_transport_only: bool) -> Path:
+    """The shipped network profile, with UDP limited to loopback and this test's link (so no
+    packet leaves for a real network), and without shared memory on the far host (so nothing
+    crosses the link through /dev/shm)."""
+    text = shipped.read_text()
+    text = text.replace("<type>UDPv4</type>", "<type>UDPv4</type>\n        <interfaceWhiteList><address>127.0.0.1</address>"
+                        f"<address>{own}</address></interfaceWhiteList>")
+    if peer_transport_only:
+        text = text.replace("<transport_id>steerseg_shm</transport_id>\n          <transport_id>steerseg_udp</transport_id>",
+                            "<transport_id>steerseg_udp</transport_id>")
+    out.write_text(text)
+    return out
+
+
+@pytest.mark.parametrize("link", ["veth", "netem_50ms_2pct"])
+def test_tracker_and_grounder_on_two_hosts(tmp_path, domain, recorder, davis_root, davis_expressions, link):
+    """The tracker node here and the grounder node in its own network namespace (another host,
+    with its own address), joined by a veth link, optionally with 50 ms delay and 2% loss each
+    way (netem); discovery by static peers and the shipped network profile. The same run as the
+    two-process test: the target is tracked with one id."""
+    netem = link.startswith("netem")
+    why = _netns_support(netem)
+    if why:
+        pytest.skip(why)
+    tag = f"{os.getpid() % 10000}{'n' if netem else 'v'}"
+    ns, here_if, there_if = f"steerseg{tag}", f"ssa{tag}", f"ssb{tag}"
+    subnet = 10 + os.getpid() % 200
+    here, there = f"10.213.{subnet}.1", f"10.213.{subnet}.2"
+    shipped = rp.REPO / "config" / "fastdds_network.xml"
+    setup = [("ip", "netns", "add", ns), ("ip", "link", "add", here_if, "type", "veth", "peer", "name", there_if),
+             ("ip", "link", "set", there_if, "netns", ns), ("ip", "addr", "add", f"{here}/24", "dev", here_if),
+             ("ip", "link", "set", here_if, "up"), ("ip", "-n", ns, "addr", "add", f"{there}/24", "dev", there_if),
+             ("ip", "-n", ns, "link", "set", there_if, "up"), ("ip", "-n", ns, "link", "set", "lo", "up")]
+    if netem:
+        setup += [("tc", "qdisc", "add", "dev", here_if, "root", "netem", "delay", "50ms", "loss", "2%"),
+                  ("ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", there_if, "root", "netem", "delay", "50ms",
+                   "loss", "2%")]
+    grounder = None
+    try:
+        for step in setup:
+            done = _run(*step)
+            assert done.returncode == 0, f"{' '.join(step)}: {done.stderr}"
+        command = _command(davis_expressions)
+        names, _, gts = load_davis(davis_root, SEQUENCE, FRAMES)
+        far_env = dict(rp.ros_env(domain), ROS_STATIC_PEERS=here, FASTDDS_DEFAULT_PROFILES_FILE=str(
+            _profile(shipped, tmp_path / "far.xml", there, peer_transport_only=True)))
+        grounder = rp.Process(["ip", "netns", "exec", ns, *grounder_command(), "--ros-args", "--params-file",
+                               str(_grounder_params(tmp_path, {"grounder": {"backend": "builtin"}}))],
+                              far_env, tmp_path / "grounder.log")
+        near_profile = _profile(shipped, tmp_path / "near.xml", here, peer_transport_only=False)
+        manifest, log, counters = rp.play_through_node(
+            tmp_path, domain, recorder, {"stats_period_s": 1.0, "grounder": remote(server_wait_s=5.0, timeout_s=60.0)},
+            davis_root / "JPEGImages" / "480p" / SEQUENCE,
+            ["--count", str(FRAMES), "--command", command, "--command-at", "0"], RATE,
+            node_env={"ROS_STATIC_PEERS": there, "FASTDDS_DEFAULT_PROFILES_FILE": str(near_profile)})
+    finally:
+        if grounder is not None:
+            grounder.stop()
+        _run("ip", "netns", "del", ns)
+        _run("ip", "link", "del", here_if)
+    score = _score(recorder, manifest, names, gts)
+    print(f"two hosts over {link}: J&F {score.jf:.3f}; request {counters.get('remote.last_request_bytes')} bytes "
+          f"in {counters.get('remote.last_latency_s')} s")
+    assert int(counters.get("remote.answers", 0)) >= 1, f"{counters}\n{log[-3000:]}\n{grounder.text()[-2000:]}"
+    assert len(_live_ids(recorder)) == 1, f"track ids {_live_ids(recorder)}"
+    assert score.jf >= 0.12, f"J&F {score.jf:.3f}"
