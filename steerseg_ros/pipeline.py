@@ -446,9 +446,11 @@ class Pipeline:
         self.stats["groundings"] += 1
         result = self.grounder.ground(keyframes, job.command)
         result.validate()
+        if self._discard(job, keyframes):
+            return
         chosen = tracklets.select(result, self.tracker, self.config.selection)
-        if job.generation != self._generation:
-            return  # the command changed while grounding ran
+        if self._discard(job, keyframes):
+            return
         with self._lock:
             self._finished.append(result)
         if not chosen:
@@ -467,6 +469,22 @@ class Pipeline:
             for cand, keyframe, state in seeds:
                 self._catch_up(state, upto=self._last_stepped_seq)
             self._reconcile(job, result, seeds)
+
+    def _discard(self, job: _Job, keyframes: list[Frame]) -> bool:
+        """Whether a finished grounding is to be dropped: it answers a command that has changed
+        since (or a stream that restarted), or its oldest keyframe has left the buffer (a late
+        answer: the live tracks could not be compared with it on its keyframes, and its targets
+        could not be caught up from them). Counted; the tracks go on untouched."""
+        if job.generation != self._generation:
+            self.stats["groundings_stale"] += 1
+            log.info("grounding %r answered after the command changed: discarded", job.command)
+            return True
+        if self.buffer.get(keyframes[0].seq) is None:
+            self.stats["groundings_expired"] += 1
+            log.warning("grounding %r answered after its keyframes left the buffer (%.1f s late): discarded",
+                        job.command, (self.buffer.latest().stamp_ns - keyframes[-1].stamp_ns) / NS_PER_S)
+            return True
+        return False
 
     def _catch_up(self, state: ObjectState, upto: Optional[int]) -> None:
         """Advance a detached object through the buffered frames after it. Without the lock
