@@ -316,3 +316,11 @@ def test_tracker_and_grounder_on_two_hosts(tmp_path, domain, recorder, davis_roo
     assert int(counters.get("remote.answers", 0)) >= 1, f"{counters}\n{log[-3000:]}\n{grounder.text()[-2000:]}"
     assert len(_live_ids(recorder)) == 1, f"track ids {_live_ids(recorder)}"
     assert score.jf >= 0.12, f"J&F {score.jf:.3f}"
+
+
+def test_shipped_grounder_parameters_file_matches_the_code(tmp_path):
+    """config/grounder.yaml lists every parameter of the grounder node at its default."""
+    from steerseg_ros.ros.grounder_node import write_default_params
+
+    write_default_params(str(tmp_path / "grounder.yaml"))
+    assert (tmp_path / "grounder.yaml").read_text() == (rp.REPO / "config" / "grounder.yaml").read_text()
