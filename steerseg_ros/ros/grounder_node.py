@@ -19,11 +19,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 
@@ -31,7 +30,7 @@ from steerseg_ros import backends
 from steerseg_ros.action import Ground
 from steerseg_ros.buffer import Frame
 from steerseg_ros.grounding.base import GroundingError, ModelUnavailableError
-from steerseg_ros.ros import parameters
+from steerseg_ros.ros import main_loop, parameters
 from steerseg_ros.ros.image_conversion import ImageConversionError, compressed_to_rgb
 from steerseg_ros.ros.messages import grounding_to_ground_result, stamp_to_ns
 from steerseg_ros.ros.node import RosLogHandler, backend_specs
@@ -328,26 +327,8 @@ class GrounderNode(LifecycleNode):
 
 def main(args: Optional[list[str]] = None) -> int:
     """Run the grounder node until SIGINT or SIGTERM (both end it with exit code 0)."""
-    rclpy.init(args=args)
-    node = None
     # Several threads: a grounding blocks one while cancel requests and diagnostics go on.
-    executor = MultiThreadedExecutor(num_threads=4)
-    try:
-        node = GrounderNode()
-        executor.add_node(node)
-        if node.autostart and node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
-            node.trigger_activate()
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.close()
-            executor.remove_node(node)
-            node.destroy_node()
-        executor.shutdown()
-        rclpy.try_shutdown()
-    return 0
+    return main_loop.run(GrounderNode, lambda: MultiThreadedExecutor(num_threads=4), args)
 
 
 if __name__ == "__main__":
