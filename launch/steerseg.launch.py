@@ -1,11 +1,21 @@
-"""Launch the steerseg node: a camera topic and a command topic in; label masks, overlays,
+"""Launch the steerseg nodes: a camera topic and a command topic in; label masks, overlays,
 tracks, grounding results and RViz markers out.
 
     ros2 launch steerseg_ros steerseg.launch.py camera_topic:=/camera/color/image_raw \
         command_topic:=/speech/command grounder:=builtin tracker:=builtin namespace:=robot
 
-The node is a lifecycle node. With autostart:=true (the default) this file configures it once
-the process is up and activates it once it is inactive, the usual launch_ros way (ChangeState
+`nodes` chooses what runs here:
+- all (default): the tracker node `steerseg` and the grounder node `steerseg_grounder`, each in its
+  own process; the tracker asks the grounder over the Ground action, so a grounding never shares
+  the tracking process's interpreter or GIL.
+- tracker: the tracker node alone (on the robot), for a grounder node on another machine.
+- grounder: the grounder node alone (on the GPU machine).
+- single: one node that grounds in a thread of its own process (the earlier setup).
+`grounder` names the grounding backend wherever grounding runs; the grounder node reads
+`grounder_params_file` (its model settings).
+
+The nodes are lifecycle nodes. With autostart:=true (the default) this file configures each once
+its process is up and activates it once it is inactive, the usual launch_ros way (ChangeState
 events, the second one on the configuring -> inactive transition); with autostart:=false a
 lifecycle manager (e.g. nav2_lifecycle_manager) or `ros2 lifecycle set` does it.
 """
@@ -13,7 +23,7 @@ import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, EmitEvent, RegisterEventHandler
+from launch.actions import DeclareLaunchArgument, EmitEvent, OpaqueFunction, RegisterEventHandler
 from launch.conditions import IfCondition
 from launch.events import matches_action
 from launch.substitutions import LaunchConfiguration
@@ -21,6 +31,27 @@ from launch_ros.actions import LifecycleNode, Node
 from launch_ros.event_handlers import OnStateTransition
 from launch_ros.events.lifecycle import ChangeState
 from lifecycle_msgs.msg import Transition
+
+
+NODES = ("all", "tracker", "grounder", "single")
+
+
+def lifecycle_startup(node, autostart):
+    """Configure `node` once its process is up, and activate it once configured (when autostart)."""
+    configure = EmitEvent(
+        event=ChangeState(lifecycle_node_matcher=matches_action(node),
+                          transition_id=Transition.TRANSITION_CONFIGURE),
+        condition=IfCondition(autostart),
+    )
+    activate_when_configured = RegisterEventHandler(
+        OnStateTransition(
+            target_lifecycle_node=node, start_state="configuring", goal_state="inactive",
+            entities=[EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(node),
+                                                  transition_id=Transition.TRANSITION_ACTIVATE))],
+        ),
+        condition=IfCondition(autostart),
+    )
+    return [node, activate_when_configured, configure]
 
 
 def generate_launch_description():
@@ -41,6 +72,14 @@ def generate_launch_description():
                               description="std_msgs/String topic the language commands arrive on"),
         DeclareLaunchArgument("params_file", default_value=os.path.join(share, "config", "steerseg.yaml"),
                               description="Parameters file (the node's section is /**/steerseg)"),
+        DeclareLaunchArgument("nodes", default_value="all", choices=list(NODES),
+                              description="all: tracker and grounder nodes in two processes; tracker or "
+                                          "grounder: that node alone (two machines); single: one node "
+                                          "grounding in a thread"),
+        DeclareLaunchArgument("grounder_params_file",
+                              default_value=os.path.join(share, "config", "grounder.yaml"),
+                              description="Parameters file of the grounder node (its section is "
+                                          "/**/steerseg_grounder)"),
         DeclareLaunchArgument("grounder", default_value="builtin",
                               description="Grounding backend: builtin, decaf or steerseg"),
         DeclareLaunchArgument("tracker", default_value="builtin",
@@ -51,35 +90,39 @@ def generate_launch_description():
                               description="Also start RViz with config/steerseg.rviz"),
     ]
 
-    node = LifecycleNode(
-        package="steerseg_ros",
-        executable="steerseg_node",
-        name="steerseg",
-        namespace=namespace,
-        output="screen",
-        # The backend arguments come after the file, so they override it.
-        parameters=[params_file, {"grounder.backend": LaunchConfiguration("grounder"),
-                                  "tracker.backend": LaunchConfiguration("tracker")}],
-        remappings=[
-            ("image", camera_topic),
-            ("image/compressed", [camera_topic, "/compressed"]),
-            ("command", command_topic),
-        ],
-    )
-
-    configure = EmitEvent(
-        event=ChangeState(lifecycle_node_matcher=matches_action(node),
-                          transition_id=Transition.TRANSITION_CONFIGURE),
-        condition=IfCondition(autostart),
-    )
-    activate_when_configured = RegisterEventHandler(
-        OnStateTransition(
-            target_lifecycle_node=node, start_state="configuring", goal_state="inactive",
-            entities=[EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(node),
-                                                  transition_id=Transition.TRANSITION_ACTIVATE))],
-        ),
-        condition=IfCondition(autostart),
-    )
+    def nodes(context):
+        mode = LaunchConfiguration("nodes").perform(context)
+        entities = []
+        if mode in ("all", "tracker", "single"):
+            tracker = LifecycleNode(
+                package="steerseg_ros",
+                executable="steerseg_node",
+                name="steerseg",
+                namespace=namespace,
+                output="screen",
+                # The backend arguments come after the file, so they override it.
+                parameters=[params_file, {
+                    "grounder.backend": LaunchConfiguration("grounder") if mode == "single" else "remote",
+                    "tracker.backend": LaunchConfiguration("tracker")}],
+                remappings=[
+                    ("image", camera_topic),
+                    ("image/compressed", [camera_topic, "/compressed"]),
+                    ("command", command_topic),
+                ],
+            )
+            entities += lifecycle_startup(tracker, autostart)
+        if mode in ("all", "grounder"):
+            grounder = LifecycleNode(
+                package="steerseg_ros",
+                executable="steerseg_grounder",
+                name="steerseg_grounder",
+                namespace=namespace,
+                output="screen",
+                parameters=[LaunchConfiguration("grounder_params_file"),
+                            {"grounder.backend": LaunchConfiguration("grounder")}],
+            )
+            entities += lifecycle_startup(grounder, autostart)
+        return entities
 
     rviz = Node(
         package="rviz2",
@@ -89,4 +132,4 @@ def generate_launch_description():
         condition=IfCondition(LaunchConfiguration("rviz")),
     )
 
-    return LaunchDescription(arguments + [node, activate_when_configured, configure, rviz])
+    return LaunchDescription(arguments + [OpaqueFunction(function=nodes), rviz])

@@ -19,6 +19,8 @@ GROUNDERS: dict[str, tuple[str, str, str, dict[str, Any]]] = {
     "builtin": ("steerseg_ros.grounding.builtin", "BuiltinGrounder", "BuiltinGrounderConfig", {}),
     "decaf": ("steerseg_ros.grounding.vlm", "VLMGrounder", "VLMGrounderConfig", {"mode": "decaf"}),
     "steerseg": ("steerseg_ros.grounding.vlm", "VLMGrounder", "VLMGrounderConfig", {"mode": "steerseg"}),
+    # A grounder node in another process or on another machine (needs ROS).
+    "remote": ("steerseg_ros.ros.remote_grounder", "RemoteGrounder", "RemoteGrounderConfig", {}),
 }
 TRACKERS: dict[str, tuple[str, str, str, dict[str, Any]]] = {
     "builtin": ("steerseg_ros.tracking.flow", "FlowTracker", "FlowTrackerConfig", {}),

@@ -15,6 +15,9 @@ Output layout under OUT:
     summary.md, summary.json, plot.png
     submission.zip                              splits without public ground truth, in the
                                                 official server's layout
+    shards/<K>-of-<N>/                          a sharded run's share (`shard_of`): its tables,
+                                                and shard.json with its rows for `merge_shards`,
+                                                which writes the tables above for all shards
 
 Scores follow the DAVIS toolkit: J and F per frame, averaged over the frames of each object (an
 expression's target counts as one object), then over objects; the semi-supervised protocol
@@ -163,6 +166,7 @@ class Row:
     error: str = ""
     groundings: int = 0            # grounding calls (streaming: the first and every re-grounding)
     grounding_failures: int = 0    # of which failed (streaming goes on, as the node does)
+    sample_index: int = -1         # position in the whole run's sample order (sharded runs merge by it)
 
     @property
     def jf(self) -> float:
@@ -384,10 +388,13 @@ class EvalReport:
 
 
 class Evaluator:
-    """Runs a dataset's samples through the backends and writes everything under `out`."""
+    """Runs a dataset's samples through the backends and writes everything under `out`; with
+    `shard` (k, n) the tables go to out/shards/<k+1>-of-<n>/ with a shard.json for
+    `merge_shards`, and the masks to out/masks/ as in an unsharded run."""
 
     def __init__(self, dataset: Dataset, grounder: Grounder, tracker: Tracker, out: str | Path,
-                 config: Optional[EvalConfig] = None, describe: Optional[dict[str, Any]] = None):
+                 config: Optional[EvalConfig] = None, describe: Optional[dict[str, Any]] = None,
+                 shard: Optional[tuple[int, int]] = None):
         self.dataset = dataset
         self.grounder = grounder
         self.tracker = tracker
@@ -402,10 +409,12 @@ class Evaluator:
         self.frames = 0
         self.previews: list[_Preview] = []
         self.folders: list[Path] = []  # the mask folders this run wrote
+        self.shard = shard
 
-    def run_sample(self, sample: Sample) -> list[Row]:
+    def run_sample(self, sample: Sample, index: int = -1) -> list[Row]:
         """Run, write and score one sample; a failure is logged and recorded in its rows (the
-        frames it did not reach are written empty and count as misses)."""
+        frames it did not reach are written empty and count as misses). `index`: the sample's
+        position in the whole (unsharded) run."""
         n = len(sample) if not self.config.max_frames else min(len(sample), self.config.max_frames)
         clip = _Head(sample, n)
         output = SampleOutput(self.out, sample, n)
@@ -427,6 +436,8 @@ class Evaluator:
             error = error or f"{type(e).__name__}: {e}"
             log.error("%s: cannot complete the output: %s", sample.key, e)
         rows = output.rows(seconds, error, info)
+        for r in rows:
+            r.sample_index = index
         self.folders.append(mask_path(self.out, sample, "x").parent)
         self.rows += rows
         self.samples += 1
@@ -451,33 +462,112 @@ class Evaluator:
                 self.previews = ranked[:PREVIEWS // 2] + ranked[-(PREVIEWS - PREVIEWS // 2):]
 
     def finish(self, wall_s: float) -> EvalReport:
-        """Write the CSVs, the summary, the plot and (without ground truth) the submission."""
-        files: dict[str, Path] = {}
-        semi = any(r.expression_id == "" for r in self.rows)
-        files["rows"] = self.out / ("per_object.csv" if semi else "per_expression.csv")
-        write_rows_csv(files["rows"], self.rows, semi)
-        videos = per_video(self.rows)
-        files["videos"] = self.out / "per_video.csv"
-        write_video_csv(files["videos"], videos)
-        summary = summarize_rows(self.rows, self.dataset.overall)
-        summary.update({
-            "dataset": self.dataset.name, "split": self.dataset.split, "root": str(self.dataset.root),
-            "mode": self.config.mode, "fps": self.fps, "max_frames": self.config.max_frames,
-            "samples": self.samples, "frames": self.frames,
-            "errors": self.errors, "wall_s": wall_s,
-            "frames_per_s": self.frames / wall_s if wall_s > 0 else float("nan"),
-            "ground_truth": self.dataset.has_ground_truth, **self.describe,
-        })
-        if not self.dataset.has_ground_truth and self.dataset.submission:
-            files["submission"] = write_submission(self.out, self.dataset.submission, self.folders)
-            summary["submission"] = str(files["submission"])
-        files["summary_md"] = self.out / "summary.md"
-        files["summary_md"].write_text(summary_markdown(summary))
-        files["summary_json"] = self.out / "summary.json"
-        files["summary_json"].write_text(json.dumps(_jsonable(summary), indent=2) + "\n")
-        files["plot"] = self.out / "plot.png"
-        write_plot(files["plot"], videos, self.previews, summary)
-        return EvalReport(self.rows, summary, files)
+        """Write the CSVs, the summary, the plot and (without ground truth) the submission; a
+        shard writes its tables and shard.json, and leaves the submission to the merge."""
+        dataset = {"dataset": self.dataset.name, "split": self.dataset.split, "root": str(self.dataset.root),
+                   "ground_truth": self.dataset.has_ground_truth, "overall": self.dataset.overall,
+                   "submission_layout": self.dataset.submission}
+        run = {"mode": self.config.mode, "fps": self.fps, "max_frames": self.config.max_frames,
+               "samples": self.samples, "frames": self.frames, "errors": self.errors, "wall_s": wall_s}
+        if self.shard is None:
+            return write_report(self.out, self.rows, dataset, run, self.describe, self.previews, self.folders)
+        k, n = self.shard
+        folder = shard_folder(self.out, k, n)
+        folder.mkdir(parents=True, exist_ok=True)
+        record = {"shard": [k, n], "dataset": dataset, "run": run, "describe": self.describe,
+                  "rows": [dataclasses.asdict(r) for r in self.rows],
+                  "folders": [p.relative_to(self.out).as_posix() for p in self.folders]}
+        (folder / SHARD_FILE).write_text(json.dumps(_jsonable(record), indent=1) + "\n")
+        return write_report(folder, self.rows, dict(dataset, submission_layout=None), run,
+                            dict(self.describe, shard=f"{k + 1}/{n}"), self.previews, [])
+
+
+# ---- shards ---------------------------------------------------------------------------------
+SHARD_FILE = "shard.json"
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """"K/N" (K in 1..N, as job-array indices usually count) -> (K-1, N)."""
+    k, sep, n = text.partition("/")
+    try:
+        k_i, n_i = int(k), int(n)
+    except ValueError:
+        k_i = n_i = 0
+    if not sep or not 1 <= k_i <= n_i:
+        raise ValueError(f"--shard expects K/N with 1 <= K <= N, got {text!r}")
+    return k_i - 1, n_i
+
+
+def shard_of(videos: list[str], k: int, n: int) -> set[str]:
+    """Shard k's videos (0-based, of n): every n-th video in the dataset's order, so that long and
+    short videos spread over the shards as they come. Whole videos go to one shard: a video's
+    frames are read once and its masks folder has one writer."""
+    return set(videos[k::n])
+
+
+def shard_folder(out: Path, k: int, n: int) -> Path:
+    return Path(out) / "shards" / f"{k + 1}-of-{n}"
+
+
+def merge_shards(out: str | Path) -> EvalReport:
+    """The tables of a sharded run under `out` (every out/shards/*/shard.json), as one unsharded
+    run writes them: rows in the whole run's sample order, the summary over all of them, the
+    submission over every shard's masks. Refuses shards of different runs or a missing shard."""
+    out = Path(out)
+    records = [json.loads(p.read_text()) for p in sorted((out / "shards").glob(f"*/{SHARD_FILE}"))]
+    if not records:
+        raise ValueError(f"no shards to merge under {out / 'shards'}")
+    n = records[0]["shard"][1]
+    found = sorted(r["shard"][0] for r in records if r["shard"][1] == n)
+    if len(found) != len(records):
+        raise ValueError(f"{out / 'shards'} holds shards of runs split in different numbers of shards")
+    missing = sorted(set(range(n)) - set(found))
+    if missing or len(found) != n:
+        raise ValueError(f"cannot merge: shard(s) {[k + 1 for k in missing] or found} of {n} missing or twice")
+    same = lambda r: (r["dataset"], {k: v for k, v in r["describe"].items() if k not in ("command", "backend_load_s")},
+                      {k: r["run"][k] for k in ("mode", "fps", "max_frames")})
+    if any(same(r) != same(records[0]) for r in records[1:]):
+        raise ValueError("cannot merge: the shards come from runs with different datasets, backends or settings")
+    rows = sorted((Row(**{k: float("nan") if v is None else v for k, v in row.items()})
+                   for r in records for row in r["rows"]), key=lambda row: row.sample_index)
+    run = {**{k: records[0]["run"][k] for k in ("mode", "fps", "max_frames")},
+           **{k: sum(r["run"][k] for r in records) for k in ("samples", "frames", "errors")},
+           "wall_s": max(r["run"]["wall_s"] for r in records)}  # the shards ran side by side
+    describe = {k: v for k, v in records[0]["describe"].items() if k != "command"}
+    describe.update(shards=n, command=" ; ".join(r["describe"].get("command", "") for r in records))
+    folders = [out / f for r in records for f in r["folders"]]
+    return write_report(out, rows, records[0]["dataset"], run, describe, [], folders)
+
+
+def write_report(out: Path, rows: list[Row], dataset: dict[str, Any], run: dict[str, Any], describe: dict[str, Any],
+                 previews: list[_Preview], folders: list[Path]) -> EvalReport:
+    """The CSVs, the summary, the plot and (a split without ground truth) the submission, under
+    `out`. dataset: name, split, root, ground_truth, overall, submission_layout; run: mode, fps,
+    max_frames, samples, frames, errors, wall_s."""
+    files: dict[str, Path] = {}
+    semi = any(r.expression_id == "" for r in rows)
+    files["rows"] = out / ("per_object.csv" if semi else "per_expression.csv")
+    write_rows_csv(files["rows"], rows, semi)
+    videos = per_video(rows)
+    files["videos"] = out / "per_video.csv"
+    write_video_csv(files["videos"], videos)
+    summary = summarize_rows(rows, dataset["overall"])
+    wall_s = run["wall_s"]
+    summary.update({
+        "dataset": dataset["dataset"], "split": dataset["split"], "root": dataset["root"], **run,
+        "frames_per_s": run["frames"] / wall_s if wall_s > 0 else float("nan"),
+        "ground_truth": dataset["ground_truth"], **describe,
+    })
+    if not dataset["ground_truth"] and dataset["submission_layout"]:
+        files["submission"] = write_submission(out, dataset["submission_layout"], folders)
+        summary["submission"] = str(files["submission"])
+    files["summary_md"] = out / "summary.md"
+    files["summary_md"].write_text(summary_markdown(summary))
+    files["summary_json"] = out / "summary.json"
+    files["summary_json"].write_text(json.dumps(_jsonable(summary), indent=2) + "\n")
+    files["plot"] = out / "plot.png"
+    write_plot(files["plot"], videos, previews, summary)
+    return EvalReport(rows, summary, files)
 
 
 def _jsonable(value):

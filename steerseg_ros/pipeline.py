@@ -597,9 +597,11 @@ class Pipeline:
         self.stats["groundings"] += 1
         result = self.grounder.ground(keyframes, job.command)
         result.validate()
+        if self._discard(job, keyframes):
+            return
         chosen = tracklets.select(result, self.tracker, self.config.selection)
-        if not self._job_current(job):
-            return  # the target was removed (or everything restarted) while grounding ran
+        if self._discard(job, keyframes):
+            return
         with self._lock:
             target = self._targets.get(job.target)
             if target is not None:
@@ -625,6 +627,22 @@ class Pipeline:
     def _job_current(self, job: _Job) -> bool:
         with self._lock:
             return job.generation == self._generation and job.target in self._targets
+
+    def _discard(self, job: _Job, keyframes: list[Frame]) -> bool:
+        """Whether a finished grounding is to be dropped: its target was removed or replaced
+        since (a new command, or a stream that restarted), or its oldest keyframe has left the
+        buffer (a late answer: the live tracks could not be compared with it on its keyframes,
+        and its targets could not be caught up from them). Counted; the tracks go on untouched."""
+        if not self._job_current(job):
+            self.stats["groundings_stale"] += 1
+            log.info("grounding %r answered after its target changed or was removed: discarded", job.command)
+            return True
+        if self.buffer.get(keyframes[0].seq) is None:
+            self.stats["groundings_expired"] += 1
+            log.warning("grounding %r answered after its keyframes left the buffer (%.1f s late): discarded",
+                        job.command, (self.buffer.latest().stamp_ns - keyframes[-1].stamp_ns) / NS_PER_S)
+            return True
+        return False
 
     def _catch_up(self, state: ObjectState, upto: Optional[int]) -> None:
         """Advance a detached object through the buffered frames after it. Without the lock

@@ -215,16 +215,17 @@ class Recorder:
 
 def play_through_node(tmp_path: Path, domain: int, recorder: "Recorder", node_params: dict, frames: Path,
                       play_args: list[str], rate: float, configure_timeout: float = 60.0,
-                      until: Optional[Callable[[], bool]] = None, until_timeout: float = 60.0):
+                      until: Optional[Callable[[], bool]] = None, until_timeout: float = 60.0,
+                      node_env: Optional[dict] = None):
     """Start the node with `node_params`, configure and activate it through its lifecycle
     services (as launch or a lifecycle manager does), play `frames` with `steerseg-play`, wait
     for the last frame's mask (and for `until`, when given), then stop the node.
     Returns (manifest: index, name, stamp_ns per published frame; the node's log; its last
-    /diagnostics counters)."""
+    /diagnostics counters). `node_env`: variables the node's process gets on top."""
     import json
 
     env = ros_env(domain)
-    node = start_node(env, tmp_path, node_params)
+    node = start_node({**env, **(node_env or {})}, tmp_path, node_params)
     try:
         assert recorder.change_state("configure", timeout=configure_timeout), \
             f"configure failed:\n{node.text()[-3000:]}"

@@ -425,3 +425,54 @@ def test_invalid_configuration_is_rejected():
                 config(min_confidence=1.5), config(max_catch_up_frames=-1)):
         with pytest.raises(ValueError):
             bad.validate()
+
+
+def _wait(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return predicate()
+
+
+def test_an_answer_for_an_old_command_is_discarded_and_counted(setup):
+    """A grounding that finishes after the command changed (a slow or remote grounder) starts
+    no track for the old command."""
+    grounder, tracker, make = setup
+    p, feed = make(asynchronous=True)
+    grounder.gate = threading.Event()
+    p.set_command("the cup")
+    feed(4)
+    assert _wait(lambda: len(grounder.calls) == 1)
+    p.set_command("the bowl")
+    grounder.gate.set()
+    assert _wait(lambda: p.stats["groundings_stale"] == 1)
+    assert [t for t in feed().tracks if t.command == "the cup"] == []
+
+
+def test_an_answer_whose_keyframes_left_the_buffer_is_discarded_and_swaps_no_track(setup):
+    """A re-grounding that answers after its keyframes have left the buffer (here it points at
+    another object) is dropped and counted: the live track keeps its id and its object."""
+    grounder, tracker, make = setup
+    p, feed = make(asynchronous=True, buffer_size=8, regrounding_period_s=0.3, replace_after=1)
+
+    def feeding(predicate):  # a frame per poll: the pipeline starts groundings on frames
+        return _wait(lambda: predicate() or (feed() is None))
+
+    p.set_command("the cup")
+    assert feeding(lambda: p.state == PipelineState.TRACKING)
+    out = feed()
+    assert [t.id for t in out.tracks] == [1]
+    first_mask = out.tracks[0].mask
+    grounder.gate = threading.Event()
+    grounder.where = (0.75, 0.5)  # the late answer points elsewhere
+    calls = len(grounder.calls)
+    assert feeding(lambda: len(grounder.calls) > calls)
+    feed(10)  # more than the buffer holds: the keyframes are gone
+    grounder.gate.set()
+    assert _wait(lambda: p.stats["groundings_expired"] == 1)
+    grounder.find_nothing = True  # later re-groundings must not decide this test
+    grounder.gate = None
+    out = feed()
+    assert [t.id for t in out.tracks] == [1]
+    assert np.array_equal(out.tracks[0].mask, first_mask)
+    assert p.stats["tracks_replaced"] == 0

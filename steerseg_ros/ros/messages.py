@@ -113,6 +113,61 @@ def grounding_to_msg(result: GroundingResult) -> GroundingResultMsg:
     return msg
 
 
+def grounding_to_ground_result(result: GroundingResult):
+    """The Ground action's result (a grounder node's answer): the grounding message with every
+    keyframe's maps, so that the tracker node can score candidates as if it had grounded
+    itself."""
+    from steerseg_ros.action import Ground
+
+    answer = Ground.Result()
+    answer.result = grounding_to_msg(result)
+    header = answer.result.header
+    for name in ("maps", "frame_maps", "video_maps"):
+        values = getattr(result, name)
+        if values is not None:
+            setattr(answer, name, [_float_image(m, header) for m in values])
+    return answer
+
+
+def ground_result_to_grounding(answer, keyframes: list) -> GroundingResult:
+    """A grounder node's answer as the core's GroundingResult on the tracker's own `keyframes`
+    (the frames the request was made from, in the same order). Raises GroundingError when the
+    answer does not fit them."""
+    from steerseg_ros.grounding.base import GroundingError, PointPrompt
+
+    msg = answer.result
+    stamps = [stamp_to_ns(t) for t in msg.keyframe_stamps]
+    if stamps != [f.stamp_ns for f in keyframes]:
+        raise GroundingError("the grounder node answered for other keyframes than those sent")
+
+    def stack(images) -> Optional[np.ndarray]:
+        return np.stack([float_image_to_array(m) for m in images]) if images else None
+
+    maps = stack(answer.maps)
+    if maps is None:
+        raise GroundingError("the grounder node's answer has no maps")
+    result = GroundingResult(
+        command=msg.command, backend=msg.backend, keyframes=list(keyframes), maps=maps,
+        points=[PointPrompt(int(p.keyframe_index), float(p.x), float(p.y), float(p.score), bool(p.positive))
+                for p in msg.points],
+        frame_maps=stack(answer.frame_maps), video_maps=stack(answer.video_maps),
+        class_word=msg.class_word, attributes=list(msg.attributes), generated_text=msg.generated_text,
+        timings={str(k): float(v) for k, v in zip(msg.stage_names, msg.stage_seconds)})
+    result.validate()
+    return result
+
+
+def float_image_to_array(msg: Image) -> np.ndarray:
+    """A 32FC1 image message as an HxW float32 array (a copy)."""
+    from steerseg_ros.ros.image_conversion import ImageConversionError
+
+    if msg.encoding != "32FC1":
+        raise ImageConversionError("encoding", f"expected a 32FC1 map, got {msg.encoding!r}")
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    data = np.frombuffer(msg.data, dtype=">f4" if msg.is_bigendian else "<f4", count=height * step // 4)
+    return data.reshape(height, step // 4)[:, :width].astype(np.float32)
+
+
 def _float_image(values: np.ndarray, header: Header) -> Image:
     """A 32FC1 image message (array_to_image covers the 8-bit encodings only)."""
     values = np.ascontiguousarray(values, dtype=np.float32)

@@ -220,7 +220,7 @@ class LatestMailbox:
             self._item = None
 
 
-class _RosLogHandler(logging.Handler):
+class RosLogHandler(logging.Handler):
     """Forwards Python log records to an rclpy logger at the matching severity."""
 
     def __init__(self, ros_logger):
@@ -279,7 +279,7 @@ class SteerSegNode(LifecycleNode):
 
     def __init__(self, node_name: str = NODE_NAME, **kwargs):
         super().__init__(node_name, **kwargs)
-        self._log_handler = _RosLogHandler(self.get_logger())
+        self._log_handler = RosLogHandler(self.get_logger())
         core_logger = logging.getLogger("steerseg_ros")
         core_logger.addHandler(self._log_handler)
         if core_logger.level == logging.NOTSET:
@@ -501,7 +501,10 @@ class SteerSegNode(LifecycleNode):
         try:
             if not self._declare_backend_parameters(kind, name):
                 raise RuntimeError(f"the {kind} backend {name!r} cannot be loaded")
-            backend = make(name, self._backend_options(kind, name))
+            options = self._backend_options(kind, name)
+            if name == "remote" and not options.get("namespace"):
+                options["namespace"] = self.get_namespace()  # the grounder node beside this one
+            backend = make(name, options)
             self._backend_names[kind] = name
             return backend
         except Exception as e:
@@ -879,6 +882,9 @@ class SteerSegNode(LifecycleNode):
             out = dict(self._counts)
         if self._pipeline is not None:
             out.update({f"pipeline.{k}": v for k, v in self._pipeline.stats.items()})
+            status = getattr(self._pipeline.grounder, "status", None)
+            if status is not None:  # a grounder node's link (remote backend)
+                out.update(status())
         return out
 
     def _on_stats_timer(self) -> None:

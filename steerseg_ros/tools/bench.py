@@ -10,7 +10,10 @@ Sections (`--sections`, comma-separated; default all) and the goals the issues s
   of everything published), in this process without DDS; goal: overhead <= 10% of the step.
 - grounding_rate: the node as its own process over DDS, fed a camera at a fixed rate, with a
   command re-grounded periodically: the rate of published masks while a grounding runs, as a
-  share of the rate while none runs; goal: >= 90%.
+  share of the rate while none runs; goal: >= 90%. For each of `--grounding-setups`:
+  in_process (the tracker node grounds in a thread) and two_nodes (a grounder node in its own
+  process answers the tracker node's Ground requests: also the bytes and milliseconds per
+  request); and the time from the command to the first mask of the target.
 - memory: the node process's resident memory after 2,000 published masks minus after 200 (with
   re-grounding running); goal: < 20 MB.
 - tracker: the built-in tracker's J&F on DAVIS 2016 and its step time at 854x480; goal: <= 30 ms.
@@ -188,11 +191,12 @@ class NodeRun:
     """The node as its own process on a private ROS domain, plus this process as camera and
     recorder. Stops the node with SIGINT."""
 
-    def __init__(self, args: argparse.Namespace, params: dict[str, Any]):
+    def __init__(self, args: argparse.Namespace, params: dict[str, Any], grounder_node: bool = False):
         import rclpy
         import yaml
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.signals import SignalHandlerOptions
         from sensor_msgs.msg import Image
         from std_msgs.msg import String
@@ -207,13 +211,23 @@ class NodeRun:
         self.workdir.mkdir(parents=True, exist_ok=True)
         params_file = self.workdir / f"bench_params_{self.domain}.yaml"
         params_file.write_text(yaml.safe_dump({"/**/steerseg": {"ros__parameters": {
-            "autostart": True, "image_qos": "reliable", "stats_period_s": 5.0,
-            "grounder.backend": args.grounder, "tracker.backend": args.tracker, **params}}}))
+            "autostart": True, "image_qos": "reliable", "stats_period_s": 1.0,
+            "grounder.backend": "remote" if grounder_node else args.grounder, "tracker.backend": args.tracker,
+            **params}}}))
         self.log_path = self.workdir / f"bench_node_{self.domain}.log"
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen([sys.executable, "-m", "steerseg_ros.ros.node", "--ros-args",
                                          "--params-file", str(params_file)], env=env, stdout=self._log,
                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.grounder = None
+        if grounder_node:
+            grounder_file = self.workdir / f"bench_grounder_params_{self.domain}.yaml"
+            grounder_file.write_text(yaml.safe_dump({"/**/steerseg_grounder": {"ros__parameters": {
+                "autostart": True, "grounder.backend": args.grounder}}}))
+            self._grounder_log = open(self.workdir / f"bench_grounder_{self.domain}.log", "wb")
+            self.grounder = subprocess.Popen([sys.executable, "-m", "steerseg_ros.ros.grounder_node", "--ros-args",
+                                              "--params-file", str(grounder_file)], env=env, stdout=self._grounder_log,
+                                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self.context = rclpy.Context()
         rclpy.init(context=self.context, domain_id=self.domain, signal_handler_options=SignalHandlerOptions.NO)
         self.node = rclpy.create_node("steerseg_bench", context=self.context)
@@ -223,6 +237,8 @@ class NodeRun:
         self.lock = threading.Lock()
         self.arrivals: list[tuple[float, int, list[int]]] = []  # (time, stamp, track states)
         self.node.create_subscription(TrackArray, "tracks", self._on_tracks, reliable)
+        self.diagnostics: dict[str, str] = {}
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self._spinner = threading.Thread(target=self._spin, daemon=True)
@@ -240,6 +256,12 @@ class NodeRun:
         with self.lock:
             self.arrivals.append((time.monotonic(), stamp_to_ns(msg.header.stamp), [t.state for t in msg.tracks]))
 
+    def _on_diagnostics(self, msg) -> None:
+        for status in msg.status:
+            if status.name.startswith("steerseg:"):
+                with self.lock:
+                    self.diagnostics = {kv.key: kv.value for kv in status.values}
+
     def wait_up(self, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
         while self.images.get_subscription_count() == 0 or self.commands.get_subscription_count() == 0:
@@ -253,14 +275,17 @@ class NodeRun:
         return psutil.Process(self.process.pid).memory_info().rss / 2**20
 
     def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(2)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.terminate()
-                self.process.wait(5)
+        for process in (self.process, self.grounder):
+            if process is not None and process.poll() is None:
+                process.send_signal(2)
+                try:
+                    process.wait(20)
+                except subprocess.TimeoutExpired:
+                    process.terminate()
+                    process.wait(5)
         self._log.close()
+        if self.grounder is not None:
+            self._grounder_log.close()
         self.executor.shutdown(timeout_sec=2.0)
         self.node.destroy_node()
         self.context.try_shutdown()
@@ -307,22 +332,33 @@ class Camera:
 # ---- grounding rate ------------------------------------------------------------------------------
 @section("grounding_rate", requires=("rclpy",))
 def grounding_rate(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for setup in [x.strip() for x in args.grounding_setups.split(",") if x.strip()]:
+        if setup not in ("in_process", "two_nodes"):
+            raise ValueError(f"unknown grounding setup {setup!r}: in_process or two_nodes")
+        out[setup] = _grounding_rate(args, grounder_node=setup == "two_nodes")
+    return out
+
+
+def _grounding_rate(args: argparse.Namespace, grounder_node: bool) -> dict[str, Any]:
     from std_msgs.msg import String
 
     from steerseg_ros.pipeline import TrackState
 
     _, images, _ = load_sequence(args.data, args.sequence, args.frames)
-    run = NodeRun(args, {"pipeline.regrounding_period_s": args.regrounding_period})
+    run = NodeRun(args, {"pipeline.regrounding_period_s": args.regrounding_period}, grounder_node=grounder_node)
     try:
         run.wait_up()
         camera = Camera(run, images, args.camera_rate).start()
         time.sleep(0.5)
+        commanded = time.monotonic()
         run.commands.publish(String(data=command_for(args.data, args.sequence)))
         time.sleep(args.duration)
         camera.stop()
-        time.sleep(1.0)
+        time.sleep(1.5)
         with run.lock:
             arrivals = list(run.arrivals)
+            diagnostics = dict(run.diagnostics)
     finally:
         run.close()
     # Each gap between two published masks counts towards what the node was doing when the
@@ -346,11 +382,17 @@ def grounding_rate(args: argparse.Namespace) -> dict[str, Any]:
     rate_busy = busy_n / busy_s if busy_s else float("nan")
     rate_free = free_n / free_s if free_s else float("nan")
     share = rate_busy / rate_free if free_s and busy_s else float("nan")
-    return {"camera_fps": args.camera_rate, "seconds": args.duration, "frames_sent": camera.sent,
-            "masks_published": len(arrivals), "groundings_seen": groundings,
-            "seconds_grounding": round(busy_s, 2), "seconds_not_grounding": round(free_s, 2),
-            "mask_fps_while_grounding": round(rate_busy, 2), "mask_fps_otherwise": round(rate_free, 2),
-            "share_while_grounding": round(share, 4), "goal_share_at_least_90pct": bool(share >= 0.9)}
+    figures = {"camera_fps": args.camera_rate, "seconds": args.duration, "frames_sent": camera.sent,
+               "masks_published": len(arrivals), "groundings_seen": groundings,
+               "seconds_grounding": round(busy_s, 2), "seconds_not_grounding": round(free_s, 2),
+               "mask_fps_while_grounding": round(rate_busy, 2), "mask_fps_otherwise": round(rate_free, 2),
+               "share_while_grounding": round(share, 4), "goal_share_at_least_90pct": bool(share >= 0.9),
+               "command_to_first_mask_s": round(arrivals[first_track][0] - commanded, 3)}
+    if grounder_node:
+        figures.update({"request_kb": round(int(diagnostics.get("remote.last_request_bytes", 0)) / 1e3, 1),
+                        "request_ms": round(1e3 * float(diagnostics.get("remote.last_latency_s", "nan")), 1),
+                        "requests": int(diagnostics.get("remote.requests", 0))})
+    return figures
 
 
 # ---- memory --------------------------------------------------------------------------------------
@@ -407,6 +449,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tracker", default="builtin", help="tracker backend of the node sections")
     parser.add_argument("--camera-rate", type=float, default=30.0, help="frames per second fed to the node")
     parser.add_argument("--duration", type=float, default=40.0, help="seconds of camera for grounding_rate")
+    parser.add_argument("--grounding-setups", default="in_process,two_nodes",
+                        help="grounding_rate: in_process (grounding in a thread of the tracker node) and/or "
+                             "two_nodes (a grounder node in its own process)")
     parser.add_argument("--regrounding-period", type=float, default=2.0,
                         help="seconds between re-groundings in the node-process sections")
     parser.add_argument("--memory-start", type=int, default=200)

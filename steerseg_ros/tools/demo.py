@@ -51,8 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--direct", action="store_true", help="run the core pipeline in-process (no ROS)")
     parser.add_argument("--grounder", default="builtin", help="grounding backend")
     parser.add_argument("--tracker", default="builtin", help="tracking backend")
+    parser.add_argument("--grounding", choices=("node", "thread"), default="node",
+                        help="through the node: node: a grounder node in its own process (as the launch file "
+                             "starts it); thread: grounding in a thread of the tracker node")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="NAME=VALUE",
-                        help="a node parameter, e.g. pipeline.lost_timeout_s=2.0 or grounder.<field>=...")
+                        help="a node parameter, e.g. pipeline.lost_timeout_s=2.0 or grounder.<field>=... "
+                             "(grounder.* go to the grounder node when there is one)")
     parser.add_argument("--count", type=int, default=None, help="use only the first COUNT frames")
     parser.add_argument("--rate", type=float, default=10.0,
                         help="frames per second (stamps; through the node also the publishing rate)")
@@ -265,10 +269,23 @@ def run_node(args: argparse.Namespace, source: FrameSource, outputs: Outputs) ->
     spinner.start()
 
     workdir = Path(tempfile.mkdtemp(prefix="steerseg-demo-"))
-    params = {"autostart": True, "image_qos": "reliable", "grounder.backend": args.grounder,
-              "tracker.backend": args.tracker, "stats_period_s": 5.0, **parse_sets(args.sets)}
+    sets = parse_sets(args.sets)
+    grounder_sets = {k: v for k, v in sets.items() if k.startswith("grounder.")} if args.grounding == "node" else {}
+    params = {"autostart": True, "image_qos": "reliable",
+              "grounder.backend": "remote" if args.grounding == "node" else args.grounder,
+              "tracker.backend": args.tracker, "stats_period_s": 5.0,
+              **{k: v for k, v in sets.items() if k not in grounder_sets}}
     params_file = workdir / "params.yaml"
     params_file.write_text(yaml.safe_dump({"/**/steerseg": {"ros__parameters": params}}))
+    grounder = grounder_log = None
+    if args.grounding == "node":
+        grounder_file = workdir / "grounder_params.yaml"
+        grounder_file.write_text(yaml.safe_dump({"/**/steerseg_grounder": {"ros__parameters": {
+            "autostart": True, "grounder.backend": args.grounder, **grounder_sets}}}))
+        grounder_log = open(args.out / "grounder.log", "wb")
+        grounder = subprocess.Popen([sys.executable, "-m", "steerseg_ros.ros.grounder_node", "--ros-args",
+                                     "--params-file", str(grounder_file)], env=env, stdout=grounder_log,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     node_cmd = [sys.executable, "-m", "steerseg_ros.ros.node", "--ros-args"]
     defaults = _share_file("config", "steerseg.yaml")
     if defaults:
@@ -327,6 +344,9 @@ def run_node(args: argparse.Namespace, source: FrameSource, outputs: Outputs) ->
             _stop(player)
         _stop(node)
         node_log.close()
+        if grounder is not None:
+            _stop(grounder)
+            grounder_log.close()
         executor.shutdown(timeout_sec=2.0)
         recorder.destroy_node()
         context.try_shutdown()

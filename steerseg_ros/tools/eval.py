@@ -8,14 +8,24 @@ Backends and their options are chosen as the node's parameters choose them: `--g
 pipeline: {...}}`), and repeatable `--set SECTION.FIELD=VALUE` overrides it (sections grounder,
 tracker, pipeline, offline; nested fields with dots, e.g. `pipeline.keyframes.count=8`). Values
 are YAML scalars or lists. Outputs are described in steerseg_ros.evaluation.
+
+Sharded, for a job scheduler: `--shard K/N` (K in 1..N) evaluates every N-th video from the K-th
+and writes OUT/shards/K-of-N/; once all N have finished, `steerseg-eval --merge --out OUT` writes
+the tables of the whole run (the same as one unsharded run). Under `torchrun` each rank takes its
+shard from RANK and WORLD_SIZE by itself, the ranks meet at a barrier when done (torch.distributed,
+gloo: no GPU needed for it), and rank 0 merges:
+
+    torchrun --nproc-per-node 8 -m steerseg_ros.tools.eval --dataset ... --out OUT
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
 import itertools
 import logging
 import math
+import os
 import shlex
 import sys
 import time
@@ -28,7 +38,8 @@ from tqdm import tqdm
 
 from steerseg_ros import backends
 from steerseg_ros.datasets import ALIASES, DATASETS, DatasetError, open_dataset
-from steerseg_ros.evaluation import MODES, EvalConfig, Evaluator, summary_markdown
+from steerseg_ros.evaluation import (MODES, EvalConfig, Evaluator, merge_shards, parse_shard, shard_of,
+                                     summary_markdown)
 from steerseg_ros.offline import OfflineConfig
 from steerseg_ros.pipeline import PipelineConfig
 
@@ -173,9 +184,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         prog="steerseg-eval", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Datasets and the folder layouts they expect: see steerseg_ros/datasets.py.")
-    p.add_argument("--dataset", required=True, help=f"layout: one of {', '.join(names)}")
-    p.add_argument("--root", required=True, help="the dataset's folder")
+    p.add_argument("--dataset", help=f"layout: one of {', '.join(names)} (required unless --merge)")
+    p.add_argument("--root", help="the dataset's folder (required unless --merge)")
     p.add_argument("--out", required=True, help="output folder (created)")
+    p.add_argument("--shard", metavar="K/N", help="evaluate only shard K of N (K in 1..N; every N-th video); "
+                                                  "default under torchrun: RANK+1/WORLD_SIZE")
+    p.add_argument("--merge", action="store_true",
+                   help="merge the finished shards under --out into the whole run's tables, and stop")
+    p.add_argument("--merge-timeout-h", type=float, default=72.0,
+                   help="under torchrun: how long rank 0 waits at the final barrier for the other ranks")
     p.add_argument("--mode", choices=MODES, default="streaming",
                    help="streaming: frame by frame as the node runs (default); offline: the papers' "
                         "protocol (keyframes over the whole clip, propagation both ways)")
@@ -200,14 +217,70 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def torchrun_shard() -> Optional[tuple[int, int]]:
+    """(rank, world size) when started by torchrun (or any launcher that sets both), else None."""
+    try:
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    except (KeyError, ValueError):
+        return None
+    return (rank, world) if world > 1 and 0 <= rank < world else None
+
+
+def _selected(dataset, videos: Optional[list[str]], limit: int, shard: Optional[tuple[int, int]]):
+    """(index in the whole run, sample) for this run's samples: the first `limit` of the whole
+    run's samples, then this shard's videos among them."""
+    samples = enumerate(dataset.samples(videos))
+    if limit:
+        samples = itertools.islice(samples, limit)
+    if shard is None:
+        return samples
+    mine = shard_of(videos or dataset.videos(), *shard)
+    return ((i, s) for i, s in samples if s.video in mine)
+
+
+def _merge(out: str) -> int:
+    try:
+        report = merge_shards(out)
+    except (ValueError, OSError) as e:
+        print(f"steerseg-eval: {e}", file=sys.stderr)
+        return 2
+    print(summary_markdown(report.summary))
+    for name, path in report.files.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def _distributed(timeout_h: float):
+    """The torch.distributed group of a torchrun launch (gloo over the launcher's rendezvous),
+    used only for the final barrier; None where torch is not installed."""
+    try:
+        import torch
+        import torch.distributed as dist
+    except ImportError:
+        log.warning("torch is not installed: no barrier; run steerseg-eval --merge when every rank is done")
+        return None
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", timeout=datetime.timedelta(hours=timeout_h))
+    if torch.cuda.is_available():
+        # Each rank on its own GPU: a backend's device "cuda" then means the current one.
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+    return dist
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    if args.merge:
+        return _merge(args.out)
+    ranks = torchrun_shard()
     try:
+        if not args.dataset or not args.root:
+            raise ValueError("--dataset and --root are required (unless --merge)")
+        shard = parse_shard(args.shard) if args.shard else ranks
         dataset = open_dataset(args.dataset, args.root, args.split, args.meta)
         videos = [v for item in args.sequences for v in item.split(",") if v] or None
-        total = dataset.count(videos)
+        total = sum(1 for _ in _selected(dataset, videos, args.limit, shard))
         params = read_params_file(args.params) if args.params else {}
         params.update(parse_set(args.set))
         if args.keyframes is not None:
@@ -218,11 +291,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ValueError, DatasetError, OSError, ImportError, yaml.YAMLError) as e:
         print(f"steerseg-eval: {e}", file=sys.stderr)
         return 2
-    if args.limit:
-        total = min(total, args.limit)
-    if total == 0:
+    if total == 0 and shard is None:
         print("steerseg-eval: no samples to evaluate", file=sys.stderr)
         return 2
+    # Joined before the models load, so that a rank that fails to start is seen at once.
+    group = _distributed(args.merge_timeout_h) if ranks is not None else None
 
     t0 = time.perf_counter()
     try:
@@ -240,17 +313,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "pipeline": dataclasses.asdict(setup.pipeline), "offline": dataclasses.asdict(setup.offline),
         "backend_load_s": load_s, "command": shlex.join(["steerseg-eval", *(argv if argv is not None else sys.argv[1:])]),
     }
-    evaluator = Evaluator(dataset, grounder, tracker, out, config, describe)
-    samples = dataset.samples(videos)
-    if args.limit:
-        samples = itertools.islice(samples, args.limit)
+    evaluator = Evaluator(dataset, grounder, tracker, out, config, describe, shard)
     t0 = time.perf_counter()
     try:
         with tqdm(total=total, desc=f"{dataset.name} {args.mode}", unit="sample",
                   disable=args.no_progress, dynamic_ncols=True) as bar:
-            for sample in samples:
+            for index, sample in _selected(dataset, videos, args.limit, shard):
                 bar.set_postfix_str(sample.key[-40:], refresh=False)
-                evaluator.run_sample(sample)
+                evaluator.run_sample(sample, index)
                 scored = [r.jf for r in evaluator.rows if not math.isnan(r.j)]
                 if scored:
                     bar.set_postfix({"J&F": f"{100 * sum(scored) / len(scored):.1f}"}, refresh=False)
@@ -267,8 +337,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if report.summary["errors"]:
         print(f"steerseg-eval: {report.summary['errors']} sample(s) failed; see the error column of "
               f"{report.files['rows']}", file=sys.stderr)
-        return 1
-    return 0
+    code = 1 if report.summary["errors"] else 0
+    if group is not None:
+        group.barrier()  # every rank has written its shard
+        if ranks[0] == 0:
+            code = max(code, _merge(args.out))
+        group.destroy_process_group()
+    elif shard is not None:
+        print(f"steerseg-eval: shard {shard[0] + 1} of {shard[1]} done; once all are, "
+              f"run: steerseg-eval --merge --out {shlex.quote(args.out)}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":
