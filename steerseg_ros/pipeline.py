@@ -19,6 +19,7 @@ from typing import Optional
 import numpy as np
 
 from steerseg_ros import tracklets
+from steerseg_ros.config_checks import check_finite
 from steerseg_ros.buffer import NS_PER_S, Frame, FrameBuffer, KeyframeConfig, StampError
 from steerseg_ros.grounding.base import (MAX_COMMAND_CHARS, Grounder, GroundingError,
                                          GroundingResult, clean_command)
@@ -90,6 +91,7 @@ class PipelineConfig:
         "Ground in a worker thread (the node) or inline in `process` (offline tools).")})
 
     def validate(self) -> None:
+        check_finite(self)
         self.keyframes.validate()
         self.selection.validate()
         if self.buffer_size < max(2, self.keyframes.count):

@@ -38,6 +38,7 @@ from std_msgs.msg import Header, String
 from visualization_msgs.msg import MarkerArray
 
 from steerseg_ros import backends, render
+from steerseg_ros.config_checks import check_finite
 from steerseg_ros.grounding.base import GroundingError
 from steerseg_ros.msg import GroundingResult as GroundingResultMsg
 from steerseg_ros.msg import TrackArray
@@ -84,6 +85,7 @@ class NodeConfig:
         "the next configure.")})
 
     def validate(self) -> None:
+        check_finite(self)
         if self.image_transport not in ("raw", "compressed"):
             raise ValueError(f"image_transport must be raw or compressed, got {self.image_transport!r}")
         if self.image_qos not in ("sensor_data", "reliable"):
@@ -95,6 +97,7 @@ class NodeConfig:
 
 
 def _validate_markers(config: MarkerConfig) -> None:
+    check_finite(config, "markers.")
     if config.distance <= 0 or config.focal_length_px <= 0 or config.text_height <= 0:
         raise ValueError("markers.distance, markers.focal_length_px and markers.text_height must be > 0")
 
@@ -273,8 +276,13 @@ class SteerSegNode(LifecycleNode):
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.add_post_set_parameters_callback(lambda _params: self._params_dirty.set())
 
-        self._node_config = self._read_node_config()
-        self._markers = self._read_markers()
+        try:
+            self._node_config = self._read_node_config()
+            self._markers = self._read_markers()
+        except ValueError as e:  # a bad parameters file: say so and keep running; configure refuses
+            self._node_config, self._markers = NodeConfig(), MarkerConfig()
+            self._error = f"invalid parameters: {e}"
+            self.get_logger().error(f"{self._error}; configure fails until they are fixed")
         # /diagnostics exists in every lifecycle state, so a node stuck unconfigured says why.
         self._pub_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._start_stats_timer()
