@@ -53,6 +53,15 @@ class FrameRejected(ValueError):
         self.reason = reason
 
 
+class SeedRejected(ValueError):
+    """A seed mask was not used; `reason` is a short key for counting ("no_frame", "size",
+    "empty")."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
 @dataclass
 class PipelineConfig:
     """The streaming logic's settings; every field's help text is in its metadata (the node
@@ -224,6 +233,9 @@ class Pipeline:
         self._generation = 0
         self._last_stepped_seq = -1
         self._last_stamp_ns: Optional[int] = None
+        # Sequence number of the first frame after the last restart: an object started on an
+        # older frame belongs to the stream before it.
+        self._restart_seq = 0
         self._last_attempt_ns: Optional[int] = None
         self._job_running = False
         self._pending: Optional[_Job] = None
@@ -287,6 +299,7 @@ class Pipeline:
         if last is not None and (image.shape[0], image.shape[1]) != (last.height, last.width):
             log.warning("image size changed from %dx%d to %dx%d: starting over",
                         last.width, last.height, image.shape[1], image.shape[0])
+            self.stats["size_changes"] += 1
             self._restart()
         if self._last_stamp_ns is not None and stamp_ns <= self._last_stamp_ns:
             back_s = (self._last_stamp_ns - stamp_ns) / NS_PER_S
@@ -320,6 +333,9 @@ class Pipeline:
 
     def _restart(self) -> None:
         with self._lock:
+            latest = self.buffer.latest()
+            if latest is not None:
+                self._restart_seq = latest.seq + 1
             self._end_all_tracks()
             self.tracker.reset()
             self.buffer.clear()
@@ -384,19 +400,20 @@ class Pipeline:
         operator's selection): seeded on the buffered frame with `stamp_ns` (the newest when
         None) and caught up to the last processed frame. Call it from the thread that calls
         `process`. Returns the new track as it is on the last processed frame; it is in every
-        output from the next one on. Raises ValueError when no buffered frame has that stamp or
-        the mask is empty or of another size."""
+        output from the next one on. Raises SeedRejected (a ValueError) when no buffered frame
+        has that stamp ("no_frame") or the mask is of another size ("size") or empty ("empty")."""
         frame = self.buffer.latest()
         if stamp_ns is not None:
             frame = next((f for f in reversed(self.buffer.frames()) if f.stamp_ns == stamp_ns), None)
         if frame is None:
-            raise ValueError("no buffered frame to seed on" if stamp_ns is None else
-                             f"no buffered frame has stamp {stamp_ns / NS_PER_S:.6f} s")
+            raise SeedRejected("no_frame", "no buffered frame to seed on" if stamp_ns is None else
+                               f"no buffered frame has stamp {stamp_ns / NS_PER_S:.6f} s")
         mask = np.asarray(mask).astype(bool)
         if mask.shape != (frame.height, frame.width):
-            raise ValueError(f"seed mask is {mask.shape[::-1]}, the frame is {frame.width}x{frame.height}")
+            raise SeedRejected("size", f"seed mask is {'x'.join(map(str, mask.shape[::-1]))}, "
+                               f"the frame is {frame.width}x{frame.height}")
         if not mask.any():
-            raise ValueError("seed mask is empty")
+            raise SeedRejected("empty", "seed mask is empty")
         state = self.tracker.start(frame, mask=mask)
         self._catch_up(state, upto=None)
         with self._lock:
@@ -480,6 +497,11 @@ class Pipeline:
         never end. The locked pass then finishes through at most max_catch_up_frames frames."""
         gap = None
         while True:
+            if state.seq < self._restart_seq:
+                # The stream restarted (size change, time reset) while this object was chased:
+                # it belongs to frames that are gone, and its caller drops it (the generation
+                # changed). Not a gap the buffer could have held.
+                return
             limit = self._last_stepped_seq if upto is None else upto
             frames = [f for f in self.buffer.frames_after(state.seq) if f.seq <= limit]
             if not frames:
@@ -490,6 +512,8 @@ class Pipeline:
                     return
                 gap = len(frames)
             if frames[0].seq != state.seq + 1:
+                if state.seq < self._restart_seq:
+                    return  # restarted meanwhile (see above)
                 self.stats["catch_up_gaps"] += 1
                 log.warning("catch-up skipped %d frames that left the buffer: raise buffer_size",
                             frames[0].seq - state.seq - 1)
