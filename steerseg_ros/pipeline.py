@@ -610,9 +610,13 @@ class Pipeline:
         with self._lock:
             return self._job_running or self._pending is not None
 
-    def close(self) -> None:
+    def close(self, timeout: float = 30.0) -> bool:
+        """Stop the grounding worker, waiting at most `timeout` seconds for a grounding in
+        flight; False when it was still running then."""
         with self._lock:
             self._closed = True
             self._wake.notify_all()
         if self._worker is not None:
-            self._worker.join(timeout=30)
+            self._worker.join(timeout=timeout)
+            return not self._worker.is_alive()
+        return True
