@@ -171,6 +171,11 @@ class Recorder:
                 return {}
             return {kv.key: kv.value for kv in self.diagnostics[-1].values}
 
+    def level(self) -> Optional[int]:
+        """The level of the node's newest diagnostics status (DiagnosticStatus.OK, WARN, ...)."""
+        with self.lock:
+            return self.diagnostics[-1].level if self.diagnostics else None
+
     def node_error(self) -> str:
         """The node's error on /diagnostics (e.g. a backend that failed to load), or ""."""
         from diagnostic_msgs.msg import DiagnosticStatus
