@@ -220,10 +220,15 @@ class Recorder:
 
 def play_through_node(tmp_path: Path, domain: int, recorder: "Recorder", node_params: dict, frames: Path,
                       play_args: list[str], rate: float, configure_timeout: float = 60.0,
-                      until: Optional[Callable[[], bool]] = None, until_timeout: float = 60.0):
+                      until: Optional[Callable[[], bool]] = None, until_timeout: float = 60.0,
+                      play_timeout: float = 180.0, hold_while_grounding: bool = False):
     """Start the node with `node_params`, configure and activate it through its lifecycle
-    services (as launch or a lifecycle manager does), play `frames` with `steerseg-play`, wait
-    for the last frame's mask (and for `until`, when given), then stop the node.
+    services (as launch or a lifecycle manager does), play `frames` with `steerseg-play
+    --lockstep` (each frame once the previous one's mask came back, at most at `rate`: every
+    frame is processed however slow or busy the machine; with `hold_while_grounding` also each
+    grounding starts and ends on the same frames, and `node_params` should then set a short
+    stats_period_s, since the player learns that from /diagnostics), wait for the last frame's
+    mask (and for `until`, when given), then stop the node.
     Returns (manifest: index, name, stamp_ns per published frame; the node's log; its last
     /diagnostics counters)."""
     import json
@@ -236,10 +241,11 @@ def play_through_node(tmp_path: Path, domain: int, recorder: "Recorder", node_pa
         assert recorder.change_state("activate", timeout=30.0), f"activate failed:\n{node.text()[-3000:]}"
         manifest_path = tmp_path / "manifest.jsonl"
         play = Process(["steerseg-play", "--frames", str(frames), "--rate", str(rate),
-                        "--manifest", str(manifest_path), "--wait-subscribers", "20", *play_args],
+                        "--manifest", str(manifest_path), "--wait-subscribers", "20", "--lockstep",
+                        *(["--hold-while-grounding"] if hold_while_grounding else []), *play_args],
                        env, tmp_path / "play.log")
         try:
-            assert play.wait(120.0) == 0, f"steerseg-play failed:\n{play.text()[-3000:]}"
+            assert play.wait(play_timeout) == 0, f"steerseg-play failed:\n{play.text()[-3000:]}"
         finally:
             play.stop()
         manifest = [json.loads(line) for line in manifest_path.read_text().splitlines()]

@@ -280,6 +280,7 @@ class SteerSegNode(LifecycleNode):
         self._subs: list = []
         self._stats_timer = None
         self._frame_times: collections.deque[float] = collections.deque(maxlen=200)
+        self._last_stamp_ns = 0  # of the last processed frame
         self._last_summary = ""
 
         self._declare_static_parameters()
@@ -665,6 +666,7 @@ class SteerSegNode(LifecycleNode):
             self._reject(f"image.{e.reason}", str(e))
             return
         self._count("frames_processed")
+        self._last_stamp_ns = output.frame.stamp_ns
         self._apply_seeds(pipeline, output)
         self.publish_output(output, msg.header, rgb)
         self._frame_times.append(time.perf_counter() - start)
@@ -754,6 +756,10 @@ class SteerSegNode(LifecycleNode):
                   "grounder": self._backend_names["grounder"], "tracker": self._backend_names["tracker"]}
         if self._pipeline is not None:
             values["pipeline_state"] = self._pipeline.state.name
+            # With the last processed frame's stamp: a player in lockstep (steerseg-play
+            # --hold-while-grounding) waits until the grounding that frame started has ended.
+            values["grounding_running"] = str(self._pipeline.grounding_running()).lower()
+            values["last_frame_stamp_ns"] = str(self._last_stamp_ns)
             values["command"] = self._pipeline.command or ""
         times = list(self._frame_times)
         if times:
