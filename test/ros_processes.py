@@ -251,7 +251,7 @@ def play_through_node(tmp_path: Path, domain: int, recorder: "Recorder", node_pa
         manifest = [json.loads(line) for line in manifest_path.read_text().splitlines()]
         assert manifest, "steerseg-play published nothing"
         last = manifest[-1]["stamp_ns"]
-        assert wait_until(lambda: last in recorder.masks, 30.0), "no mask for the last frame"
+        assert wait_until(lambda: last in recorder.masks, 60.0), "no mask for the last frame"
         if until is not None:
             assert wait_until(until, until_timeout), f"{recorder.counters()}\n{node.text()[-3000:]}"
         counters = recorder.counters()
@@ -268,7 +268,7 @@ def check_missing_weights(tmp_path: Path, domain: int, recorder: "Recorder", kin
     node = start_node(ros_env(domain), tmp_path, {"stats_period_s": 0.5, kind: missing})
     try:
         assert not recorder.change_state("configure", timeout=60.0)
-        assert wait_until(lambda: model in recorder.node_error(), 20.0), \
+        assert wait_until(lambda: model in recorder.node_error(), 60.0), \
             f"no error on /diagnostics:\n{node.text()[-3000:]}"
         error = recorder.node_error()
         assert node.popen.poll() is None, "the node exited"
@@ -281,7 +281,7 @@ def check_missing_weights(tmp_path: Path, domain: int, recorder: "Recorder", kin
     try:
         assert recorder.change_state("configure", timeout=60.0), f"configure failed:\n{fallback.text()[-3000:]}"
         expected = f"builtin (fallback from {missing['backend']})"
-        assert wait_until(lambda: recorder.counters().get(kind) == expected, 20.0), recorder.counters()
+        assert wait_until(lambda: recorder.counters().get(kind) == expected, 60.0), recorder.counters()
     finally:
         assert fallback.stop() == 0
     return error

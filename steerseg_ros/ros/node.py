@@ -799,10 +799,10 @@ class SteerSegNode(LifecycleNode):
 def main(args: Optional[list[str]] = None) -> int:
     """Run the node until SIGINT or SIGTERM (exit code 0 for both); `autostart:=true`
     configures and activates it at once."""
-    # rclpy's own signal handler shuts the context down at once, while the processing thread
-    # may be publishing a frame ("publisher's context is invalid"), and it leaves SIGTERM to
-    # kill the process. Instead a signal only ends the loop below; the node then stops its
-    # threads, and the context goes down last.
+    # rclpy's own handler of SIGINT and SIGTERM shuts the context down at once, while the
+    # processing thread may be publishing a frame ("publisher's context is invalid") and a
+    # grounding may be running. Instead a signal only ends the loop below; the node then stops
+    # its threads, and the context goes down last.
     stop = threading.Event()
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
