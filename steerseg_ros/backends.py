@@ -11,6 +11,8 @@ import dataclasses
 import importlib
 from typing import Any, Mapping
 
+from steerseg_ros.config_checks import check_finite
+
 from steerseg_ros.grounding.base import Grounder
 from steerseg_ros.tracking.base import Tracker
 
@@ -50,6 +52,7 @@ def make_config(kind: str, name: str, options: Mapping[str, Any] | None = None):
     if unknown:
         raise ValueError(f"{kind} backend {name!r} has no option(s) {sorted(unknown)}; it has {sorted(fields)}")
     config = cfg_cls(**values)
+    check_finite(config)
     config.validate()
     return config
 

@@ -13,6 +13,8 @@ from typing import Optional, Sequence
 import cv2
 import numpy as np
 
+from steerseg_ros.config_checks import check_finite
+
 NS_PER_S = 1_000_000_000
 
 
@@ -56,6 +58,7 @@ class KeyframeConfig:
         "thumbnail, 0..255) is below this; 0 disables the check.")})
 
     def validate(self) -> None:
+        check_finite(self, "keyframes.")
         if self.count < 1:
             raise ValueError(f"keyframe count must be >= 1, got {self.count}")
         if self.window_s <= 0:

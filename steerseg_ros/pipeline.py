@@ -27,6 +27,7 @@ from typing import Optional
 import numpy as np
 
 from steerseg_ros import tracklets
+from steerseg_ros.config_checks import check_finite
 from steerseg_ros.buffer import NS_PER_S, Frame, FrameBuffer, KeyframeConfig, StampError
 from steerseg_ros.grounding.base import (MAX_COMMAND_CHARS, Grounder, GroundingError,
                                          GroundingResult, clean_command)
@@ -58,6 +59,15 @@ class TargetLimitError(ValueError):
 
 class FrameRejected(ValueError):
     """A frame was not processed; `reason` is a short key for counting."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+class SeedRejected(ValueError):
+    """A seed mask was not used; `reason` is a short key for counting ("no_frame", "size",
+    "empty")."""
 
     def __init__(self, reason: str, message: str):
         super().__init__(message)
@@ -105,6 +115,7 @@ class PipelineConfig:
         "Ground in a worker thread (the node) or inline in `process` (offline tools).")})
 
     def validate(self) -> None:
+        check_finite(self)
         self.keyframes.validate()
         self.selection.validate()
         if self.buffer_size < max(2, self.keyframes.count):
@@ -278,6 +289,9 @@ class Pipeline:
         # the worker, in the order they fell due (at most one per target).
         self._running: Optional[int] = None
         self._pending: dict[int, _Job] = {}
+        # Sequence number of the first frame after the last restart: an object started on an
+        # older frame belongs to the stream before it.
+        self._restart_seq = 0
         self._wake = threading.Condition(self._lock)
         self._closed = False
         self._worker: Optional[threading.Thread] = None
@@ -405,6 +419,7 @@ class Pipeline:
         if last is not None and (image.shape[0], image.shape[1]) != (last.height, last.width):
             log.warning("image size changed from %dx%d to %dx%d: starting over",
                         last.width, last.height, image.shape[1], image.shape[0])
+            self.stats["size_changes"] += 1
             self._restart()
         if self._last_stamp_ns is not None and stamp_ns <= self._last_stamp_ns:
             back_s = (self._last_stamp_ns - stamp_ns) / NS_PER_S
@@ -447,6 +462,9 @@ class Pipeline:
 
     def _restart(self) -> None:
         with self._lock:
+            latest = self.buffer.latest()
+            if latest is not None:
+                self._restart_seq = latest.seq + 1
             self._end_all_tracks()
             self.tracker.reset()
             self.buffer.clear()
@@ -527,19 +545,21 @@ class Pipeline:
         `process`. Returns the new track as it is on the last processed frame; it is in every
         output from the next one on. The track joins `target` (its groundings may then confirm
         or replace it); by default the one target followed, or none (target id 0: no grounding
-        ever touches it) when there are none or several. Raises ValueError when no buffered frame
-        has that stamp, the mask is empty or of another size, or `target` is not followed."""
+        ever touches it) when there are none or several. Raises SeedRejected (a ValueError) when
+        no buffered frame has that stamp ("no_frame") or the mask is of another size ("size") or
+        empty ("empty"), and ValueError when `target` is not followed."""
         frame = self.buffer.latest()
         if stamp_ns is not None:
             frame = next((f for f in reversed(self.buffer.frames()) if f.stamp_ns == stamp_ns), None)
         if frame is None:
-            raise ValueError("no buffered frame to seed on" if stamp_ns is None else
-                             f"no buffered frame has stamp {stamp_ns / NS_PER_S:.6f} s")
+            raise SeedRejected("no_frame", "no buffered frame to seed on" if stamp_ns is None else
+                               f"no buffered frame has stamp {stamp_ns / NS_PER_S:.6f} s")
         mask = np.asarray(mask).astype(bool)
         if mask.shape != (frame.height, frame.width):
-            raise ValueError(f"seed mask is {mask.shape[::-1]}, the frame is {frame.width}x{frame.height}")
+            raise SeedRejected("size", f"seed mask is {'x'.join(map(str, mask.shape[::-1]))}, "
+                               f"the frame is {frame.width}x{frame.height}")
         if not mask.any():
-            raise ValueError("seed mask is empty")
+            raise SeedRejected("empty", "seed mask is empty")
         if target is not None and target not in self._targets:
             raise ValueError(f"no target {target}")
         state = self.tracker.start(frame, mask=mask)
@@ -654,6 +674,11 @@ class Pipeline:
         never end. The locked pass then finishes through at most max_catch_up_frames frames."""
         gap = None
         while True:
+            if state.seq < self._restart_seq:
+                # The stream restarted (size change, time reset) while this object was chased:
+                # it belongs to frames that are gone, and its caller drops it (the generation
+                # changed). Not a gap the buffer could have held.
+                return
             limit = self._last_stepped_seq if upto is None else upto
             frames = [f for f in self.buffer.frames_after(state.seq) if f.seq <= limit]
             if not frames:
@@ -664,6 +689,8 @@ class Pipeline:
                     return
                 gap = len(frames)
             if frames[0].seq != state.seq + 1:
+                if state.seq < self._restart_seq:
+                    return  # restarted meanwhile (see above)
                 self.stats["catch_up_gaps"] += 1
                 log.warning("catch-up skipped %d frames that left the buffer: raise buffer_size",
                             frames[0].seq - state.seq - 1)
@@ -762,9 +789,13 @@ class Pipeline:
         with self._lock:
             return self._running is not None or bool(self._pending)
 
-    def close(self) -> None:
+    def close(self, timeout: float = 30.0) -> bool:
+        """Stop the grounding worker, waiting at most `timeout` seconds for a grounding in
+        flight; False when it was still running then."""
         with self._lock:
             self._closed = True
             self._wake.notify_all()
         if self._worker is not None:
-            self._worker.join(timeout=30)
+            self._worker.join(timeout=timeout)
+            return not self._worker.is_alive()
+        return True

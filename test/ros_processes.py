@@ -171,6 +171,11 @@ class Recorder:
                 return {}
             return {kv.key: kv.value for kv in self.diagnostics[-1].values}
 
+    def level(self) -> Optional[int]:
+        """The level of the node's newest diagnostics status (DiagnosticStatus.OK, WARN, ...)."""
+        with self.lock:
+            return self.diagnostics[-1].level if self.diagnostics else None
+
     def node_error(self) -> str:
         """The node's error on /diagnostics (e.g. a backend that failed to load), or ""."""
         from diagnostic_msgs.msg import DiagnosticStatus
@@ -216,10 +221,15 @@ class Recorder:
 def play_through_node(tmp_path: Path, domain: int, recorder: "Recorder", node_params: dict, frames: Path,
                       play_args: list[str], rate: float, configure_timeout: float = 60.0,
                       until: Optional[Callable[[], bool]] = None, until_timeout: float = 60.0,
+                      play_timeout: float = 180.0, hold_while_grounding: bool = False,
                       node_env: Optional[dict] = None):
     """Start the node with `node_params`, configure and activate it through its lifecycle
-    services (as launch or a lifecycle manager does), play `frames` with `steerseg-play`, wait
-    for the last frame's mask (and for `until`, when given), then stop the node.
+    services (as launch or a lifecycle manager does), play `frames` with `steerseg-play
+    --lockstep` (each frame once the previous one's mask came back, at most at `rate`: every
+    frame is processed however slow or busy the machine; with `hold_while_grounding` also each
+    grounding starts and ends on the same frames, and `node_params` should then set a short
+    stats_period_s, since the player learns that from /diagnostics), wait for the last frame's
+    mask (and for `until`, when given), then stop the node.
     Returns (manifest: index, name, stamp_ns per published frame; the node's log; its last
     /diagnostics counters). `node_env`: variables the node's process gets on top."""
     import json
@@ -232,16 +242,17 @@ def play_through_node(tmp_path: Path, domain: int, recorder: "Recorder", node_pa
         assert recorder.change_state("activate", timeout=30.0), f"activate failed:\n{node.text()[-3000:]}"
         manifest_path = tmp_path / "manifest.jsonl"
         play = Process(["steerseg-play", "--frames", str(frames), "--rate", str(rate),
-                        "--manifest", str(manifest_path), "--wait-subscribers", "20", *play_args],
+                        "--manifest", str(manifest_path), "--wait-subscribers", "20", "--lockstep",
+                        *(["--hold-while-grounding"] if hold_while_grounding else []), *play_args],
                        env, tmp_path / "play.log")
         try:
-            assert play.wait(120.0) == 0, f"steerseg-play failed:\n{play.text()[-3000:]}"
+            assert play.wait(play_timeout) == 0, f"steerseg-play failed:\n{play.text()[-3000:]}"
         finally:
             play.stop()
         manifest = [json.loads(line) for line in manifest_path.read_text().splitlines()]
         assert manifest, "steerseg-play published nothing"
         last = manifest[-1]["stamp_ns"]
-        assert wait_until(lambda: last in recorder.masks, 30.0), "no mask for the last frame"
+        assert wait_until(lambda: last in recorder.masks, 60.0), "no mask for the last frame"
         if until is not None:
             assert wait_until(until, until_timeout), f"{recorder.counters()}\n{node.text()[-3000:]}"
         counters = recorder.counters()
@@ -258,7 +269,7 @@ def check_missing_weights(tmp_path: Path, domain: int, recorder: "Recorder", kin
     node = start_node(ros_env(domain), tmp_path, {"stats_period_s": 0.5, kind: missing})
     try:
         assert not recorder.change_state("configure", timeout=60.0)
-        assert wait_until(lambda: model in recorder.node_error(), 20.0), \
+        assert wait_until(lambda: model in recorder.node_error(), 60.0), \
             f"no error on /diagnostics:\n{node.text()[-3000:]}"
         error = recorder.node_error()
         assert node.popen.poll() is None, "the node exited"
@@ -271,7 +282,7 @@ def check_missing_weights(tmp_path: Path, domain: int, recorder: "Recorder", kin
     try:
         assert recorder.change_state("configure", timeout=60.0), f"configure failed:\n{fallback.text()[-3000:]}"
         expected = f"builtin (fallback from {missing['backend']})"
-        assert wait_until(lambda: recorder.counters().get(kind) == expected, 20.0), recorder.counters()
+        assert wait_until(lambda: recorder.counters().get(kind) == expected, 60.0), recorder.counters()
     finally:
         assert fallback.stop() == 0
     return error

@@ -82,12 +82,17 @@ def test_through_the_node_gives_the_direct_masks(tmp_path, davis_root):
     seed = davis_root / "Annotations" / "480p" / SEQUENCE / f"{names[0]}.png"
     common = ["--frames", str(frames), "--count", str(FRAMES), "--seed-mask", str(seed), "--rate", "5"]
     assert demo.main(common + ["--direct", "--out", str(tmp_path / "direct")]) == 0
-    run = subprocess.run([sys.executable, "-m", "steerseg_ros.tools.demo", *common, "--out", str(tmp_path / "node")],
+    import ros_processes
+
+    # A domain from this run's range (STEERSEG_TEST_DOMAINS): another run's masks on the same
+    # domain would arrive as unmatched stamps.
+    domain = ["--domain-id", str(ros_processes.random_domain_id())]
+    run = subprocess.run([sys.executable, "-m", "steerseg_ros.tools.demo", *common, *domain, "--out", str(tmp_path / "node")],
                          capture_output=True, text=True, timeout=150)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     summary = json.loads((tmp_path / "node" / "summary.json").read_text())
     assert summary["mode"] == "node" and summary["unmatched_stamps"] == 0
-    assert summary["masks_received"] == FRAMES, summary
+    assert summary["masks_received"] == FRAMES, summary  # the player waits for each frame's mask
     assert _video_frames(tmp_path / "node" / "overlay.mp4")[0] == FRAMES
     direct, node = _masks(tmp_path / "direct", names), _masks(tmp_path / "node", names)
     # Frame 0's seed can reach the node just after its frame (then it is applied from frame 1,

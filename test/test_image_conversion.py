@@ -184,3 +184,55 @@ def test_stamps_round_trip():
         assert 0 <= stamp.nanosec < 1_000_000_000
         assert stamp_to_ns(stamp) == ns
     assert isinstance(header_at(5, "x"), Header)
+
+
+def _png_of_zeros(width, height):
+    """A valid greyscale PNG of zeros, built a row at a time (a 9000x9000 one is 80 kB; making
+    it with an encoder would allocate the whole image first)."""
+    import struct
+    import zlib
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    z = zlib.compressobj(9)
+    row = bytes(width + 1)  # filter byte 0, then the pixels
+    body = b"".join(z.compress(row) for _ in range(height)) + z.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+
+
+def _jpeg_claiming(width, height):
+    """A small real JPEG whose frame header (SOF0) claims another size."""
+    ok, data = cv2.imencode(".jpg", np.zeros((16, 16, 3), np.uint8))
+    data = bytearray(data.tobytes())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5:sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(data)
+
+
+@pytest.mark.parametrize("make", [lambda: _png_of_zeros(9000, 9000), lambda: _jpeg_claiming(9000, 9000)],
+                         ids=["png", "jpeg"])
+def test_huge_compressed_images_are_refused_from_their_header_without_decoding(make, monkeypatch):
+    """A 77 kB PNG of 9000x9000 pixels raised the node's memory by 300 MB before it was refused:
+    the size must come from the header, and the decoder must never run."""
+    import steerseg_ros.ros.image_conversion as conversion
+
+    data = make()
+    assert len(data) < 200_000
+    decoded = []
+    monkeypatch.setattr(conversion.cv2, "imdecode", lambda *a: decoded.append(a) or None)
+    msg = CompressedImage(format="png")
+    msg.data = data
+    with pytest.raises(ImageConversionError) as info:
+        compressed_to_rgb(msg)
+    assert info.value.reason == "too_large"
+    assert "9000x9000" in str(info.value)
+    assert not decoded, "the image was decoded before its size was checked"
+
+
+def test_a_small_handmade_png_still_decodes():
+    msg = CompressedImage(format="png")
+    msg.data = _png_of_zeros(40, 30)
+    out = compressed_to_rgb(msg)
+    assert out.shape == (30, 40, 3) and not out.any()

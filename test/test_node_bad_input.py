@@ -1,7 +1,8 @@
 """Bad input to the running node over real DDS: each kind (wrong encoding, zero-size image, data
-shorter than height x step, empty command, a 100 kB command, stamps jumping backwards) gives a
-logged rejection counted under its own reason on /diagnostics, and the node keeps publishing a
-mask for the next good frame. The node runs as its own process with the built-in backends and
+shorter than height x step, empty command, a 100 kB command, stamps jumping backwards, seed
+masks of the wrong size, empty or for a frame that never comes) gives a logged rejection counted
+under its own reason on /diagnostics, and the node keeps publishing a mask for the next good
+frame; an image size change is counted, and /diagnostics goes back to OK once rejections stop. The node runs as its own process with the built-in backends and
 `autostart` (no lifecycle manager); the test process is the other participant.
 """
 from __future__ import annotations
@@ -12,17 +13,19 @@ import pytest
 pytest.importorskip("rclpy", reason="needs the ROS 2 Python packages (scripts/setup_env.sh)")
 
 import ros_processes as rp  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticStatus  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
 from steerseg_ros.buffer import NS_PER_S  # noqa: E402
-from steerseg_ros.ros.image_conversion import rgb_to_image  # noqa: E402
+from steerseg_ros.ros.image_conversion import array_to_image, rgb_to_image  # noqa: E402
 from steerseg_ros.ros.messages import header_at  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.timeout(180)]
 
 H, W = 48, 64
-WAIT_S = 15.0
+WAIT_S = 60.0  # only a failing test waits this long: room for a slow, busy machine
+BUFFER_SIZE = 16
 
 
 class Session:
@@ -32,8 +35,10 @@ class Session:
         self.domain = rp.random_domain_id()
         self.recorder = rp.Recorder(self.domain)
         self.node = rp.start_node(rp.ros_env(self.domain), tmp_path, {
-            "autostart": True, "image_qos": "reliable", "stats_period_s": 0.25})
+            "autostart": True, "image_qos": "reliable", "stats_period_s": 0.25,
+            "pipeline": {"buffer_size": BUFFER_SIZE}})
         self.images = self.recorder.publisher(Image, "image")
+        self.seeds = self.recorder.publisher(Image, "seed_mask")
         self.commands = self.recorder.publisher(String, "command")
         self.next_stamp = 10 * NS_PER_S
         yy, xx = np.mgrid[0:H, 0:W]
@@ -64,7 +69,8 @@ def session(tmp_path_factory):
         assert s.recorder.counters().get("lifecycle") == "active", \
             f"the node did not come up active: {s.recorder.node_error()}\n{s.node.text()[-3000:]}"
         assert rp.wait_until(lambda: s.images.get_subscription_count() > 0
-                             and s.commands.get_subscription_count() > 0, WAIT_S)
+                             and s.commands.get_subscription_count() > 0
+                             and s.seeds.get_subscription_count() > 0, WAIT_S)
         assert s.send_good(), f"no mask for a good frame:\n{s.node.text()[-3000:]}"
         yield s
     finally:
@@ -128,14 +134,76 @@ def test_stamp_jumping_far_back_restarts_and_keeps_publishing(session):
     assert session.send_good()
 
 
+def _seed(stamp, mask):
+    return array_to_image((mask * 255).astype(np.uint8), "mono8", header_at(stamp, "camera"))
+
+
+def _square():
+    mask = np.zeros((H, W), bool)
+    mask[10:30, 20:40] = True
+    return mask
+
+
+@pytest.mark.parametrize("mask, reason", [
+    (np.ones((H + 2, W), bool), "seed.size"),
+    (np.zeros((H, W), bool), "seed.empty"),
+], ids=["wrong_size", "empty"])
+def test_bad_seed_masks_are_counted_under_their_own_reason(session, mask, reason):
+    assert session.send_good()
+    before = session.counter(f"rejected.{reason}")
+    session.seeds.publish(_seed(session.next_stamp, mask))
+    assert session.send_good()
+    assert session.wait_counter(f"rejected.{reason}", before + 1), session.recorder.counters()
+    assert session.counter("rejected.seed.no_frame") == 0
+
+
+def test_a_seed_whose_frame_never_comes_does_not_block_the_next_and_expires(session):
+    seeded = session.counter("seeds")
+    expired = session.counter("rejected.seed.expired")
+    session.seeds.publish(_seed(session.next_stamp + 3600 * NS_PER_S, _square()))  # an hour ahead
+    assert session.send_good()
+    good = session.stamp()
+    session.seeds.publish(_seed(good, _square()))
+    assert session.send_good(good)
+    assert session.wait_counter("seeds", seeded + 1), \
+        f"a seed for a frame that came was held up: {session.recorder.counters()}"
+    for _ in range(BUFFER_SIZE + 1):
+        assert session.send_good()
+    assert session.wait_counter("rejected.seed.expired", expired + 1), session.recorder.counters()
+    assert session.counter("seeds") == seeded + 1
+
+
+def test_an_image_size_change_is_counted(session):
+    before = session.counter("pipeline.size_changes")
+    bigger = np.zeros((H + 16, W + 16, 3), np.uint8)
+    stamp = session.stamp()
+    session.images.publish(rgb_to_image(bigger, "bgr8", header_at(stamp, "camera")))
+    assert rp.wait_until(lambda: stamp in session.recorder.masks, WAIT_S)
+    assert session.send_good()  # and back
+    assert session.wait_counter("pipeline.size_changes", before + 2), session.recorder.counters()
+
+
+def test_diagnostics_return_to_ok_once_rejections_stop(session):
+    """The level reflects the last few stats periods, not the life of the process."""
+    before = session.counter("rejected.command.empty")
+    session.commands.publish(String(data=""))
+    assert session.wait_counter("rejected.command.empty", before + 1)
+    assert rp.wait_until(lambda: session.recorder.level() == DiagnosticStatus.WARN, WAIT_S)
+    assert session.send_good()
+    assert rp.wait_until(lambda: session.recorder.level() == DiagnosticStatus.OK, 60.0), \
+        session.recorder.counters()
+
+
 def test_every_rejection_was_logged_and_the_node_exits_cleanly(session):
     # Runs last in this module: stop the node, then read everything it logged.
     assert session.send_good()
     assert session.node.stop() == 0
     log = session.node.text()
     for reason in ("image.encoding", "image.zero_size", "image.short_data", "command.empty",
-                   "command.too_long", "image.stamp"):
+                   "command.too_long", "image.stamp", "seed.size", "seed.empty", "seed.expired"):
         assert f"rejected ({reason})" in log, f"no log line for {reason}:\n{log[-3000:]}"
     assert "Traceback" not in log
+    # a size change and a time reset are no reason to raise buffer_size
+    assert "raise buffer_size" not in log
     # the 100 kB command is logged by its length, not in full
     assert "x" * 1000 not in log

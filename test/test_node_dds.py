@@ -2,8 +2,9 @@
 DAVIS 2016 sequence (and a command, or a first-frame seed mask), the node runs as its own process
 with the built-in backends, and the test process records the masks and tracks.
 
-Checked: every published mask carries the stamp of a real input frame, nearly every frame gets
-one, the target keeps one track id, and J&F against the ground truth is above a floor set from
+Checked: every published mask carries the stamp of a real input frame, every frame gets one
+(frames are played in lockstep with the node's answers, so this holds on a slow, busy machine),
+the target keeps one track id, and J&F against the ground truth is above a floor set from
 measurement (see FLOORS). The node is brought up through its lifecycle services, as launch or a
 lifecycle manager does.
 """
@@ -23,14 +24,14 @@ from steerseg_ros.pipeline import TrackState  # noqa: E402
 pytestmark = [pytest.mark.ros, pytest.mark.timeout(240)]
 
 RATE = 10.0
-# The command test plays slower: the built-in grounding (GrabCut candidates propagated over the
-# keyframes) takes about a second on an idle 2-core machine, and the track it starts is caught
-# up to the live frame; at 5 fps most of the clip is then tracked.
+# The command test holds the player while a grounding runs (ros_processes.play_through_node),
+# so the grounding starts and ends on the same frames however slow the machine is.
 COMMAND_RATE = 5.0
-# Measured with the built-in backends over DDS (command: J&F 0.24-0.28, seed: 0.705, on a loaded
-# 2-core machine); each floor sits well below the measured value so that a loaded CI machine
-# does not fail it, and well above what a broken node (no masks, masks on the wrong frames, a
-# lost track) scores.
+# Measured with the built-in backends over DDS, played in lockstep (command: J&F 0.352, seed:
+# 0.729, the same on a 2-core machine at load average 14 and with two more busy loops); each
+# floor sits well below the measured value so that another CPU or OpenCV build does not fail
+# it, and well above what a broken node (no masks, masks on the wrong frames, a lost track)
+# scores.
 FLOORS = {"command": 0.12, "seed": 0.45}
 COMMAND_SEQUENCE, COMMAND_FRAMES = "breakdance", 50
 SEED_SEQUENCE, SEED_FRAMES = "car-shadow", 30
@@ -59,7 +60,8 @@ def _check_stamps_and_ids(recorder, manifest, log=""):
         received = set(recorder.masks)
         track_msgs = list(recorder.tracks)
     assert received <= stamps, f"{len(received - stamps)} masks carry stamps of no input frame"
-    assert len(received) >= 0.9 * len(stamps), f"masks for only {len(received)} of {len(stamps)} frames"
+    # Played in lockstep (ros_processes.play_through_node): every frame is answered, on any machine.
+    assert received == stamps, f"masks for only {len(received)} of {len(stamps)} frames"
     from steerseg_ros.ros.messages import stamp_to_ns
 
     assert {stamp_to_ns(m.header.stamp) for m in track_msgs} <= stamps
@@ -76,8 +78,9 @@ def test_command_over_dds(tmp_path, domain, recorder, davis_root, davis_expressi
     command = next(e["exp"] for e in davis_expressions[COMMAND_SEQUENCE]["expressions"] if e["kind"] == "referring")
     names, _, gts = load_davis(davis_root, COMMAND_SEQUENCE, COMMAND_FRAMES)
     frames = davis_root / "JPEGImages" / "480p" / COMMAND_SEQUENCE
-    manifest, log, _ = rp.play_through_node(tmp_path, domain, recorder, {"stats_period_s": 1.0}, frames, [
-        "--count", str(COMMAND_FRAMES), "--command", command, "--command-at", "0"], COMMAND_RATE)
+    manifest, log, _ = rp.play_through_node(tmp_path, domain, recorder, {"stats_period_s": 0.1}, frames, [
+        "--count", str(COMMAND_FRAMES), "--command", command, "--command-at", "0"], COMMAND_RATE,
+        hold_while_grounding=True)
     assert [e["name"] for e in manifest] == names
     _check_stamps_and_ids(recorder, manifest, log)
     score = _score(recorder, manifest, names, gts)

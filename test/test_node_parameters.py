@@ -129,7 +129,7 @@ def test_pipeline_settings_change_on_the_fly(make_node):
                                    Parameter("pipeline.keyframes.window_s", value=1.5)])
     assert all(r.successful for r in results)
 
-    assert wait_until(lambda: node.pipeline.config.lost_timeout_s == 3.5, 5.0)
+    assert wait_until(lambda: node.pipeline.config.lost_timeout_s == 3.5, 30.0)
     assert node.pipeline.config.keyframes.window_s == 1.5
 
 
@@ -156,12 +156,54 @@ def test_publishers_exist_only_while_active_and_the_lifecycle_repeats(make_node)
 
     # The ROS graph learns about entities through discovery, even this node's own (and forgets
     # those of the previous test's node the same way): poll it.
-    assert wait_until(lambda: not topics & published(), 5.0), published()
+    assert wait_until(lambda: not topics & published(), 30.0), published()
     for _ in range(2):
         assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
         assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
-        assert wait_until(lambda: topics <= published(), 5.0), published()
+        assert wait_until(lambda: topics <= published(), 30.0), published()
         assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
-        assert wait_until(lambda: not topics & published(), 5.0), published()
+        assert wait_until(lambda: not topics & published(), 30.0), published()
         assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
         assert node.pipeline is None
+
+
+def _float_specs():
+    return [s for s in default_specs("builtin", "builtin")
+            if s.type in (Parameter.Type.DOUBLE.value, Parameter.Type.DOUBLE_ARRAY.value)]
+
+
+def test_every_float_parameter_refuses_nan_and_infinity(make_node):
+    """A NaN passes `x < 0` checks: with time_jump_reset_s NaN every frame after a bag loops
+    back was refused, with lost_timeout_s NaN a track could never be LOST. Every float parameter
+    (node, pipeline, markers, both built-in backends) refuses NaN, +inf and -inf when changed."""
+    node = make_node()
+    specs = _float_specs()
+    assert {"stats_period_s", "pipeline.lost_timeout_s", "pipeline.time_jump_reset_s",
+            "pipeline.keyframes.window_s"} <= {s.name for s in specs}
+    for spec in specs:
+        before = node.get_parameter(spec.name).value
+        for bad in (float("nan"), float("inf"), float("-inf")):
+            value = [bad] if spec.type == Parameter.Type.DOUBLE_ARRAY.value else bad
+            (result,) = node.set_parameters([Parameter(spec.name, value=value)])
+            assert not result.successful, f"{spec.name} = {bad} was accepted"
+            assert "finite" in result.reason, (spec.name, result.reason)
+            assert node.get_parameter(spec.name).value == before
+
+
+@pytest.mark.parametrize("name, value", [
+    ("pipeline.time_jump_reset_s", 1e300),
+    ("stats_period_s", 1e12),
+    ("pipeline.regrounding_period_s", 1e300),
+])
+def test_durations_beyond_any_timer_are_refused(make_node, name, value):
+    (result,) = make_node().set_parameters([Parameter(name, value=value)])
+    assert not result.successful and "at most" in result.reason
+
+
+@pytest.mark.parametrize("name", ["stats_period_s", "pipeline.time_jump_reset_s", "pipeline.keyframes.window_s",
+                                  "markers.distance", "tracker.colour_weight"])
+def test_a_non_finite_value_from_the_parameters_file_fails_configure_saying_which(make_node, name):
+    node = make_node(**{name: float("nan")})
+    assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
+    assert node.lifecycle_state == "unconfigured"
+    assert name.split(".")[-1] in node.error and "finite" in node.error

@@ -476,3 +476,47 @@ def test_an_answer_whose_keyframes_left_the_buffer_is_discarded_and_swaps_no_tra
     assert [t.id for t in out.tracks] == [1]
     assert np.array_equal(out.tracks[0].mask, first_mask)
     assert p.stats["tracks_replaced"] == 0
+@pytest.mark.parametrize("change", ["size", "time"])
+def test_a_restart_during_catch_up_is_counted_and_does_not_advise_raising_buffer_size(change, caplog):
+    """The stream restarts (the image size changes, or time jumps back) just as a grounded
+    object starts its catch-up: the object is dropped quietly. Before, the catch-up ran on over
+    the new stream's frames and logged "catch-up skipped N frames that left the buffer: raise
+    buffer_size", advice that is wrong there."""
+    grounder, tracker = PeakGrounder(), DiskTracker()
+    p = Pipeline(grounder, tracker, config(asynchronous=True, time_jump_reset_s=0.2))
+    gate, entered = threading.Event(), threading.Event()
+    catch_up = p._catch_up
+
+    def gated_catch_up(state, upto):
+        if upto is None:  # the worker's chase, after it checked that the command still holds
+            entered.set()
+            assert gate.wait(10)
+        return catch_up(state, upto)
+
+    p._catch_up = gated_catch_up
+    try:
+        feed = Feed(p)
+        p.set_command("the cup")
+        feed(3)  # grounding starts on the 3rd frame (seq 2)
+        assert entered.wait(10)
+        feed(3)  # the old stream goes on a little
+        first_new_seq = p.buffer.latest().seq + 1
+        shape = (H + 8, W, 3) if change == "size" else (H, W, 3)
+        for i in range(6):  # the new stream
+            stamp = (feed.i + i) / FPS if change == "size" else i / FPS
+            p.process(np.zeros(shape, np.uint8), int(stamp * NS_PER_S))
+        with caplog.at_level("WARNING", logger="steerseg_ros"):
+            gate.set()
+            deadline = time.monotonic() + 10
+            while p.grounding_running() and time.monotonic() < deadline:
+                time.sleep(0.01)
+        assert not p.grounding_running()
+        assert "raise buffer_size" not in caplog.text
+        assert p.stats["catch_up_gaps"] == 0
+        # the object of the old stream was not carried on over the new stream's frames
+        assert all(seq < first_new_seq for _, seq in tracker.advanced), tracker.advanced
+        assert p.stats["size_changes" if change == "size" else "time_resets"] == 1
+        assert p.stats["grounding_failures"] == 0
+    finally:
+        gate.set()
+        p.close()

@@ -10,7 +10,7 @@ import pytest
 
 from steerseg_ros.buffer import NS_PER_S, KeyframeConfig
 from steerseg_ros.grounding.base import Grounder
-from steerseg_ros.pipeline import Pipeline, PipelineConfig, PipelineState, TrackState
+from steerseg_ros.pipeline import Pipeline, PipelineConfig, PipelineState, SeedRejected, TrackState
 from steerseg_ros.tracking.base import MaskCandidate, ObjectMask, ObjectState, Tracker
 
 H, W = 40, 60
@@ -126,15 +126,17 @@ def test_a_command_replaces_seeded_tracks(pipeline):
     assert out.visible_tracks() == []
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(mask=square(1, 1), stamp_ns=stamp(99)), "no buffered frame"),
-    (dict(mask=np.ones((H, W + 1), bool)), "the frame is"),
-    (dict(mask=np.zeros((H, W), bool)), "empty"),
+@pytest.mark.parametrize("kwargs, message, reason", [
+    (dict(mask=square(1, 1), stamp_ns=stamp(99)), "no buffered frame", "no_frame"),
+    (dict(mask=np.ones((H, W + 1), bool)), "the frame is", "size"),
+    (dict(mask=np.zeros((H, W), bool)), "empty", "empty"),
 ])
-def test_bad_seeds_are_refused(pipeline, kwargs, message):
+def test_bad_seeds_are_refused(pipeline, kwargs, message, reason):
+    """Each kind of bad seed has its own reason key (the node counts them apart)."""
     feed(pipeline, 0, 2)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(SeedRejected, match=message) as info:
         pipeline.seed_mask(**kwargs)
+    assert info.value.reason == reason
     assert pipeline.state == PipelineState.IDLE
 
 

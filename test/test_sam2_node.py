@@ -30,15 +30,16 @@ def test_node_tracks_a_grounded_command_with_sam2(tmp_path, domain, recorder, ch
                                                   davis_expressions):
     command = next(e["exp"] for e in davis_expressions[SEQUENCE]["expressions"] if e["kind"] == "referring")
     frames = davis_root / "JPEGImages" / "480p" / SEQUENCE
-    params = {"stats_period_s": 0.5, "tracker": {"backend": "sam2", "model": str(checkpoint), "device": "cpu"},
+    params = {"stats_period_s": 0.1, "tracker": {"backend": "sam2", "model": str(checkpoint), "device": "cpu"},
               "pipeline": {"regrounding_period_s": 30.0, "lost_timeout_s": 30.0}}
     manifest, log, counters = rp.play_through_node(
         tmp_path, domain, recorder, params, frames,
-        ["--count", str(FRAMES), "--command", command, "--command-at", "0"], RATE, configure_timeout=120.0)
+        ["--count", str(FRAMES), "--command", command, "--command-at", "0"], RATE, configure_timeout=120.0,
+        hold_while_grounding=True)
     assert counters["tracker"] == "sam2"
     assert int(counters.get("pipeline.groundings", 0)) >= 1 and int(counters.get("pipeline.grounding_failures", 0)) == 0
     stamps = {e["stamp_ns"] for e in manifest}
-    assert set(recorder.masks) <= stamps and len(recorder.masks) >= 0.9 * len(stamps)
+    assert set(recorder.masks) == stamps  # played in lockstep: every frame answered
     with recorder.lock:
         tracks = [t for m in recorder.tracks for t in m.tracks]
     live = {t.id for t in tracks if t.state in (TrackState.TRACKING, TrackState.REGROUNDING, TrackState.LOST)}

@@ -14,6 +14,8 @@ import numpy as np
 from steerseg_ros.buffer import Frame
 
 MAX_COMMAND_CHARS = 1000
+# Every Unicode control character (category Cc: C0, DEL, C1) to a space.
+_CONTROL_TO_SPACE = {c: " " for c in (*range(0x20), *range(0x7F, 0xA0))}
 
 
 class GroundingError(RuntimeError):
@@ -26,13 +28,20 @@ class ModelUnavailableError(GroundingError):
 
 
 def clean_command(text: str, max_chars: int = MAX_COMMAND_CHARS) -> str:
-    """The command with surrounding white space removed and runs of white space folded.
-    Raises GroundingError for an empty command or one longer than `max_chars`."""
+    """The command with control characters (NUL, terminal escapes; Unicode category Cc) turned
+    into spaces, surrounding white space removed and runs of white space folded. Raises
+    GroundingError for an empty command, one longer than `max_chars`, or text that is not valid
+    Unicode (lone surrogates, which no message or tokenizer can encode)."""
     if not isinstance(text, str):
         raise GroundingError(f"command must be text, got {type(text).__name__}")
     if len(text) > max_chars:
         raise GroundingError(f"command is {len(text)} characters long; the limit is {max_chars}")
-    cleaned = " ".join(text.split())
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise GroundingError(f"command is not valid text: {e.reason} at character {e.start}") from None
+    # Control characters would reach the logs (a terminal obeys escape sequences) and the model.
+    cleaned = " ".join(text.translate(_CONTROL_TO_SPACE).split())
     if not cleaned:
         raise GroundingError("command is empty")
     return cleaned

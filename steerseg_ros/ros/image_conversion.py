@@ -14,8 +14,12 @@ from __future__ import annotations
 import array as _array
 from typing import Optional
 
+import io
+import warnings
+
 import cv2
 import numpy as np
+from PIL import Image as PILImage
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
@@ -39,6 +43,9 @@ COMPRESSED_FORMATS = {"jpeg": ".jpg", "png": ".png"}
 
 # A sanity bound on the pixel count: a corrupted header must not make us allocate gigabytes.
 MAX_PIXELS = 8192 * 8192
+# Pillow warns about images over its own limit (89 M pixels) when it reads their header; ours
+# (MAX_PIXELS, 67 M) is lower and refuses them with a counted rejection, so the warning is noise.
+warnings.filterwarnings("ignore", category=PILImage.DecompressionBombWarning)
 
 
 class ImageConversionError(ValueError):
@@ -152,11 +159,30 @@ def compressed_to_rgb(msg: CompressedImage) -> np.ndarray:
     data = np.frombuffer(msg.data, dtype=np.uint8)
     if data.size == 0:
         raise ImageConversionError("zero_size", "compressed image has no data")
+    # The size comes from the header before anything is decoded: a small PNG can hold a huge
+    # image (77 kB of zeros decode to 9000x9000 pixels, 243 MB).
+    width, height = compressed_size(data)
+    _check_header(height, width)
     decoded = cv2.imdecode(data, cv2.IMREAD_COLOR)
     if decoded is None:
         raise ImageConversionError("decode", f"could not decode {data.size} bytes as {msg.format or 'an image'}")
     _check_header(decoded.shape[0], decoded.shape[1])
     return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
+
+
+def compressed_size(data) -> tuple[int, int]:
+    """(width, height) of a PNG or JPEG from its header alone (nothing is decoded). Raises
+    ImageConversionError ("decode") for data that is neither."""
+    # Pillow's open() reads only the header (PNG: IHDR; JPEG: the markers up to the frame
+    # header); pixels are decoded only on load(), which is never called here.
+    try:
+        with PILImage.open(io.BytesIO(memoryview(data)), formats=("PNG", "JPEG")) as image:
+            return image.size
+    except PILImage.DecompressionBombError as e:  # over twice Pillow's own pixel limit
+        raise ImageConversionError("too_large", f"compressed image is too large: {e}") from e
+    except (OSError, ValueError, SyntaxError) as e:  # UnidentifiedImageError is an OSError
+        raise ImageConversionError(
+            "decode", f"{len(memoryview(data))} bytes are not a PNG or JPEG image ({type(e).__name__}: {e})") from e
 
 
 def rgb_to_compressed(rgb: np.ndarray, fmt: str = "jpeg", header: Optional[Header] = None,

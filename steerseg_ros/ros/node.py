@@ -29,12 +29,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
@@ -47,11 +46,13 @@ from visualization_msgs.msg import MarkerArray
 
 from steerseg_ros import backends, render
 from steerseg_ros.action import Follow
+from steerseg_ros.config_checks import check_finite
 from steerseg_ros.grounding.base import GroundingError, clean_command
 from steerseg_ros.msg import GroundingResult as GroundingResultMsg
 from steerseg_ros.msg import TrackArray
-from steerseg_ros.pipeline import FrameRejected, Pipeline, PipelineConfig, PipelineOutput, TargetLimitError
-from steerseg_ros.ros import parameters
+from steerseg_ros.pipeline import (FrameRejected, Pipeline, PipelineConfig, PipelineOutput, SeedRejected,
+                                   TargetLimitError)
+from steerseg_ros.ros import main_loop, parameters
 from steerseg_ros.ros.image_conversion import (ImageConversionError, array_to_image, compressed_to_rgb,
                                                image_to_array, image_to_rgb)
 from steerseg_ros.ros.messages import (MarkerConfig, grounding_to_msg, stamp_to_ns, tracks_to_markers,
@@ -72,6 +73,9 @@ BACKEND_KINDS = ("grounder", "tracker")
 _CHOICE_FIELDS = ("backend", "fallback_to_builtin")
 # How many seed masks may wait for their frame.
 MAX_PENDING_SEEDS = 4
+# /diagnostics says WARN while input was rejected within this many stats periods (not for the
+# rest of the process's life once anything was).
+DIAGNOSTICS_WINDOW_PERIODS = 6
 
 
 @dataclass
@@ -99,6 +103,7 @@ class NodeConfig:
         "on processed frames.")})
 
     def validate(self) -> None:
+        check_finite(self)
         if self.image_transport not in ("raw", "compressed"):
             raise ValueError(f"image_transport must be raw or compressed, got {self.image_transport!r}")
         if self.image_qos not in ("sensor_data", "reliable"):
@@ -112,6 +117,7 @@ class NodeConfig:
 
 
 def _validate_markers(config: MarkerConfig) -> None:
+    check_finite(config, "markers.")
     if config.distance <= 0 or config.focal_length_px <= 0 or config.text_height <= 0:
         raise ValueError("markers.distance, markers.focal_length_px and markers.text_height must be > 0")
 
@@ -248,6 +254,10 @@ class _Seed:
     stamp_ns: int  # 0: the newest frame
     mask: np.ndarray
     label: str
+    # Frames processed while it waited for its own. A seed whose frame never comes (a stamp in
+    # the future, another clock) expires after a buffer's worth of frames: by then a frame
+    # with its stamp would have left the buffer anyway.
+    frames_waited: int = 0
 
 
 @dataclass
@@ -288,6 +298,9 @@ class SteerSegNode(LifecycleNode):
         self._counts: collections.Counter = collections.Counter()
         self._counts_lock = threading.Lock()
         self._last_reject_log: dict[str, float] = {}
+        # Rejections + internal errors at each of the last diagnostics publications.
+        self._bad_history: collections.deque[int] = collections.deque([0], maxlen=DIAGNOSTICS_WINDOW_PERIODS + 1)
+        self._backend_errors: dict[tuple[str, str], str] = {}
         self._error: Optional[str] = None
         self._lifecycle = "unconfigured"
         self._pipeline: Optional[Pipeline] = None
@@ -301,6 +314,7 @@ class SteerSegNode(LifecycleNode):
         self._subs: list = []
         self._stats_timer = None
         self._frame_times: collections.deque[float] = collections.deque(maxlen=200)
+        self._last_stamp_ns = 0  # of the last processed frame
         self._last_summary = ""
         self._goals: dict[int, _Goal] = {}  # by target id
         self._goals_lock = threading.RLock()
@@ -311,8 +325,13 @@ class SteerSegNode(LifecycleNode):
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.add_post_set_parameters_callback(lambda _params: self._params_dirty.set())
 
-        self._node_config = self._read_node_config()
-        self._markers = self._read_markers()
+        try:
+            self._node_config = self._read_node_config()
+            self._markers = self._read_markers()
+        except ValueError as e:  # a bad parameters file: say so and keep running; configure refuses
+            self._node_config, self._markers = NodeConfig(), MarkerConfig()
+            self._error = f"invalid parameters: {e}"
+            self.get_logger().error(f"{self._error}; configure fails until they are fixed")
         # /diagnostics exists in every lifecycle state, so a node stuck unconfigured says why.
         self._pub_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._start_stats_timer()
@@ -339,7 +358,10 @@ class SteerSegNode(LifecycleNode):
                 self._declare_spec(spec)
             return True
         except Exception as e:  # an unknown name, a missing optional dependency
-            self.get_logger().error(f"cannot declare the parameters of {kind} backend {name!r}: {e}")
+            # Logged once: configure, which tries again, reports it in its own failure line.
+            if self._backend_errors.get((kind, name)) != str(e):
+                self.get_logger().error(f"cannot declare the parameters of {kind} backend {name!r}: {e}")
+            self._backend_errors[(kind, name)] = str(e)
             return False
 
     def _values(self, specs: list[parameters.ParamSpec]) -> dict[tuple[str, ...], Any]:
@@ -500,7 +522,7 @@ class SteerSegNode(LifecycleNode):
         make = backends.make_grounder if kind == "grounder" else backends.make_tracker
         try:
             if not self._declare_backend_parameters(kind, name):
-                raise RuntimeError(f"the {kind} backend {name!r} cannot be loaded")
+                raise RuntimeError(self._backend_errors.get((kind, name), "it cannot be loaded"))
             options = self._backend_options(kind, name)
             if name == "remote" and not options.get("namespace"):
                 options["namespace"] = self.get_namespace()  # the grounder node beside this one
@@ -573,10 +595,15 @@ class SteerSegNode(LifecycleNode):
         if self._lifecycle == "active":
             self._lifecycle = "inactive"
 
-    def _cleanup(self) -> None:
+    def _cleanup(self, grounding_wait_s: float = 30.0) -> None:
         if self._pipeline is not None:
             pipeline, self._pipeline = self._pipeline, None
-            pipeline.close()
+            if not pipeline.close(timeout=grounding_wait_s):
+                # Closing the backends under a running grounding could crash it; the process is
+                # about to end (close() at exit), which ends the worker thread with it.
+                self.get_logger().info("a grounding was still running: left to end with the process")
+                self._lifecycle = "unconfigured"
+                return
             for backend in (pipeline.grounder, pipeline.tracker):
                 try:
                     backend.close()
@@ -584,11 +611,13 @@ class SteerSegNode(LifecycleNode):
                     self.get_logger().warning(f"closing {type(backend).__name__}: {e}")
         self._lifecycle = "unconfigured"
 
-    def close(self) -> None:
-        """Stop everything (at process exit, whatever the lifecycle state)."""
+    def close(self, grounding_wait_s: float = 2.0) -> None:
+        """Stop everything (at process exit, whatever the lifecycle state): the processing
+        thread first, then the pipeline, waiting at most `grounding_wait_s` for a grounding in
+        flight (a model's grounding can take minutes on a CPU; exit must not wait for it)."""
         try:
             self._deactivate()
-            self._cleanup()
+            self._cleanup(grounding_wait_s)
         finally:
             logging.getLogger("steerseg_ros").removeHandler(self._log_handler)
 
@@ -643,6 +672,9 @@ class SteerSegNode(LifecycleNode):
         except ImageConversionError as e:
             self._reject(f"seed.{e.reason}", str(e))
             return
+        if not mask.any():
+            self._reject("seed.empty", "seed mask is empty")
+            return
         if len(self._seeds) >= MAX_PENDING_SEEDS:
             self._seeds.popleft()
             self._reject("seed.overflow", f"more than {MAX_PENDING_SEEDS} seed masks waiting; dropped the oldest")
@@ -678,21 +710,31 @@ class SteerSegNode(LifecycleNode):
             self._reject(f"image.{e.reason}", str(e))
             return
         self._count("frames_processed")
+        self._last_stamp_ns = output.frame.stamp_ns
         self._apply_seeds(pipeline, output)
         self.publish_output(output, msg.header, rgb)
         self._frame_times.append(time.perf_counter() - start)
 
     def _apply_seeds(self, pipeline: Pipeline, output: PipelineOutput) -> None:
-        """Seed tracks from waiting seed masks whose frame has been processed."""
-        while self._seeds:
-            seed = self._seeds[0]
-            if seed.stamp_ns > output.frame.stamp_ns:
-                return  # its frame has not arrived yet
-            self._seeds.popleft()
+        """Seed tracks from waiting seed masks whose frame has been processed; the others wait
+        (a seed whose frame is still to come does not hold up those behind it) until they
+        expire."""
+        # Only this thread takes seeds out; the executor thread may append meanwhile.
+        for _ in range(len(self._seeds)):
+            seed = self._seeds.popleft()
+            if seed.stamp_ns > output.frame.stamp_ns:  # its frame has not arrived yet
+                seed.frames_waited += 1
+                if seed.frames_waited > pipeline.config.buffer_size:
+                    self._reject("seed.expired", (
+                        f"no frame with the seed mask's stamp {seed.stamp_ns / 1e9:.6f} s arrived within "
+                        f"{pipeline.config.buffer_size} frames (newest {output.frame.stamp_ns / 1e9:.6f} s)"))
+                else:
+                    self._seeds.append(seed)
+                continue
             try:
                 view = pipeline.seed_mask(seed.mask, seed.stamp_ns or None, seed.label)
-            except ValueError as e:
-                self._reject("seed.no_frame", str(e))
+            except SeedRejected as e:
+                self._reject(f"seed.{e.reason}", str(e))
                 continue
             self._count("seeds")
             output.tracks.append(view)
@@ -900,16 +942,25 @@ class SteerSegNode(LifecycleNode):
     def _publish_diagnostics(self, counts: Optional[dict] = None) -> None:
         counts = self.counters() if counts is None else counts
         status = DiagnosticStatus(name=f"{self.get_name()}: pipeline", hardware_id=self.get_fully_qualified_name())
+        bad = sum(v for k, v in counts.items() if k.startswith("rejected.")) + counts.get("internal_errors", 0)
+        self._bad_history.append(bad)
+        recent = bad - self._bad_history[0]
         if self._error is not None:
             status.level, status.message = DiagnosticStatus.ERROR, self._error
-        elif any(k.startswith("rejected.") for k in counts) or counts.get("internal_errors"):
-            status.level, status.message = DiagnosticStatus.WARN, f"{self._lifecycle}; some input rejected"
+        elif recent:
+            status.level, status.message = DiagnosticStatus.WARN, (
+                f"{self._lifecycle}; {recent} input(s) rejected or failed in the last "
+                f"{len(self._bad_history) - 1} stats period(s)")
         else:
             status.level, status.message = DiagnosticStatus.OK, self._lifecycle
-        values = {"lifecycle": self._lifecycle,
+        values = {"lifecycle": self._lifecycle, "rejected_recently": recent,
                   "grounder": self._backend_names["grounder"], "tracker": self._backend_names["tracker"]}
         if self._pipeline is not None:
             values["pipeline_state"] = self._pipeline.state.name
+            # With the last processed frame's stamp: a player in lockstep (steerseg-play
+            # --hold-while-grounding) waits until the grounding that frame started has ended.
+            values["grounding_running"] = str(self._pipeline.grounding_running()).lower()
+            values["last_frame_stamp_ns"] = str(self._last_stamp_ns)
             values["command"] = self._pipeline.command or ""
         times = list(self._frame_times)
         if times:
@@ -947,26 +998,9 @@ class SteerSegNode(LifecycleNode):
 
 
 def main(args: Optional[list[str]] = None) -> int:
-    """Run the node until SIGINT; `autostart:=true` configures and activates it at once."""
-    rclpy.init(args=args)
-    node = None
-    executor = SingleThreadedExecutor()
-    try:
-        node = SteerSegNode()
-        executor.add_node(node)
-        if node.autostart and node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
-            node.trigger_activate()
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.close()
-            executor.remove_node(node)
-            node.destroy_node()
-        executor.shutdown()
-        rclpy.try_shutdown()
-    return 0
+    """Run the node until SIGINT or SIGTERM (exit code 0 for both; see ros/main_loop.py);
+    `autostart:=true` configures and activates it at once."""
+    return main_loop.run(SteerSegNode, SingleThreadedExecutor, args)
 
 
 if __name__ == "__main__":

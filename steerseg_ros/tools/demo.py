@@ -8,7 +8,8 @@ Writes OUT/overlay.mp4 (the overlay images, one per input frame) and OUT/masks/<
 its own value; all zeros where there is no mask). By default it goes through the real node and
 DDS: it starts the node and steerseg-play as processes on a private ROS domain (discovery on
 this machine only), records the `mask` and `overlay` topics, and matches them to input frames by
-stamp. --direct runs the core pipeline in this process instead, synchronously, with no ROS.
+stamp; the player waits for each frame's mask before it sends the next (steerseg-play
+--lockstep), so every frame gets one however busy the machine is. --direct runs the core pipeline in this process instead, synchronously, with no ROS.
 
 Owns the demo's orchestration and output writing; the node, the player and the pipeline are
 used as they are.
@@ -306,7 +307,7 @@ def run_node(args: argparse.Namespace, source: FrameSource, outputs: Outputs) ->
         play_cmd = [sys.executable, "-m", "steerseg_ros.tools.play",
                     "--frames" if args.frames else "--video", str(args.frames or args.video),
                     "--rate", str(args.rate), "--qos", "reliable", "--stamp-start", str(STAMP_START_S),
-                    "--wait-subscribers", "30", "--manifest", str(args.out / "manifest.jsonl")]
+                    "--wait-subscribers", "30", "--manifest", str(args.out / "manifest.jsonl"), "--lockstep"]
         if args.count is not None:
             play_cmd += ["--count", str(args.count)]
         if args.command is not None:
@@ -337,8 +338,8 @@ def run_node(args: argparse.Namespace, source: FrameSource, outputs: Outputs) ->
                        masks_received=len(outputs.masks), overlays_received=len(outputs.overlays),
                        unmatched_stamps=state["unknown"])
         if len(outputs.masks) < played:
-            summary["note"] = ("the node keeps only the newest frame and dropped some while busy; "
-                               "lower --rate to get a mask for every frame")
+            summary["note"] = ("some frames got no mask within steerseg-play's --answer-timeout; "
+                               f"see {args.out / 'node.log'}")
     finally:
         if player is not None and player.poll() is None:
             _stop(player)

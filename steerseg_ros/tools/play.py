@@ -5,7 +5,9 @@ sensor_msgs/Image (or CompressedImage for jpeg/png) at a fixed rate with increas
 optionally looping; a std_msgs/String command goes out at a given time, and optionally a seed
 mask (mono8, stamped with the first frame's stamp) for tracking without a command. A manifest
 (one JSON line per published frame: index, name, stamp_ns) lets a recorder match outputs to
-input frames by stamp.
+input frames by stamp. With --lockstep it publishes the next frame only once the node has
+answered the previous one (its mask came back), so every frame is processed however slow the
+machine is: for tests and evaluations, not for rate measurements (steerseg-bench).
 
     steerseg-play --frames DIR --rate 10 --command "the black swan" --command-at 1.0
 """
@@ -54,6 +56,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--linger", type=float, default=1.0,
                         help="seconds to stay up after the last message so reliable subscribers get everything")
     parser.add_argument("--manifest", type=Path, default=None, help="write one JSON line per published frame here")
+    parser.add_argument("--lockstep", action="store_true",
+                        help="publish the next frame only once the previous one's answer (a message with its "
+                             "stamp on --answer-topic) arrived, or --answer-timeout passed; --rate stays the "
+                             "fastest pace")
+    parser.add_argument("--answer-topic", default="mask", help="with --lockstep: the node's output to wait for")
+    parser.add_argument("--hold-while-grounding", action="store_true",
+                        help="with --lockstep: also wait, after each answer, until the node's /diagnostics say "
+                             "no grounding is running (needs the node's stats_period_s > 0; a small one is "
+                             "faster): a grounding then starts and ends on the same frames on any machine")
+    parser.add_argument("--answer-timeout", type=float, default=60.0,
+                        help="with --lockstep: seconds to wait for one frame's answer before going on")
     return parser
 
 
@@ -64,6 +77,63 @@ def _wait_for_subscribers(publishers, timeout: float) -> bool:
             return True
         time.sleep(0.05)
     return all(p.get_subscription_count() > 0 for p in publishers)
+
+
+class _Answers:
+    """The stamps of the messages the node published on one topic (its answers to frames),
+    received by spinning `node` while waiting."""
+
+    def __init__(self, node, topic: str):
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import Image
+
+        from steerseg_ros.ros.messages import stamp_to_ns
+
+        self._node = node
+        self._stamps: set[int] = set()
+        self._sub = node.create_subscription(
+            Image, topic, lambda m: self._stamps.add(stamp_to_ns(m.header.stamp)),
+            QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+        self._idle_after = -1  # the newest frame stamp the node reported with no grounding running
+        self._diagnostics = node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
+        self._executor = SingleThreadedExecutor(context=node.context)
+        self._executor.add_node(node)
+
+    def _on_diagnostics(self, msg) -> None:
+        for status in msg.status:
+            values = {kv.key: kv.value for kv in status.values}
+            if values.get("grounding_running") == "false" and "last_frame_stamp_ns" in values:
+                self._idle_after = max(self._idle_after, int(values["last_frame_stamp_ns"]))
+
+    def wait_idle(self, stamp_ns: int, timeout: float) -> bool:
+        """Until the node reports, after processing the frame at `stamp_ns`, that no grounding
+        is running."""
+        deadline = time.monotonic() + timeout
+        while self._idle_after < stamp_ns and time.monotonic() < deadline:
+            self._executor.spin_once(timeout_sec=0.05)
+        return self._idle_after >= stamp_ns
+
+    def wait_for_publisher(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self._sub.get_publisher_count() == 0 and time.monotonic() < deadline:
+            self._executor.spin_once(timeout_sec=0.05)
+        return self._sub.get_publisher_count() > 0
+
+    def wait_for(self, stamp_ns: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while stamp_ns not in self._stamps and time.monotonic() < deadline:
+            self._executor.spin_once(timeout_sec=0.05)
+        found = stamp_ns in self._stamps
+        self._stamps = {s for s in self._stamps if s > stamp_ns}  # bounded: older answers are done
+        return found
+
+    def close(self) -> None:
+        self._executor.remove_node(self._node)
+        self._executor.shutdown()
+        self._node.destroy_subscription(self._sub)
+        self._node.destroy_subscription(self._diagnostics)
 
 
 def play(args: argparse.Namespace, node) -> int:
@@ -96,6 +166,10 @@ def play(args: argparse.Namespace, node) -> int:
     publishers = [p for p in (image_pub, command_pub, seed_pub) if p is not None]
     if args.wait_subscribers > 0 and not _wait_for_subscribers(publishers, args.wait_subscribers):
         log.warning(f"no subscriber on some topic after {args.wait_subscribers:.1f} s; publishing anyway")
+    answers = _Answers(node, args.answer_topic) if args.lockstep else None
+    if answers is not None and not answers.wait_for_publisher(max(args.wait_subscribers, 1.0)):
+        log.warning(f"nothing publishes {node.resolve_topic_name(args.answer_topic)} after "
+                    f"{args.wait_subscribers:.1f} s; --lockstep waits for answers anyway")
 
     period_ns = int(round(1e9 / args.rate))
     start_ns = int(args.stamp_start * 1e9) if args.stamp_start is not None else time.time_ns()
@@ -129,6 +203,11 @@ def play(args: argparse.Namespace, node) -> int:
                 rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
                 msg = rgb_to_compressed(rgb, args.encoding, header) if compressed else rgb_to_image(rgb, args.encoding, header)
                 image_pub.publish(msg)
+                if answers is not None and not answers.wait_for(stamp_ns, args.answer_timeout):
+                    log.warning(f"no answer for the frame at {stamp_ns / 1e9:.6f} s within {args.answer_timeout:.0f} s")
+                elif answers is not None and args.hold_while_grounding and \
+                        not answers.wait_idle(stamp_ns, args.answer_timeout):
+                    log.warning(f"the node still grounds {args.answer_timeout:.0f} s after the frame at {stamp_ns / 1e9:.6f} s")
                 if manifest is not None:
                     manifest.write(json.dumps({"index": published, "name": name, "stamp_ns": stamp_ns}) + "\n")
                     manifest.flush()
@@ -144,6 +223,8 @@ def play(args: argparse.Namespace, node) -> int:
     finally:
         if manifest is not None:
             manifest.close()
+        if answers is not None:
+            answers.close()
     log.info(f"published {published} frames on {node.resolve_topic_name(topic)}")
     return published
 
