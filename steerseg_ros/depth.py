@@ -401,7 +401,8 @@ class EstimatorOptions:
     gap_min_m: float = 0.05         # ... and at least this
     empty_frac: float = 0.002       # a histogram bin with at most this share of the pixels counts as empty
     near_mode_frac: float = 0.3     # the nearest mode holding at least this share of the biggest one wins
-    fill_holes: bool = True         # no-return pixels inside the eroded mask count, on the inliers' plane
+    fill_holes: bool = True         # the object's pixels without usable depth count, on the inliers' plane
+    fill_holes_in_mask: bool = False  # no-return pixels count in the whole mask (else only in its eroded core)
     reject_edges: bool = False      # drop depth-edge pixels from the position too (not only from the mode)
     percentiles: Tuple[float, float] = (5.0, 95.0)
     max_pixels: int = 20000         # subsample bigger masks (a regular stride) to bound the cost
@@ -493,6 +494,15 @@ def _inliers(mask: np.ndarray, depth_m: np.ndarray, camera: CameraModel, opt: Es
         edge[:, :-1] |= ex
         edge[1:, :] |= ey
         edge[:-1, :] |= ey
+        # A flying pixel (a mixed return) jumps against every neighbour; a background pixel
+        # next to the object jumps only towards it.
+        smooth = np.zeros(d.shape, dtype=bool)
+        cx = dx <= np.minimum(thr[:, 1:], thr[:, :-1])
+        cy = dy <= np.minimum(thr[1:, :], thr[:-1, :])
+        smooth[:, 1:] |= cx
+        smooth[:, :-1] |= cx
+        smooth[1:, :] |= cy
+        smooth[:-1, :] |= cy
         sel = core & ~edge & (d > 0)  # NaN > 0 is False: holes drop out here
     ys, xs = np.nonzero(sel)
     if ys.size < opt.min_pixels:
@@ -546,7 +556,13 @@ def _inliers(mask: np.ndarray, depth_m: np.ndarray, camera: CameraModel, opt: Es
     n = int(ys.size)
     if n < opt.min_pixels:
         return None, f"too few depth inliers ({n} < {opt.min_pixels})", n
-    holes = core & np.isnan(d) if opt.fill_holes else None
+    holes = None
+    if opt.fill_holes:
+        # Pixels of the object with no usable depth: no return inside the mask's core, and
+        # flying pixels (behind the object's band and continuous with no neighbour: mixed
+        # returns along its silhouette, which on a thin part is most of it).
+        with np.errstate(invalid="ignore"):
+            holes = ((mk if opt.fill_holes_in_mask else core) & np.isnan(d)) | (mk & ~smooth & (d > zhi))
     n_holes = int(np.count_nonzero(holes)) if holes is not None else 0
     step = 1
     if n + n_holes > opt.max_pixels:
