@@ -401,3 +401,21 @@ def test_bench_depth3d_section(tmp_path, davis_root):
     assert bench.main(["--sections", "depth3d", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "b")]) == 0
     entry = json.loads((tmp_path / "b" / "bench.json").read_text())["sections"]["depth3d"]
     assert entry["status"] == "skipped" and "not found" in entry["reason"]
+
+
+def test_raw_depth_with_zeros_and_inf():
+    """A depth array not passed through depth_to_metres (zeros, inf, negatives for no return)
+    gives the same answer as its NaN form."""
+    obj = np.zeros((480, 640), bool)
+    obj[200:260, 250:330] = True
+    cam, depth, truth = flat_scene(obj)
+    rng = np.random.default_rng(1)
+    bad = rng.random(depth.shape) < 0.2
+    raw = depth.copy()
+    raw[bad] = rng.choice(np.array([0.0, np.inf, -1.0], np.float32), size=int(bad.sum()))
+    clean = depth.copy()
+    clean[bad] = np.nan
+    a, b = estimate_object_3d(obj, raw, cam), estimate_object_3d(obj, clean, cam)
+    assert a.valid and within_bound(a.position, truth)
+    np.testing.assert_allclose(a.position, b.position, atol=1e-6)
+    assert a.n_valid == b.n_valid
