@@ -4,6 +4,9 @@ tracks, grounding results and RViz markers out.
     ros2 launch steerseg_ros steerseg.launch.py camera_topic:=/camera/color/image_raw \
         command_topic:=/speech/command grounder:=builtin tracker:=builtin namespace:=robot
 
+With an RGB-D camera, also depth_topic (depth registered to the colour image) and
+camera_info_topic (the colour camera's CameraInfo); the README lists them for the usual drivers.
+
 The node is a lifecycle node. With autostart:=true (the default) this file configures it once
 the process is up and activates it once it is inactive, the usual launch_ros way (ChangeState
 events, the second one on the configuring -> inactive transition); with autostart:=false a
@@ -28,6 +31,8 @@ def generate_launch_description():
     namespace = LaunchConfiguration("namespace")
     camera_topic = LaunchConfiguration("camera_topic")
     command_topic = LaunchConfiguration("command_topic")
+    depth_topic = LaunchConfiguration("depth_topic")
+    camera_info_topic = LaunchConfiguration("camera_info_topic")
     params_file = LaunchConfiguration("params_file")
     autostart = LaunchConfiguration("autostart")
 
@@ -39,6 +44,11 @@ def generate_launch_description():
                                           "sibling is used when image_transport is compressed)"),
         DeclareLaunchArgument("command_topic", default_value="command",
                               description="std_msgs/String topic the language commands arrive on"),
+        DeclareLaunchArgument("depth_topic", default_value="depth",
+                              description="sensor_msgs/Image depth registered to the colour image "
+                                          "(16UC1 mm or 32FC1 m); nothing published there: 2D only"),
+        DeclareLaunchArgument("camera_info_topic", default_value="camera_info",
+                              description="sensor_msgs/CameraInfo of the colour camera (needed for 3D)"),
         DeclareLaunchArgument("params_file", default_value=os.path.join(share, "config", "steerseg.yaml"),
                               description="Parameters file (the node's section is /**/steerseg)"),
         DeclareLaunchArgument("grounder", default_value="builtin",
@@ -64,6 +74,8 @@ def generate_launch_description():
             ("image", camera_topic),
             ("image/compressed", [camera_topic, "/compressed"]),
             ("command", command_topic),
+            ("depth", depth_topic),
+            ("camera_info", camera_info_topic),
         ],
     )
 
