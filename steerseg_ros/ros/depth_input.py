@@ -19,7 +19,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-import cv2
 import numpy as np
 from sensor_msgs.msg import CameraInfo, Image
 
@@ -68,19 +67,16 @@ class DepthConfig:
 
 @dataclass
 class Frame3D:
-    """The 3D step's result on one colour frame: per track id its Object3D (valid or not), in
-    the optical frame `frame_id` (camera_info's), and what object_points needs."""
+    """The 3D step's result on one colour frame: per live track id its Object3D (valid or not,
+    with its inlier points when they were asked for), in the optical frame `frame_id`
+    (camera_info's)."""
 
     frame_id: str
     objects: dict[int, Any]
-    depth_m: np.ndarray
-    camera: Any  # depth3d.CameraModel at the depth image's resolution
-    masks: dict[int, np.ndarray]  # track id -> mask at the depth image's resolution
 
-    def object_points(self, max_points: int) -> dict[int, np.ndarray]:
-        """Each track with a valid estimate: its (N, 3) float32 points, N <= max_points."""
-        return {i: depth3d.object_points(self.masks[i], self.depth_m, self.camera, max_points)
-                for i, obj in self.objects.items() if obj.valid}
+    def object_points(self) -> dict[int, np.ndarray]:
+        """Each track with a valid estimate and points: its (N, 3) float32 points."""
+        return {i: obj.points for i, obj in self.objects.items() if obj.valid and obj.points is not None}
 
 
 def same_aspect(size: tuple[int, int], reference: tuple[int, int]) -> bool:
@@ -103,8 +99,8 @@ class DepthInput:
         self._pairer: Optional[depth3d.DepthPairer] = None
         self._camera: Optional[depth3d.CameraModel] = None
         self._camera_key: Any = None
-        self._scaled: dict[tuple[int, int], Any] = {}
         self._last_depth = -1e9  # time.monotonic() of the newest depth image
+        self._last_colour_ns: Optional[int] = None
         self._reported: dict[str, int] = {}
 
     def start(self, config: DepthConfig) -> None:
@@ -115,6 +111,7 @@ class DepthInput:
             self._pairer = depth3d.DepthPairer(int(round(config.pairing_tolerance_s * NS_PER_S)), config.queue_size)
             self._reported = {}
             self._last_depth = -1e9
+            self._last_colour_ns = None
 
     # ---- input ------------------------------------------------------------------------------
     def on_depth(self, msg: Image) -> None:
@@ -144,7 +141,7 @@ class DepthInput:
             self._reject("camera_info.invalid", f"camera_info unusable ({e}); 3D uses the last good one, if any")
             return
         with self._lock:
-            self._camera, self._camera_key, self._scaled = camera, key, {}
+            self._camera, self._camera_key = camera, key
         self._count("camera_info_changes")
 
     def _report_pairer(self) -> None:
@@ -172,12 +169,20 @@ class DepthInput:
         return {} if pairer is None else {f"depth.{k}": int(v) for k, v in dict(pairer.counters).items()}
 
     # ---- the 3D step ------------------------------------------------------------------------
-    def estimate(self, views: list[TrackView], stamp_ns: int, colour_size: tuple[int, int]) -> Optional[Frame3D]:
-        """The 3D of every live track on the colour frame `stamp_ns` of size (w, h); None when
-        this frame has no usable depth (it is published in 2D)."""
+    def estimate(self, views: list[TrackView], stamp_ns: int, colour_size: tuple[int, int],
+                 max_points: int = 0) -> Optional[Frame3D]:
+        """The 3D of every live track on the colour frame `stamp_ns` of size (w, h), with up to
+        `max_points` inlier points each when > 0; None when this frame has no usable depth (it
+        is published in 2D)."""
         pairer = self._pairer
         if pairer is None or self._last_depth < 0:
             return None  # no depth has arrived: the node runs as without depth
+        if self._last_colour_ns is not None and stamp_ns < self._last_colour_ns:
+            # The pipeline took a frame older than the last: its source restarted (a bag
+            # looping). The pairer would refuse the new stream's depth as too old: start it over.
+            pairer.clear()
+            self._count("depth_restarts")
+        self._last_colour_ns = stamp_ns
         arriving = time.monotonic() - self._last_depth < DEPTH_STALE_S
         item = pairer.take(stamp_ns, timeout_s=self.config.wait_s if arriving else 0.0)
         self._report_pairer()
@@ -203,24 +208,16 @@ class DepthInput:
         except ValueError as e:
             self._reject("depth.encoding", str(e))
             return None
-        camera = self._camera_at(camera, depth_size)
-        objects, masks = {}, {}
+        objects = {}
         for view in views:
             if view.state not in (TrackState.TRACKING, TrackState.REGROUNDING) or view.mask is None:
                 continue
-            mask = view.mask
-            if (mask.shape[1], mask.shape[0]) != depth_size:
-                mask = cv2.resize(mask.astype(np.uint8), depth_size, interpolation=cv2.INTER_NEAREST) > 0
-            masks[view.id] = mask
-            objects[view.id] = depth3d.estimate_object_3d(mask, depth_m, camera)
+            # The mask (colour size), depth and camera may differ in size at one aspect: the
+            # estimator samples the mask at the depth pixels and scales the camera to them.
+            try:
+                objects[view.id] = depth3d.estimate_object_3d(view.mask, depth_m, camera, max_points=max_points)
+            except ValueError as e:
+                self._reject("depth.size", str(e))
+                return None
         self._count("frames_3d")
-        return Frame3D(camera.frame_id, objects, depth_m, camera, masks)
-
-    def _camera_at(self, camera, size: tuple[int, int]):
-        if (camera.width, camera.height) == size:
-            return camera
-        with self._lock:
-            scaled = self._scaled.get(size)
-            if scaled is None:
-                scaled = self._scaled[size] = camera.scaled(*size)
-        return scaled
+        return Frame3D(camera.frame_id, objects)

@@ -133,7 +133,7 @@ def depth_array_to_image(depth: np.ndarray, header: Optional[Header] = None) -> 
     if header is not None:
         msg.header = header
     msg.is_bigendian = int(sys.byteorder == "big")
-    msg.data = _byte_array(depth)
+    msg.data = _byte_array(np.ascontiguousarray(depth).view(np.uint8))
     return msg
 
 

@@ -156,12 +156,12 @@ def write_default_params(path: str, grounder: str = "builtin", tracker: str = "b
 def output_messages(output: PipelineOutput, header: Header, rgb: np.ndarray, overlay_alpha: float = 0.5,
                     marker_config: Optional[MarkerConfig] = None, overlay: bool = True,
                     markers: bool = True, frame3d: Optional[Frame3D] = None,
-                    object_points_max: int = 0) -> list[tuple[str, Any]]:
+                    object_points: bool = False) -> list[tuple[str, Any]]:
     """The (topic, message) pairs the node publishes for one processed frame, all stamped with
     the frame's header: the label mask, the tracks, optionally the overlay and the markers, and
     the groundings that finished since the previous frame. With `frame3d` (the frame's 3D step)
     the tracks carry their 3D, the markers are drawn in 3D, and the active target goes out on
-    target_point (and every track's points on object_points when object_points_max > 0)."""
+    target_point (and the tracks' points on object_points when `object_points`)."""
     visible = output.visible_tracks()
     objects = frame3d.objects if frame3d is not None else {}
     camera_header = header_at(stamp_to_ns(header.stamp), frame3d.frame_id) if frame3d is not None else None
@@ -174,13 +174,13 @@ def output_messages(output: PipelineOutput, header: Header, rgb: np.ndarray, ove
     if markers:
         out.append(("markers", tracks_to_markers(visible, header, (rgb.shape[1], rgb.shape[0]), marker_config,
                                                  objects, camera_header)))
-    out += _messages_3d(visible, frame3d, camera_header, object_points_max)
+    out += _messages_3d(visible, frame3d, camera_header, object_points)
     out += [("grounding", grounding_to_msg(result)) for result in output.groundings]
     return out
 
 
 def _messages_3d(visible: list, frame3d: Optional[Frame3D], camera_header: Optional[Header],
-                 object_points_max: int) -> list[tuple[str, Any]]:
+                 object_points: bool) -> list[tuple[str, Any]]:
     """target_point (the active target, when one has a valid 3D estimate) and object_points."""
     if frame3d is None or camera_header is None:
         return []
@@ -188,9 +188,9 @@ def _messages_3d(visible: list, frame3d: Optional[Frame3D], camera_header: Optio
     target = active_target(visible, frame3d.objects)
     if target is not None:
         out.append(("target_point", target_point_msg(frame3d.objects[target.id], camera_header)))
-    if object_points_max > 0:
+    if object_points:
         live = {v.id for v in visible}
-        points = {i: p for i, p in frame3d.object_points(object_points_max).items() if i in live}
+        points = {i: p for i, p in frame3d.object_points().items() if i in live}
         out.append(("object_points", points_to_cloud(points, camera_header)))
     return out
 
@@ -695,7 +695,10 @@ class SteerSegNode(LifecycleNode):
     def _step_3d(self, output: PipelineOutput, header: Header, rgb: np.ndarray) -> Optional[Frame3D]:
         """The 3D of this frame's live tracks from its paired depth image (None: 2D only)."""
         start = time.perf_counter()
-        frame3d = self._depth.estimate(output.tracks, stamp_to_ns(header.stamp), (rgb.shape[1], rgb.shape[0]))
+        pub = self._pubs.get("object_points")
+        max_points = self._depth.config.object_points_max if pub is not None and pub.get_subscription_count() else 0
+        frame3d = self._depth.estimate(output.tracks, stamp_to_ns(header.stamp), (rgb.shape[1], rgb.shape[0]),
+                                       max_points)
         if frame3d is not None:
             self._depth_times.append(time.perf_counter() - start)
         return frame3d
@@ -724,12 +727,12 @@ class SteerSegNode(LifecycleNode):
         if not pubs:
             return
         draw_all = self._node_config.draw_unsubscribed
-        points = "object_points" in pubs and pubs["object_points"].get_subscription_count() > 0
         messages = output_messages(
             output, header, rgb, self._node_config.overlay_alpha, self._markers,
             overlay=draw_all or pubs["overlay"].get_subscription_count() > 0,
             markers=draw_all or pubs["markers"].get_subscription_count() > 0,
-            frame3d=frame3d, object_points_max=self._depth.config.object_points_max if points else 0)
+            frame3d=frame3d, object_points=frame3d is not None and any(
+                o.points is not None for o in frame3d.objects.values()))
         for topic, msg in messages:
             pubs[topic].publish(msg)
         self._count("groundings_published", len(output.groundings))

@@ -1,0 +1,292 @@
+"""Depth and 3D through the running node over real DDS: the node runs as its own process with the
+built-in backends; the test process publishes the synthetic RGB-D scene (steerseg_ros.
+synthetic_rgbd: a textured object moving 1-2 m in front of a wall, through a distorted camera,
+with depth noise, holes, flying pixels, and a seed mask spilling onto the wall) frame by frame,
+each frame once the previous one has been answered, and records tracks and target_point.
+
+Checked: the tracks' 3D positions and target_point against the scene's known truth; frames
+without depth (missing, or depth at half the colour rate) are still tracked and have 3D exactly
+where depth paired; bad depth and camera_info (wrong encoding, wrong size, no colour partner,
+K zero or NaN) are rejected, counted on /diagnostics and logged, and the node keeps publishing
+masks. Nothing here times anything: every step waits for the node's answer.
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+pytest.importorskip("rclpy", reason="needs the ROS 2 Python packages (scripts/setup_env.sh)")
+
+import ros_processes as rp  # noqa: E402
+from geometry_msgs.msg import PointStamped  # noqa: E402
+from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
+
+from steerseg_ros import depth as depth3d  # noqa: E402
+from steerseg_ros.buffer import NS_PER_S  # noqa: E402
+from steerseg_ros.pipeline import TrackState  # noqa: E402
+from steerseg_ros.ros.image_conversion import array_to_image, depth_array_to_image, rgb_to_image  # noqa: E402
+from steerseg_ros.ros.messages import header_at, stamp_to_ns  # noqa: E402
+from steerseg_ros.synthetic_rgbd import (CORRUPTIONS, SceneConfig, SyntheticRGBDScene, camera_info_fields,  # noqa: E402
+                                         default_camera)
+
+pytestmark = [pytest.mark.ros, pytest.mark.timeout(300)]
+
+W, H = 640, 480
+# The scene's path (1 m -> 2 m -> 1 m) over SCENE_FRAMES frames; the tests play SEGMENTS short
+# runs along it (slow enough for the built-in tracker to keep the object), each seeded with the
+# true mask on its first frame, so that the 3D is checked at depths from 1 to 2 m.
+SCENE_FRAMES, SEGMENTS, SEGMENT_LEN = 240, 6, 5
+SEGMENT_STARTS = [s * (SCENE_FRAMES // 2) // SEGMENTS for s in range(SEGMENTS)]
+WAIT_S = 30.0
+IMAGE_FRAME = "camera_color_frame"  # the images' frame_id; 3D must come in camera_info's
+CAMERA_FRAME = "camera_color_optical_frame"
+LIVE = (TrackState.TRACKING, TrackState.REGROUNDING)
+
+
+def camera_info_msg(camera, stamp_ns: int, **overrides) -> CameraInfo:
+    fields = {**camera_info_fields(camera), **overrides}
+    msg = CameraInfo(header=header_at(stamp_ns, fields.pop("frame_id")))
+    msg.width, msg.height = fields["width"], fields["height"]
+    msg.distortion_model = fields["distortion_model"]
+    msg.d, msg.k, msg.r, msg.p = fields["d"], fields["k"], fields["r"], fields["p"]
+    return msg
+
+
+class Session:
+    """The node process, the test's participant and its publishers, and what came back."""
+
+    def __init__(self, tmp_path):
+        self.domain = rp.random_domain_id()
+        self.recorder = rp.Recorder(self.domain)
+        self.node = rp.start_node(rp.ros_env(self.domain), tmp_path, {
+            "autostart": True, "image_qos": "reliable", "stats_period_s": 0.25,
+            # a generous wait, so that a loaded machine still pairs every depth image that was sent
+            "depth": {"qos": "reliable", "wait_s": 0.5}})
+        r = self.recorder
+        self.images = r.publisher(Image, "image")
+        self.depths = r.publisher(Image, "depth")
+        self.infos = r.publisher(CameraInfo, "camera_info")
+        self.seeds = r.publisher(Image, "seed_mask")
+        self.lock = threading.Lock()
+        self.targets: dict[int, PointStamped] = {}
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        r.node.create_subscription(PointStamped, "target_point", self._on_target,
+                                   QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
+        self.camera = default_camera(W, H, CAMERA_FRAME)
+        self.next_stamp = 1_000 * NS_PER_S
+
+    def _on_target(self, msg: PointStamped) -> None:
+        with self.lock:
+            self.targets[stamp_to_ns(msg.header.stamp)] = msg
+
+    def stamp(self) -> int:
+        self.next_stamp += NS_PER_S // 30
+        return self.next_stamp
+
+    def tracks_at(self, stamp: int):
+        with self.recorder.lock:
+            return next((m for m in reversed(self.recorder.tracks) if stamp_to_ns(m.header.stamp) == stamp), None)
+
+    def send(self, rgb, stamp: int, depth=None, info: bool = True, seed=None) -> object:
+        """Publish one frame (camera_info, depth, seed, colour) and wait for its tracks."""
+        if info:
+            self.infos.publish(camera_info_msg(self.camera, stamp))
+        if depth is not None:
+            self.depths.publish(depth if isinstance(depth, Image) else depth_array_to_image(depth, header_at(stamp, IMAGE_FRAME)))
+        if seed is not None:
+            self.seeds.publish(array_to_image((seed > 0).astype(np.uint8) * 255, "mono8", header_at(stamp, IMAGE_FRAME)))
+        self.images.publish(rgb_to_image(rgb, "bgr8", header_at(stamp, IMAGE_FRAME)))
+        assert rp.wait_until(lambda: self.tracks_at(stamp) is not None and stamp in self.recorder.masks, WAIT_S), \
+            f"no answer for the frame at {stamp}:\n{self.node.text()[-3000:]}"
+        return self.tracks_at(stamp)
+
+    def track_ids(self) -> set[int]:
+        with self.recorder.lock:
+            return {t.id for m in self.recorder.tracks for t in m.tracks}
+
+    def counter(self, key: str) -> int:
+        return int(self.recorder.counters().get(key, 0))
+
+    def wait_counter(self, key: str, at_least: int) -> bool:
+        return rp.wait_until(lambda: self.counter(key) >= at_least, WAIT_S)
+
+
+@pytest.fixture(scope="module")
+def scene():
+    """The frames the tests play, by scene index. Depth corrupted by noise, holes and flying
+    pixels; the seeds are the true masks (the tracker's masks bring their own errors)."""
+    config = SceneConfig(n_frames=SCENE_FRAMES, corruptions=tuple(c for c in CORRUPTIONS if c != "spill"))
+    s = SyntheticRGBDScene(config, default_camera(W, H, CAMERA_FRAME))
+    wanted = {i + k for i in SEGMENT_STARTS for k in range(SEGMENT_LEN)} | set(range(12))
+    return {i: s.frame(i) for i in sorted(wanted)}
+
+
+@pytest.fixture(scope="module")
+def session(tmp_path_factory):
+    s = Session(tmp_path_factory.mktemp("depth_dds"))
+    try:
+        rp.wait_until(lambda: s.recorder.counters().get("lifecycle") == "active" or s.recorder.node_error(), 60.0)
+        assert s.recorder.counters().get("lifecycle") == "active", \
+            f"the node did not come up active: {s.recorder.node_error()}\n{s.node.text()[-3000:]}"
+        assert rp.wait_until(lambda: all(p.get_subscription_count() > 0
+                                         for p in (s.images, s.depths, s.infos, s.seeds)), WAIT_S)
+        yield s
+    finally:
+        s.node.stop()
+        s.recorder.close()
+
+
+def _live(msg):
+    return [t for t in msg.tracks if t.state in LIVE]
+
+
+def _xyz(p) -> np.ndarray:
+    return np.array([p.x, p.y, p.z])
+
+
+def test_3d_follows_the_scene(session, scene):
+    """The seeded track's 3D against the scene's truth and against the core estimator on the
+    mask the node published with the depth sent for that frame (which fails if the node paired
+    another depth image, used another camera model, or mixed up the units); target_point is
+    the oldest live track's position, in camera_info's frame."""
+    camera = default_camera(W, H, CAMERA_FRAME)
+    rel, gt_rel, frames, with_track, exact = [], [], 0, 0, 0
+    for start in SEGMENT_STARTS:
+        seeded, known = None, session.track_ids()
+        for i in range(start, start + SEGMENT_LEN):
+            f = scene[i]
+            stamp = session.stamp()
+            frames += 1
+            msg = session.send(f.rgb, stamp, f.depth_mm, seed=f.mask_true if i == start else None)
+            assert msg.header.frame_id == IMAGE_FRAME
+            if seeded is None:  # the seed may come in after its frame: then it is applied on the next
+                seeded = max((t.id for t in msg.tracks if t.id not in known), default=None)
+            track = next((t for t in _live(msg) if t.id == seeded), None)
+            depth_m = depth3d.depth_to_metres(f.depth_mm, "16UC1")
+            gt = depth3d.estimate_object_3d(f.mask_true, depth_m, camera)
+            gt_rel.append(np.linalg.norm(np.array(gt.position) - f.position) / f.position[2])
+            if track is None:
+                continue
+            with_track += 1
+            assert track.has_position, f"frame {i}: no 3D on a paired frame"
+            assert track.position_frame_id == CAMERA_FRAME
+            p, lo, hi = _xyz(track.position), _xyz(track.extent_min), _xyz(track.extent_max)
+            assert np.all(lo <= p + 1e-6) and np.all(p <= hi + 1e-6), "position outside its extent"
+            assert track.depth_points > 0 and track.position_stderr > 0
+            rel.append(float(np.linalg.norm(p - f.position) / f.position[2]))
+            label = session.recorder.masks[stamp] == track.label_value
+            if label.sum() == track.mask_area:  # not painted over by another track
+                own = depth3d.estimate_object_3d(label, depth_m, camera)
+                assert np.allclose(_xyz(track.position), own.position, atol=1e-4), (i, p, own.position)
+                exact += 1
+            assert rp.wait_until(lambda: stamp in session.targets, WAIT_S), f"no target_point for frame {i}"
+            target = session.targets[stamp]
+            oldest = min((t for t in _live(msg) if t.has_position), key=lambda t: t.id)
+            assert target.header.frame_id == CAMERA_FRAME
+            assert np.allclose(_xyz(target.point), _xyz(oldest.position), atol=1e-6)
+    rel, gt_rel = np.array(rel), np.array(gt_rel)
+    print(f"3D over DDS at {W}x{H}: the seeded track on {with_track}/{frames} frames; position error / true "
+          f"depth: median {100 * np.median(rel):.2f}%, max {100 * rel.max():.2f}%, within 2% on "
+          f"{100 * np.mean(rel <= 0.02):.0f}% of them (the core estimator on the true masks: within 2% on "
+          f"{100 * np.mean(gt_rel <= 0.02):.0f}%); node == estimator on its published mask on {exact} frames")
+    assert with_track >= 0.9 * frames, f"the seeded track was live on only {with_track} of {frames} frames"
+    assert exact >= 0.5 * with_track
+    # Measured (see the closing note): median 1.6%, within 2% on 59% of the frames, max 8.3%,
+    # where the core estimator on the true masks is within 2% on 67%: the 2% / 95% goal is not
+    # reached yet (the estimator's, not the node's, as the comparison above shows). The bounds
+    # sit above the measurement and far below what a broken node gives: the wall behind the
+    # object (100% and more), millimetres read as metres (1000x).
+    assert np.median(rel) <= 0.03 and np.all(rel <= 0.15), f"3D errors / depth: {np.round(rel, 3)}"
+    assert session.counter("frames_3d") >= frames or session.wait_counter("frames_3d", frames)
+
+
+def test_missing_depth_and_depth_at_half_rate_track_on_in_2d(session, scene):
+    """No depth for a while, then depth on every other frame only: every frame is answered with
+    a live track, and the track has 3D exactly on the frames whose depth was sent."""
+    seeded = _seed(session, scene[0])
+    for i in range(1, 12):
+        f = scene[i]
+        with_depth = i >= 4 and i % 2 == 0  # frames 1-3 without depth at all, then every other
+        msg = session.send(f.rgb, session.stamp(), f.depth_mm if with_depth else None)
+        track = next((t for t in _live(msg) if t.id == seeded), None)
+        assert track is not None, f"frame {i}: the seeded track is not live"
+        assert track.has_position == with_depth, f"frame {i}: depth sent {with_depth}, has_position {track.has_position}"
+    assert session.counter("depth.colour_unpaired") > 0
+
+
+def _seed(session, f) -> int:
+    """Seed a track on frame `f` (with depth, sent again until the seed has been applied); the
+    new track's id."""
+    known = session.track_ids()
+    msg = session.send(f.rgb, session.stamp(), f.depth_mm, seed=f.mask_true)
+    for _ in range(3):
+        new = [t for t in msg.tracks if t.id not in known]
+        if new:
+            track = max(new, key=lambda t: t.id)
+            assert track.state in LIVE and track.has_position, track
+            return track.id
+        msg = session.send(f.rgb, session.stamp(), f.depth_mm)
+    raise AssertionError("the seed mask started no track")
+
+
+def _seeded_live_with_3d(msg, seeded: int) -> bool:
+    return any(t.id == seeded and t.has_position for t in _live(msg))
+
+
+def _depth_msg(array, stamp, encoding=None):
+    msg = depth_array_to_image(array, header_at(stamp, IMAGE_FRAME))
+    if encoding is not None:
+        msg.encoding = encoding
+    return msg
+
+
+@pytest.mark.parametrize("case", ["wrong_encoding", "wrong_size", "no_colour_partner", "k_zero", "k_nan"])
+def test_bad_depth_and_camera_info_are_rejected_and_masks_go_on(session, scene, case):
+    seeded = _seed(session, scene[0])
+    f = scene[1]
+    stamp = session.stamp()
+    if case == "wrong_encoding":
+        reason = "depth.encoding"
+        bad = _depth_msg(f.depth_mm, stamp, "8UC1")
+    elif case == "wrong_size":
+        reason = "depth.size"
+        bad = _depth_msg(np.full((100, 100), 1500, np.uint16), stamp)
+    elif case == "no_colour_partner":
+        reason = "depth.no_colour_partner"
+        bad = _depth_msg(f.depth_mm, stamp - 5 * NS_PER_S)  # seconds before frames already answered
+    else:
+        reason = "camera_info.invalid"
+        k = [0.0] * 9 if case == "k_zero" else [float("nan")] + list(session.camera.K.ravel()[1:])
+        bad = camera_info_msg(session.camera, stamp, k=k)
+    before = session.counter(f"rejected.{reason}")
+    if isinstance(bad, CameraInfo):
+        session.infos.publish(bad)
+        msg = session.send(f.rgb, stamp, f.depth_mm, info=False)
+    elif case == "no_colour_partner":  # a stale depth image, then this frame's own
+        session.depths.publish(bad)
+        msg = session.send(f.rgb, stamp, f.depth_mm)
+    else:  # this frame's depth is the bad one
+        session.depths.publish(bad)
+        msg = session.send(f.rgb, stamp)
+    assert session.wait_counter(f"rejected.{reason}", before + 1), session.recorder.counters()
+    assert stamp in session.recorder.masks  # this frame was answered all the same
+    if case in ("wrong_encoding", "wrong_size"):
+        assert not any(t.has_position for t in msg.tracks), "3D from a rejected depth image"
+    else:  # the depth of this frame was good; a bad camera_info is ignored (the last good one stays)
+        assert _seeded_live_with_3d(msg, seeded), msg.tracks
+    # the next good frame: a mask, and 3D again
+    f = scene[2]
+    assert _seeded_live_with_3d(session.send(f.rgb, session.stamp(), f.depth_mm), seeded)
+
+
+def test_rejections_were_logged_and_the_node_exits_cleanly(session, scene):
+    # Runs last in this module: stop the node, then read everything it logged.
+    f = scene[3]
+    session.send(f.rgb, session.stamp(), f.depth_mm)
+    assert session.node.stop() == 0
+    log = session.node.text()
+    for reason in ("depth.encoding", "depth.size", "depth.no_colour_partner", "camera_info.invalid"):
+        assert f"rejected ({reason})" in log, f"no log line for {reason}:\n{log[-3000:]}"
+    assert "Traceback" not in log
