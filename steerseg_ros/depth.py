@@ -401,7 +401,9 @@ class EstimatorOptions:
     gap_min_m: float = 0.05         # ... and at least this
     empty_frac: float = 0.002       # a histogram bin with at most this share of the pixels counts as empty
     near_mode_frac: float = 0.3     # the nearest mode holding at least this share of the biggest one wins
-    mad_k: float = 3.5              # inliers within this many robust sigmas of the mode's median depth
+    fill_holes: bool = True         # the object's pixels without usable depth count, on the inliers' plane
+    fill_holes_in_mask: bool = False  # no-return pixels count in the whole mask (else only in its eroded core)
+    reject_edges: bool = False      # drop depth-edge pixels from the position too (not only from the mode)
     percentiles: Tuple[float, float] = (5.0, 95.0)
     max_pixels: int = 20000         # subsample bigger masks (a regular stride) to bound the cost
     min_pixels: int = 10            # fewer valid inliers: invalid
@@ -492,6 +494,15 @@ def _inliers(mask: np.ndarray, depth_m: np.ndarray, camera: CameraModel, opt: Es
         edge[:, :-1] |= ex
         edge[1:, :] |= ey
         edge[:-1, :] |= ey
+        # A flying pixel (a mixed return) jumps against every neighbour; a background pixel
+        # next to the object jumps only towards it.
+        smooth = np.zeros(d.shape, dtype=bool)
+        cx = dx <= np.minimum(thr[:, 1:], thr[:, :-1])
+        cy = dy <= np.minimum(thr[1:, :], thr[:-1, :])
+        smooth[:, 1:] |= cx
+        smooth[:, :-1] |= cx
+        smooth[1:, :] |= cy
+        smooth[:-1, :] |= cy
         sel = core & ~edge & (d > 0)  # NaN > 0 is False: holes drop out here
     ys, xs = np.nonzero(sel)
     if ys.size < opt.min_pixels:
@@ -530,24 +541,65 @@ def _inliers(mask: np.ndarray, depth_m: np.ndarray, camera: CameraModel, opt: Es
     mass = csum[ends + 1] - csum[starts]
     pick = int(np.flatnonzero(mass >= opt.near_mode_frac * mass.max())[0])
     lo, hi = starts[pick], ends[pick]
-    in_mode = (idx >= lo) & (idx <= hi)
-    zm = z[in_mode]
-    med = float(np.median(zm))
-    mad = float(np.median(np.abs(zm - med)))
-    sigma = 1.4826 * mad
-    band = max(opt.mad_k * sigma, b)
-    keep = in_mode & (np.abs(z - med) <= band)
-    n = int(np.count_nonzero(keep))
+    # Widened by half a gap: the eroded core may not reach the depths of the mask's thin parts.
+    half_gap = 0.5 * gap_bins * b
+    zlo, zhi = zmin + lo * b - half_gap, zmin + (hi + 1) * b + half_gap
+
+    # The position uses every valid mask pixel in that depth band, not only the eroded core's:
+    # erosion eats thin parts (a neck, a handle) and would pull the median off the visible
+    # surface's centre. Spill onto the background and most flying pixels fall outside the band.
+    with np.errstate(invalid="ignore"):
+        sel = mk & (d >= zlo) & (d <= zhi)
+        if opt.reject_edges:
+            sel &= ~edge
+    ys, xs = np.nonzero(sel)
+    n = int(ys.size)
     if n < opt.min_pixels:
         return None, f"too few depth inliers ({n} < {opt.min_pixels})", n
-
+    holes = None
+    if opt.fill_holes:
+        # Pixels of the object with no usable depth: no return inside the mask's core, and
+        # flying pixels (behind the object's band and continuous with no neighbour: mixed
+        # returns along its silhouette, which on a thin part is most of it).
+        with np.errstate(invalid="ignore"):
+            holes = ((mk if opt.fill_holes_in_mask else core) & np.isnan(d)) | (mk & ~smooth & (d > zhi))
+    n_holes = int(np.count_nonzero(holes)) if holes is not None else 0
+    step = 1
+    if n + n_holes > opt.max_pixels:
+        # One stride for depth pixels and holes alike keeps their shares (the median weighs them).
+        step = int(math.ceil((n + n_holes) / opt.max_pixels))
+        ys, xs = ys[::step], xs[::step]
+        n = int(ys.size)
+    z = d[ys, xs]
+    ys, xs = ys + y0, xs + x0
     rx, ry = camera.rays()
-    ys, xs, z = ys[keep] + y0, xs[keep] + x0, z[keep]
     pts = np.empty((n, 3), dtype=np.float32)
     pts[:, 0] = rx[ys, xs] * z
     pts[:, 1] = ry[ys, xs] * z
     pts[:, 2] = z
-    return pts, "", n
+    filled = _fill_holes(holes, step, x0, y0, rx, ry, pts) if n_holes else None
+    return (pts, filled), "", n
+
+
+def _fill_holes(holes, step, x0, y0, rx, ry, pts):
+    """Points for the no-return pixels inside the mask's (eroded) core, on the plane fitted to
+    the inliers: a hole over part of the object would otherwise pull the median towards the
+    part that has depth."""
+    hy, hx = np.nonzero(holes)
+    hy, hx = hy[::step] + y0, hx[::step] + x0
+    # Z = a + b x + c y over the normalised rays (x, y) = (X/Z, Y/Z): least squares.
+    xs_n = pts[:, 0] / pts[:, 2]
+    ys_n = pts[:, 1] / pts[:, 2]
+    A = np.stack([np.ones_like(xs_n), xs_n, ys_n], axis=1).astype(np.float64)
+    coef, *_ = np.linalg.lstsq(A, pts[:, 2].astype(np.float64), rcond=None)
+    hx_n, hy_n = rx[hy, hx], ry[hy, hx]
+    z = coef[0] + coef[1] * hx_n + coef[2] * hy_n
+    z = np.clip(z, pts[:, 2].min(), pts[:, 2].max()).astype(np.float32)
+    out = np.empty((hy.size, 3), dtype=np.float32)
+    out[:, 0] = hx_n * z
+    out[:, 1] = hy_n * z
+    out[:, 2] = z
+    return out
 
 
 def estimate_object_3d(mask: np.ndarray, depth_m: np.ndarray, camera: CameraModel,
@@ -568,10 +620,11 @@ def estimate_object_3d(mask: np.ndarray, depth_m: np.ndarray, camera: CameraMode
     opt = options or EstimatorOptions()
     if overrides:
         opt = EstimatorOptions(**{**opt.__dict__, **overrides})
-    pts, reason, n = _inliers(mask, depth_m, camera, opt)
-    if pts is None:
+    found, reason, n = _inliers(mask, depth_m, camera, opt)
+    if found is None:
         return _invalid(reason, n)
-    pos = np.median(pts, axis=0)
+    pts, filled = found
+    pos = np.median(pts if filled is None else np.concatenate([pts, filled]), axis=0)
     lo, hi = np.percentile(pts, opt.percentiles, axis=0)
     sigma = 1.4826 * np.median(np.abs(pts - pos), axis=0)
     # Standard error of a median: sqrt(pi/2) sigma / sqrt(n) per axis.
@@ -598,10 +651,10 @@ def object_points(mask: np.ndarray, depth_m: np.ndarray, camera: CameraModel, ma
     (0, 3) when there are none."""
     if max_points < 1:
         raise ValueError(f"max_points must be >= 1, got {max_points}")
-    pts, _, _ = _inliers(mask, depth_m, camera, options or EstimatorOptions())
-    if pts is None:
+    found, _, _ = _inliers(mask, depth_m, camera, options or EstimatorOptions())
+    if found is None:
         return np.zeros((0, 3), dtype=np.float32)
-    return _downsample(pts, max_points)
+    return _downsample(found[0], max_points)
 
 
 def check_depth_size(camera: CameraModel, width: int, height: int) -> None:
