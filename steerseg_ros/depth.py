@@ -537,7 +537,12 @@ def _inliers(mask: np.ndarray, depth_m: np.ndarray, camera: CameraModel, opt: Es
     breaks = np.flatnonzero(np.diff(occupied) > gap_bins)
     starts = np.concatenate([[occupied[0]], occupied[breaks + 1]])
     ends = np.concatenate([occupied[breaks], [occupied[-1]]])
-    csum = np.concatenate([[0], np.cumsum(counts)])
+    # Each mode's mass weighs its pixels by their distance inside the mask: a spill lies along
+    # the mask's edge, the object under its middle (this matters for a thin object, whose
+    # spill can outnumber it).
+    inside = cv2.distanceTransform(np.ascontiguousarray(mk).view(np.uint8), cv2.DIST_L2, 3)
+    wcounts = np.bincount(idx, weights=inside[ys, xs], minlength=nbins)
+    csum = np.concatenate([[0.0], np.cumsum(wcounts)])
     mass = csum[ends + 1] - csum[starts]
     pick = int(np.flatnonzero(mass >= opt.near_mode_frac * mass.max())[0])
     lo, hi = starts[pick], ends[pick]
@@ -624,8 +629,11 @@ def estimate_object_3d(mask: np.ndarray, depth_m: np.ndarray, camera: CameraMode
     if found is None:
         return _invalid(reason, n)
     pts, filled = found
-    pos = np.median(pts if filled is None else np.concatenate([pts, filled]), axis=0)
-    lo, hi = np.percentile(pts, opt.percentiles, axis=0)
+    # Pixels without usable depth (filled on the inliers' plane) count for where the object is
+    # and how big, not for the spread (they add none) or n_valid.
+    every = pts if filled is None else np.concatenate([pts, filled])
+    pos = np.median(every, axis=0)
+    lo, hi = np.percentile(every, opt.percentiles, axis=0)
     sigma = 1.4826 * np.median(np.abs(pts - pos), axis=0)
     # Standard error of a median: sqrt(pi/2) sigma / sqrt(n) per axis.
     stderr = float(np.linalg.norm(1.2533 * sigma / math.sqrt(n)))
