@@ -694,13 +694,12 @@ class SteerSegNode(LifecycleNode):
 
     def _step_3d(self, output: PipelineOutput, header: Header, rgb: np.ndarray) -> Optional[Frame3D]:
         """The 3D of this frame's live tracks from its paired depth image (None: 2D only)."""
-        start = time.perf_counter()
         pub = self._pubs.get("object_points")
         max_points = self._depth.config.object_points_max if pub is not None and pub.get_subscription_count() else 0
         frame3d = self._depth.estimate(output.tracks, stamp_to_ns(header.stamp), (rgb.shape[1], rgb.shape[0]),
                                        max_points)
         if frame3d is not None:
-            self._depth_times.append(time.perf_counter() - start)
+            self._depth_times.append(frame3d.seconds)
         return frame3d
 
     def _apply_seeds(self, pipeline: Pipeline, output: PipelineOutput) -> None:
