@@ -317,6 +317,39 @@ def test_bad_depth_and_camera_info_are_rejected_and_masks_go_on(session, scene, 
                for i in (2, 3, 4)), "no 3D after the bad input"
 
 
+def test_object_points_while_subscribed(session, scene):
+    """Subscribed to object_points: each frame's cloud holds the seeded track's points (x, y, z
+    and the track id) in camera_info's frame, at most depth.object_points_max, around the
+    track's position."""
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import PointCloud2
+
+    clouds: dict[int, PointCloud2] = {}
+    sub = session.recorder.node.create_subscription(
+        PointCloud2, "object_points", lambda m: clouds.__setitem__(stamp_to_ns(m.header.stamp), m),
+        QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+    try:
+        session.restart()
+        seeded = _seed(session, scene[0])
+        found = None
+        for i in range(1, 6):  # until the node has seen the subscription
+            stamp = session.stamp()
+            msg = session.send(scene[i].rgb, stamp, scene[i].depth_mm)
+            track = next((t for t in _live(msg) if t.id == seeded and t.has_position), None)
+            if track is not None and rp.wait_until(lambda: stamp in clouds, 2.0):
+                found = (track, clouds[stamp])
+                break
+        assert found is not None, "no object_points for a frame with a 3D track"
+        track, cloud = found
+        assert cloud.header.frame_id == CAMERA_FRAME and [f.name for f in cloud.fields] == ["x", "y", "z", "id"]
+        points = np.frombuffer(bytes(cloud.data), np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("id", "<u4")]))
+        assert 10 <= len(points) <= 2000 and set(points["id"].tolist()) == {seeded}
+        xyz = np.stack([points["x"], points["y"], points["z"]], axis=1)
+        assert np.allclose(np.median(xyz, axis=0), _xyz(track.position), atol=0.02)
+    finally:
+        session.recorder.node.destroy_subscription(sub)
+
+
 def test_rejections_were_logged_and_the_node_exits_cleanly(session, scene):
     # Runs last in this module: stop the node, then read everything it logged.
     f = scene[3]

@@ -3,8 +3,8 @@
 Owns the mapping from the pipeline's `TrackView` and `GroundingResult` to the package's own
 messages, and the choice of what the RViz markers show.
 
-Markers. The node sees only a camera image, with no depth, so it cannot place an object in 3-D.
-The markers lie on a virtual image plane in the image's own frame (the camera's optical frame:
+Markers. Without depth the node cannot place an object in 3-D: the markers lie on a virtual
+image plane in the image's own frame (the camera's optical frame:
 x right, y down, z forward), `distance` metres in front of the camera: pixel (u, v) goes to
 ((u - W/2) * s, (v - H/2) * s, distance) with s = distance / focal_length_px. With the camera's
 real focal length every marker lies on the true viewing ray of its pixel, so a Camera display in
@@ -204,7 +204,8 @@ class MarkerConfig:
     """Where the RViz markers are drawn (each field's help text is in its metadata)."""
 
     distance: float = field(default=2.0, metadata={"help": (
-        "Metres from the camera to the virtual image plane the markers lie on (there is no depth).")})
+        "Metres from the camera to the virtual image plane the markers lie on (for tracks without "
+        "a 3D position: no depth).")})
     focal_length_px: float = field(default=600.0, metadata={"help": (
         "The camera's focal length in pixels (CameraInfo K[0]); pixel offsets from the image centre "
         "are scaled by distance / focal_length_px, so each marker lies on its pixel's viewing ray.")})
