@@ -40,8 +40,9 @@ class DepthConfig:
         "reliable (reliable, keep last 5). Takes effect at the next activate.")})
     pairing_tolerance_s: float = field(default=0.02, metadata={"help": (
         "A depth image pairs with the colour frame of the same stamp, or else the nearest one "
-        "within this many seconds (drivers that do not stamp both alike: a third of the frame "
-        "period). Takes effect at the next activate.")})
+        "within this many seconds (for drivers that do not stamp both alike); keep it under half "
+        "the frame period, so that a frame never takes its neighbour's depth. Takes effect at the "
+        "next activate.")})
     wait_s: float = field(default=0.03, metadata={"help": (
         "How long a colour frame waits for its depth image when depth is arriving but this "
         "frame's has not come yet (seconds; 0: never wait). Takes effect at the next activate.")})
@@ -50,7 +51,7 @@ class DepthConfig:
         "effect at the next activate.")})
     object_points_max: int = field(default=2000, metadata={"help": (
         "Points per track on object_points (published only while something subscribes), "
-        "downsampled evenly from the mask's valid depth pixels.")})
+        "downsampled evenly from the object's depth points. Takes effect at the next activate.")})
 
     def validate(self) -> None:
         if self.qos not in ("sensor_data", "reliable"):
