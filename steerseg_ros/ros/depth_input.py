@@ -77,7 +77,7 @@ class Frame3D:
     seconds: float = 0.0  # the estimate's compute time (conversion and every track), no waiting
 
     def object_points(self) -> dict[int, np.ndarray]:
-        """Each track with a valid estimate and points: its (N, 3) float32 points."""
+        """Each track with a valid estimate and points (asked for): its (N, 3) float32 points."""
         return {i: obj.points for i, obj in self.objects.items() if obj.valid and obj.points is not None}
 
 

@@ -731,8 +731,8 @@ class SteerSegNode(LifecycleNode):
             output, header, rgb, self._node_config.overlay_alpha, self._markers,
             overlay=draw_all or pubs["overlay"].get_subscription_count() > 0,
             markers=draw_all or pubs["markers"].get_subscription_count() > 0,
-            frame3d=frame3d, object_points=frame3d is not None and any(
-                o.points is not None for o in frame3d.objects.values()))
+            frame3d=frame3d,
+            object_points="object_points" in pubs and pubs["object_points"].get_subscription_count() > 0)
         for topic, msg in messages:
             pubs[topic].publish(msg)
         self._count("groundings_published", len(output.groundings))
