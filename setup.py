@@ -14,6 +14,7 @@ TOOLS = {
     "steerseg-eval": "steerseg_ros.tools.eval:main",
     "steerseg-tiny-models": "steerseg_ros.tools.tiny_models:main",
     "steerseg-train-prompts": "steerseg_ros.tools.train_prompts:main",
+    "steerseg-synthetic-rgbd": "steerseg_ros.tools.synthetic_rgbd:main",
 }
 
 setup(
@@ -28,6 +29,7 @@ setup(
         "models": ["torch", "transformers==5.23.0", "safetensors", "pillow"],
         "export": ["onnx", "onnxscript", "onnxruntime"],
         "eval": ["matplotlib", "pycocotools"],
+        "bags": ["rosbags==0.11.9"],
     },
     entry_points={"console_scripts": [f"{name}={target}" for name, target in TOOLS.items()]},
 )

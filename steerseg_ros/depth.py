@@ -364,7 +364,9 @@ class DepthPairer:
 class Object3D:
     """An object's 3D estimate in the camera's optical frame (metres).
 
-    `position` is the per-axis median of the object's inlier surface points (the visible
+    `n_valid` is the number of valid depth pixels the estimate used (a big mask is read on a
+    grid, see EstimatorOptions.max_pixels). `position` is the per-axis median of the object's
+    inlier surface points (the visible
     surface's centre, not the centre of the solid). `extent_min`/`extent_max` are the corners
     of a box from robust percentiles of those points, `size` its edge lengths. `std` is the
     per-axis robust spread (1.4826 x median absolute deviation) and `stderr` the standard error
@@ -405,7 +407,7 @@ class EstimatorOptions:
     fill_holes_in_mask: bool = False  # no-return pixels count in the whole mask (else only in its eroded core)
     reject_edges: bool = False      # drop depth-edge pixels from the position too (not only from the mode)
     percentiles: Tuple[float, float] = (5.0, 95.0)
-    max_pixels: int = 20000         # subsample bigger masks (a regular stride) to bound the cost
+    max_pixels: int = 4000          # bigger masks are read on a coarser grid, to bound the cost
     min_pixels: int = 10            # fewer valid inliers: invalid
 
 
@@ -466,6 +468,15 @@ def _inliers(mask: np.ndarray, depth_m: np.ndarray, camera: CameraModel, opt: Es
     n_mask = int(np.count_nonzero(mk))
     if n_mask == 0:
         return None, "empty mask", 0
+    # A big mask is read on a regular grid (every g-th row and column: a lower-resolution depth
+    # image of the same scene) so the cost stays bounded; a median over a few thousand pixels
+    # is as good as over all of them.
+    g = 1
+    if n_mask > opt.max_pixels:
+        g = int(math.ceil(math.sqrt(n_mask / opt.max_pixels)))
+        d = np.ascontiguousarray(d[::g, ::g])
+        mk = np.ascontiguousarray(mk[::g, ::g])
+        n_mask = int(np.count_nonzero(mk))
 
     # Erode the mask so its edge (which spills onto whatever is behind) does not vote; a thin
     # object that erosion would wipe out keeps its whole mask and relies on the depth modes.
@@ -540,8 +551,12 @@ def _inliers(mask: np.ndarray, depth_m: np.ndarray, camera: CameraModel, opt: Es
     # Each mode's mass weighs its pixels by their distance inside the mask: a spill lies along
     # the mask's edge, the object under its middle (this matters for a thin object, whose
     # spill can outnumber it).
-    inside = cv2.distanceTransform(np.ascontiguousarray(mk).view(np.uint8), cv2.DIST_L2, 3)
-    wcounts = np.bincount(idx, weights=inside[ys, xs], minlength=nbins)
+    # (Only needed where erosion kept the whole mask: an eroded core is already the middle.)
+    if core is mk:
+        inside = cv2.distanceTransform(np.ascontiguousarray(mk).view(np.uint8), cv2.DIST_L2, 3)
+        wcounts = np.bincount(idx, weights=inside[ys, xs], minlength=nbins)
+    else:
+        wcounts = counts.astype(np.float64)
     csum = np.concatenate([[0.0], np.cumsum(wcounts)])
     mass = csum[ends + 1] - csum[starts]
     pick = int(np.flatnonzero(mass >= opt.near_mode_frac * mass.max())[0])
@@ -576,34 +591,41 @@ def _inliers(mask: np.ndarray, depth_m: np.ndarray, camera: CameraModel, opt: Es
         ys, xs = ys[::step], xs[::step]
         n = int(ys.size)
     z = d[ys, xs]
-    ys, xs = ys + y0, xs + x0
+    ys, xs = ys * g + y0, xs * g + x0
     rx, ry = camera.rays()
-    pts = np.empty((n, 3), dtype=np.float32)
-    pts[:, 0] = rx[ys, xs] * z
-    pts[:, 1] = ry[ys, xs] * z
-    pts[:, 2] = z
-    filled = _fill_holes(holes, step, x0, y0, rx, ry, pts) if n_holes else None
+    # Points as 3xN (one contiguous row per axis: the per-axis medians partition rows).
+    pts = np.empty((3, n), dtype=np.float32)
+    pts[0] = rx[ys, xs]
+    pts[1] = ry[ys, xs]
+    filled = _fill_holes(holes, step, g, x0, y0, rx, ry, pts[0], pts[1], z) if n_holes else None
+    pts[0] *= z
+    pts[1] *= z
+    pts[2] = z
     return (pts, filled), "", n
 
 
-def _fill_holes(holes, step, x0, y0, rx, ry, pts):
-    """Points for the no-return pixels inside the mask's (eroded) core, on the plane fitted to
-    the inliers: a hole over part of the object would otherwise pull the median towards the
-    part that has depth."""
+def _fill_holes(holes, step, g, x0, y0, rx, ry, xn, yn, z):
+    """Points (3xM) for the object's pixels without usable depth, on the plane fitted to the
+    inliers (normalised rays xn, yn and depths z): a hole over part of the object would
+    otherwise pull the median towards the part that has depth."""
     hy, hx = np.nonzero(holes)
-    hy, hx = hy[::step] + y0, hx[::step] + x0
-    # Z = a + b x + c y over the normalised rays (x, y) = (X/Z, Y/Z): least squares.
-    xs_n = pts[:, 0] / pts[:, 2]
-    ys_n = pts[:, 1] / pts[:, 2]
-    A = np.stack([np.ones_like(xs_n), xs_n, ys_n], axis=1).astype(np.float64)
-    coef, *_ = np.linalg.lstsq(A, pts[:, 2].astype(np.float64), rcond=None)
-    hx_n, hy_n = rx[hy, hx], ry[hy, hx]
-    z = coef[0] + coef[1] * hx_n + coef[2] * hy_n
-    z = np.clip(z, pts[:, 2].min(), pts[:, 2].max()).astype(np.float32)
-    out = np.empty((hy.size, 3), dtype=np.float32)
-    out[:, 0] = hx_n * z
-    out[:, 1] = hy_n * z
-    out[:, 2] = z
+    hy, hx = hy[::step] * g + y0, hx[::step] * g + x0
+    # Z = a + b x + c y over the normalised rays: least squares by its 3x3 normal equations.
+    x64, y64, z64 = xn.astype(np.float64), yn.astype(np.float64), z.astype(np.float64)
+    sx, sy, sxx, syy, sxy = x64.sum(), y64.sum(), x64 @ x64, y64 @ y64, x64 @ y64
+    ata = np.array([[z64.size, sx, sy], [sx, sxx, sxy], [sy, sxy, syy]])
+    atb = np.array([z64.sum(), x64 @ z64, y64 @ z64])
+    try:
+        coef = np.linalg.solve(ata, atb)
+    except np.linalg.LinAlgError:  # all inliers on one ray line: a constant depth
+        coef = np.array([float(np.median(z)), 0.0, 0.0])
+    out = np.empty((3, hy.size), dtype=np.float32)
+    out[0] = rx[hy, hx]
+    out[1] = ry[hy, hx]
+    zh = coef[0] + coef[1] * out[0] + coef[2] * out[1]
+    np.clip(zh, z.min(), z.max(), out=out[2])
+    out[0] *= out[2]
+    out[1] *= out[2]
     return out
 
 
@@ -631,10 +653,10 @@ def estimate_object_3d(mask: np.ndarray, depth_m: np.ndarray, camera: CameraMode
     pts, filled = found
     # Pixels without usable depth (filled on the inliers' plane) count for where the object is
     # and how big, not for the spread (they add none) or n_valid.
-    every = pts if filled is None else np.concatenate([pts, filled])
-    pos = np.median(every, axis=0)
-    lo, hi = np.percentile(every, opt.percentiles, axis=0)
-    sigma = 1.4826 * np.median(np.abs(pts - pos), axis=0)
+    every = pts if filled is None else np.concatenate([pts, filled], axis=1)
+    pos = np.median(every, axis=1)
+    lo, hi = np.percentile(every, opt.percentiles, axis=1)
+    sigma = 1.4826 * np.median(np.abs(pts - pos[:, None]), axis=1)
     # Standard error of a median: sqrt(pi/2) sigma / sqrt(n) per axis.
     stderr = float(np.linalg.norm(1.2533 * sigma / math.sqrt(n)))
     obj = Object3D(valid=True, position=tuple(float(v) for v in pos), extent_min=tuple(float(v) for v in lo),
@@ -646,10 +668,10 @@ def estimate_object_3d(mask: np.ndarray, depth_m: np.ndarray, camera: CameraMode
 
 
 def _downsample(pts: np.ndarray, max_points: int) -> np.ndarray:
-    if pts.shape[0] <= max_points:
-        return pts
-    idx = np.linspace(0, pts.shape[0] - 1, max_points).round().astype(np.int64)
-    return pts[idx]
+    """(N, 3) float32 from 3xN points, at most max_points of them, evenly spread."""
+    if pts.shape[1] > max_points:
+        pts = pts[:, np.linspace(0, pts.shape[1] - 1, max_points).round().astype(np.int64)]
+    return np.ascontiguousarray(pts.T)
 
 
 def object_points(mask: np.ndarray, depth_m: np.ndarray, camera: CameraModel, max_points: int = 2000,

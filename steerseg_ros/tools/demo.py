@@ -2,6 +2,7 @@
 
     steerseg-demo --frames DIR --command "the black swan" --out out/demo
     steerseg-demo --video clip.mp4 --seed-mask first_frame_mask.png --out out/clip --direct
+    steerseg-demo --bag recording.mcap --command "the cup" --out out/bag
 
 Writes OUT/overlay.mp4 (the overlay images, one per input frame) and OUT/masks/<frame name>.png
 (one label image per input frame, values as in the node's `mask` topic: 0 background, each track
@@ -9,6 +10,11 @@ its own value; all zeros where there is no mask). By default it goes through the
 DDS: it starts the node and steerseg-play as processes on a private ROS domain (discovery on
 this machine only), records the `mask` and `overlay` topics, and matches them to input frames by
 stamp. --direct runs the core pipeline in this process instead, synchronously, with no ROS.
+
+With --bag (a ROS 2 bag: folder, .mcap or .db3), steerseg-play replays its colour, depth and
+camera_info topics with their recorded stamps onto the node's `image`, `depth` and
+`camera_info` inputs (at the recorded rate, or --rate colour frames per second); output frames
+are matched by those stamps and named by their frame number. --direct uses the colour frames.
 
 Owns the demo's orchestration and output writing; the node, the player and the pipeline are
 used as they are.
@@ -44,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--frames", type=Path, help="folder of images, in name order")
     source.add_argument("--video", type=Path, help="video file")
+    source.add_argument("--bag", type=Path, help="ROS 2 bag (folder, .mcap or .db3) with colour, depth, camera_info")
+    parser.add_argument("--topics", nargs="+", default=None, metavar="TOPIC",
+                        help="with --bag: the bag topics to use (default: found by type and encoding)")
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--command", help="what to follow, in words")
     target.add_argument("--seed-mask", type=Path, help="first-frame mask (PNG, nonzero: the object) to track instead")
@@ -54,8 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="NAME=VALUE",
                         help="a node parameter, e.g. pipeline.lost_timeout_s=2.0 or grounder.<field>=...")
     parser.add_argument("--count", type=int, default=None, help="use only the first COUNT frames")
-    parser.add_argument("--rate", type=float, default=10.0,
-                        help="frames per second (stamps; through the node also the publishing rate)")
+    parser.add_argument("--rate", type=float, default=None,
+                        help="frames per second (stamps; through the node also the publishing rate); default 10, "
+                             "with --bag the recorded rate")
     parser.add_argument("--ground-truth", type=Path, default=None,
                         help="folder of ground-truth masks named like the frames: print J and F")
     parser.add_argument("--domain-id", type=int, default=None,
@@ -163,13 +173,15 @@ def run_direct(args: argparse.Namespace, source: FrameSource, outputs: Outputs) 
     if args.command is not None:
         pipeline.set_command(args.command)
     period_ns = int(round(NS_PER_S / args.rate))
+    stamps = source.stamps() if hasattr(source, "stamps") else None
     rejected = 0
     start = time.perf_counter()
     try:
         for index, (name, bgr) in enumerate(source):
             rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            stamp_ns = stamps[index] if stamps is not None else int(STAMP_START_S * NS_PER_S) + index * period_ns
             try:
-                output = pipeline.process(rgb, int(STAMP_START_S * NS_PER_S) + index * period_ns, "camera", name)
+                output = pipeline.process(rgb, stamp_ns, "camera", name)
             except FrameRejected as e:
                 rejected += 1
                 print(f"frame {name} rejected: {e}", file=sys.stderr)
@@ -233,8 +245,17 @@ def run_node(args: argparse.Namespace, source: FrameSource, outputs: Outputs) ->
     period_ns = int(round(NS_PER_S / args.rate))
     start_ns = int(STAMP_START_S * NS_PER_S)
     state = {"last": time.monotonic(), "unknown": 0}
+    # A bag's frames keep their recorded stamps: look them up.
+    bag_index = {stamp: i for i, stamp in enumerate(source.stamps())} if args.bag is not None else None
 
     def index_of(msg) -> Optional[int]:
+        if bag_index is not None:
+            index = bag_index.get(stamp_to_ns(msg.header.stamp))
+            if index is None:
+                state["unknown"] += 1
+                return None
+            state["last"] = time.monotonic()
+            return index
         offset = stamp_to_ns(msg.header.stamp) - start_ns
         index, rest = divmod(offset, period_ns)
         if rest or index < 0:
@@ -286,10 +307,18 @@ def run_node(args: argparse.Namespace, source: FrameSource, outputs: Outputs) ->
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the node did not come up in {args.startup_timeout:.0f} s; see {args.out / 'node.log'}")
             time.sleep(0.1)
-        play_cmd = [sys.executable, "-m", "steerseg_ros.tools.play",
-                    "--frames" if args.frames else "--video", str(args.frames or args.video),
-                    "--rate", str(args.rate), "--qos", "reliable", "--stamp-start", str(STAMP_START_S),
+        play_cmd = [sys.executable, "-m", "steerseg_ros.tools.play", "--qos", "reliable",
                     "--wait-subscribers", "30", "--manifest", str(args.out / "manifest.jsonl")]
+        if args.bag is not None:
+            # Colour, depth and camera_info go to the node's image, depth and camera_info inputs.
+            play_cmd += ["--bag", str(args.bag)]
+            if args.topics:
+                play_cmd += ["--topics", *args.topics]
+            if args.rate_given:
+                play_cmd += ["--rate", str(args.rate)]
+        else:
+            play_cmd += ["--frames" if args.frames else "--video", str(args.frames or args.video),
+                         "--rate", str(args.rate), "--stamp-start", str(STAMP_START_S)]
         if args.count is not None:
             play_cmd += ["--count", str(args.count)]
         if args.command is not None:
@@ -358,9 +387,27 @@ def score(ground_truth: Path, names: list[str], masks_dir: Path) -> dict[str, fl
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.rate <= 0:
+    args.rate_given = args.rate is not None
+    if args.rate_given and args.rate <= 0:
         raise SystemExit("--rate must be > 0")
-    source = FrameSource(frames=args.frames, video=args.video, limit=args.count)
+    if args.topics and args.bag is None:
+        raise SystemExit("--topics goes with --bag")
+    if args.bag is not None and args.seed_mask is not None and not args.direct:
+        raise SystemExit("--seed-mask with --bag needs --direct (steerseg-play sends no seed mask with a bag)")
+    if args.bag is not None:
+        from steerseg_ros.bags import BagError, BagFrameSource, find_topics
+
+        try:
+            source = BagFrameSource(args.bag, find_topics(args.bag, args.topics), limit=args.count)
+        except BagError as e:
+            raise SystemExit(str(e))
+        if not args.rate_given:
+            stamps = source.stamps()
+            span = (stamps[-1] - stamps[0]) / NS_PER_S if len(stamps) > 1 else 0.0
+            args.rate = (len(stamps) - 1) / span if span > 0 else 10.0
+    else:
+        args.rate = args.rate if args.rate_given else 10.0
+        source = FrameSource(frames=args.frames, video=args.video, limit=args.count)
     args.out.mkdir(parents=True, exist_ok=True)
     outputs = Outputs(args.out)
     summary = run_direct(args, source, outputs) if args.direct else run_node(args, source, outputs)

@@ -1,4 +1,4 @@
-"""steerseg-play: publish a folder of frames or a video file as a camera topic.
+"""steerseg-play: publish a folder of frames, a video file or a ROS 2 bag as camera topics.
 
 Owns the player used by the tests, the demo and anyone without a camera: frames go out as
 sensor_msgs/Image (or CompressedImage for jpeg/png) at a fixed rate with increasing stamps,
@@ -8,6 +8,14 @@ mask (mono8, stamped with the first frame's stamp) for tracking without a comman
 input frames by stamp.
 
     steerseg-play --frames DIR --rate 10 --command "the black swan" --command-at 1.0
+    steerseg-play --bag recording.mcap [--topics COLOUR DEPTH CAMERA_INFO] [--rate R]
+
+A bag (a rosbag2 folder, or one .mcap/.db3 file; read with `rosbags`, no ROS bag tools needed)
+replays its colour image, depth image and camera_info topics on `image`, `depth` and
+`camera_info` (the node's input names; --topic, --depth-topic, --camera-info-topic rename
+them) as the recorded bytes, so header stamps and frame ids are the recorded ones. Timing is
+the recorded one (log times), or scaled so the colour topic runs at --rate frames per second.
+Without --topics the colour, depth and camera_info topics are found by type and encoding.
 """
 from __future__ import annotations
 
@@ -32,11 +40,17 @@ def build_parser() -> argparse.ArgumentParser:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--frames", type=Path, help="folder of images, published in name order")
     source.add_argument("--video", type=Path, help="video file (anything OpenCV reads)")
-    parser.add_argument("--rate", type=float, default=10.0, help="frames per second")
+    source.add_argument("--bag", type=Path, help="ROS 2 bag (folder, .mcap or .db3): replay colour, depth, camera_info")
+    parser.add_argument("--topics", nargs="+", default=None, metavar="TOPIC",
+                        help="with --bag: the bag topics to replay (colour, and optionally depth and camera_info)")
+    parser.add_argument("--rate", type=float, default=None,
+                        help="frames per second (default 10; with --bag: the recorded rate)")
     parser.add_argument("--count", type=int, default=None, help="publish only the first COUNT frames")
     parser.add_argument("--loop", action="store_true", help="start over after the last frame (stamps keep increasing)")
     parser.add_argument("--loops", type=int, default=0, help="with --loop, stop after this many passes (0: until Ctrl-C)")
     parser.add_argument("--topic", default=None, help="image topic (default: image, or image/compressed for jpeg/png)")
+    parser.add_argument("--depth-topic", default="depth", help="with --bag: the topic depth images go out on")
+    parser.add_argument("--camera-info-topic", default="camera_info", help="with --bag: the topic camera_info goes out on")
     parser.add_argument("--encoding", default="bgr8", choices=RAW_ENCODINGS + COMPRESSED_ENCODINGS)
     parser.add_argument("--frame-id", default="camera", help="header.frame_id of every frame")
     parser.add_argument("--qos", default="sensor_data", choices=("sensor_data", "reliable"), help="QoS of the image topic")
@@ -51,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed-topic", default="seed_mask")
     parser.add_argument("--wait-subscribers", type=float, default=10.0,
                         help="wait up to this many seconds for a subscriber on each topic before the first frame (0: no wait)")
+    parser.add_argument("--wait-all", action="store_true",
+                        help="with --bag: wait for subscribers on depth and camera_info too, not only on the image")
     parser.add_argument("--linger", type=float, default=1.0,
                         help="seconds to stay up after the last message so reliable subscribers get everything")
     parser.add_argument("--manifest", type=Path, default=None, help="write one JSON line per published frame here")
@@ -68,6 +84,8 @@ def _wait_for_subscribers(publishers, timeout: float) -> bool:
 
 def play(args: argparse.Namespace, node) -> int:
     """Publish with `node` (an rclpy node) as the options say; returns the frames published."""
+    if args.bag is not None:
+        return play_bag(args, node)
     from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
     from sensor_msgs.msg import CompressedImage, Image
     from std_msgs.msg import String
@@ -97,6 +115,8 @@ def play(args: argparse.Namespace, node) -> int:
     if args.wait_subscribers > 0 and not _wait_for_subscribers(publishers, args.wait_subscribers):
         log.warning(f"no subscriber on some topic after {args.wait_subscribers:.1f} s; publishing anyway")
 
+    if args.rate is None:
+        args.rate = 10.0
     period_ns = int(round(1e9 / args.rate))
     start_ns = int(args.stamp_start * 1e9) if args.stamp_start is not None else time.time_ns()
     manifest = open(args.manifest, "w") if args.manifest is not None else None
@@ -148,13 +168,100 @@ def play(args: argparse.Namespace, node) -> int:
     return published
 
 
+def play_bag(args: argparse.Namespace, node) -> int:
+    """Replay a bag's colour, depth and camera_info messages (raw, stamps as recorded); returns
+    the colour frames published."""
+    from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+    from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+    from std_msgs.msg import String
+
+    from steerseg_ros.bags import COMPRESSED, find_topics, read_bag
+
+    if args.loop:
+        raise SystemExit("--loop does not apply to --bag (its stamps would repeat)")
+    topics = find_topics(args.bag, args.topics)
+    log = node.get_logger()
+    qos = qos_profile_sensor_data if args.qos == "sensor_data" else QoSProfile(
+        depth=10, reliability=ReliabilityPolicy.RELIABLE)
+    reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+    compressed = topics.colour_type == COMPRESSED
+    out = {"colour": args.topic or ("image/compressed" if compressed else "image"),
+           "depth": args.depth_topic, "camera_info": args.camera_info_topic}
+    pubs = {"colour": node.create_publisher(CompressedImage if compressed else Image, out["colour"], qos)}
+    if topics.depth:
+        pubs["depth"] = node.create_publisher(Image, out["depth"], qos)
+    if topics.camera_info:
+        pubs["camera_info"] = node.create_publisher(CameraInfo, out["camera_info"], qos)
+    command_pub = node.create_publisher(String, args.command_topic, reliable) if args.command is not None else None
+    if args.seed_mask is not None:
+        raise SystemExit("--seed-mask is not supported with --bag")
+    log.info(f"bag {args.bag}: " + ", ".join(f"{t} -> {node.resolve_topic_name(out[r])}" for r, t in
+                                             (("colour", topics.colour), ("depth", topics.depth),
+                                              ("camera_info", topics.camera_info)) if t))
+    # By default only the colour topic (and the command) must be heard: a node without depth
+    # input still runs. --wait-all waits for depth and camera_info subscribers too.
+    waited = list(pubs.values()) if args.wait_all else [pubs["colour"]]
+    waited += [command_pub] if command_pub is not None else []
+    if args.wait_subscribers > 0 and not _wait_for_subscribers(waited, args.wait_subscribers):
+        log.warning(f"no subscriber on some topic after {args.wait_subscribers:.1f} s; publishing anyway")
+
+    scale = 1.0
+    if args.rate is not None:
+        # The recorded colour rate, from the colour frames' log times.
+        first = last = None
+        n = 0
+        for m in read_bag(args.bag, type(topics)(colour=topics.colour, colour_type=topics.colour_type)):
+            first = m.log_ns if first is None else first
+            last = m.log_ns
+            n += 1
+            if args.count is not None and n >= args.count:
+                break
+        if n > 1 and last > first:
+            scale = args.rate / ((n - 1) * 1e9 / (last - first))
+    manifest = open(args.manifest, "w") if args.manifest is not None else None
+    counts = {"colour": 0, "depth": 0, "camera_info": 0}
+    command_sent = command_pub is None
+    t0 = time.monotonic()
+    first_log = None
+    try:
+        for m in read_bag(args.bag, topics):
+            if m.role == "colour" and args.count is not None and counts["colour"] >= args.count:
+                break
+            first_log = m.log_ns if first_log is None else first_log
+            delay = t0 + (m.log_ns - first_log) / 1e9 / scale - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            if not command_sent and time.monotonic() - t0 >= args.command_at:
+                command_pub.publish(String(data=args.command))
+                command_sent = True
+                log.info(f"command: {args.command!r}")
+            pubs[m.role].publish(m.raw)
+            if m.role == "colour" and manifest is not None:
+                manifest.write(json.dumps({"index": counts["colour"], "name": f"{counts['colour']:05d}",
+                                           "stamp_ns": m.stamp_ns}) + "\n")
+                manifest.flush()
+            counts[m.role] += 1
+        if not command_sent:
+            command_pub.publish(String(data=args.command))
+        if args.linger > 0:
+            time.sleep(args.linger)
+    finally:
+        if manifest is not None:
+            manifest.close()
+    log.info(f"published {counts['colour']} colour, {counts['depth']} depth, {counts['camera_info']} camera_info "
+             f"messages from {args.bag}")
+    return counts["colour"]
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     # ROS arguments (--ros-args -r image:=/camera/image_raw ...) go to rclpy, the rest to us.
     ours = argv[:argv.index("--ros-args")] if "--ros-args" in argv else argv
     args = build_parser().parse_args(ours)
-    if args.rate <= 0:
+    if args.rate is not None and args.rate <= 0:
         raise SystemExit("--rate must be > 0")
+    if args.topics and args.bag is None:
+        raise SystemExit("--topics goes with --bag")
     import rclpy
     from rclpy.executors import ExternalShutdownException
 
