@@ -366,8 +366,7 @@ class Object3D:
 
     `n_valid` is the number of valid depth pixels the estimate used (a big mask is read on a
     grid, see EstimatorOptions.max_pixels). `position` is the per-axis median of the object's
-    inlier surface points (the visible
-    surface's centre, not the centre of the solid). `extent_min`/`extent_max` are the corners
+    inlier surface points (the visible surface's centre, not the centre of the solid). `extent_min`/`extent_max` are the corners
     of a box from robust percentiles of those points, `size` its edge lengths. `std` is the
     per-axis robust spread (1.4826 x median absolute deviation) and `stderr` the standard error
     of the position (metres, the norm of the per-axis standard errors of the medians; it
@@ -446,7 +445,8 @@ def _crop_to_depth(mask: np.ndarray, depth_m: np.ndarray, margin: int):
 
 
 def _inliers(mask: np.ndarray, depth_m: np.ndarray, camera: CameraModel, opt: EstimatorOptions):
-    """The object's inlier surface points (Nx3 float32), or (None, reason, n)."""
+    """((3xN float32 inlier surface points, 3xM points filled for pixels without usable depth
+    or None), "", N), or (None, reason, n)."""
     mask = np.asarray(mask)
     depth_m = np.asarray(depth_m)
     if mask.ndim != 2 or depth_m.ndim != 2:
@@ -487,7 +487,8 @@ def _inliers(mask: np.ndarray, depth_m: np.ndarray, camera: CameraModel, opt: Es
     core = mk
     if radius >= 1:
         k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
-        eroded = cv2.erode(np.ascontiguousarray(mk).view(np.uint8), k, borderType=cv2.BORDER_CONSTANT, borderValue=0).view(bool)
+        eroded = cv2.erode(np.ascontiguousarray(mk).view(np.uint8), k, borderType=cv2.BORDER_CONSTANT,
+                           borderValue=0).view(bool)
         if np.count_nonzero(eroded) >= opt.min_eroded_frac * n_mask:
             core = eroded
 
@@ -495,6 +496,7 @@ def _inliers(mask: np.ndarray, depth_m: np.ndarray, camera: CameraModel, opt: Es
     # foreground/background returns) or sits on an occlusion boundary. NaN neighbours (holes)
     # do not count as edges (comparisons with NaN are False).
     with np.errstate(invalid="ignore"):
+        valid = (d > 0) & (d < np.inf)  # a raw array may hold 0, NaN, inf or negatives for no return
         thr = np.maximum(opt.edge_rel * d, opt.edge_abs_m)
         edge = np.zeros(d.shape, dtype=bool)
         dx = np.abs(d[:, 1:] - d[:, :-1])
@@ -514,13 +516,11 @@ def _inliers(mask: np.ndarray, depth_m: np.ndarray, camera: CameraModel, opt: Es
         smooth[:, :-1] |= cx
         smooth[1:, :] |= cy
         smooth[:-1, :] |= cy
-        sel = core & ~edge & (d > 0)  # NaN > 0 is False: holes drop out here
+        sel = core & ~edge & valid
     ys, xs = np.nonzero(sel)
     if ys.size < opt.min_pixels:
         # Everything on an edge (a very thin or tiny object): use the valid mask pixels.
-        with np.errstate(invalid="ignore"):
-            sel = mk & (d > 0)
-        ys, xs = np.nonzero(sel)
+        ys, xs = np.nonzero(mk & valid)
         if ys.size < opt.min_pixels:
             return None, f"too few valid depth pixels in the mask ({ys.size} < {opt.min_pixels})", int(ys.size)
     if ys.size > opt.max_pixels:
@@ -582,7 +582,7 @@ def _inliers(mask: np.ndarray, depth_m: np.ndarray, camera: CameraModel, opt: Es
         # flying pixels (behind the object's band and continuous with no neighbour: mixed
         # returns along its silhouette, which on a thin part is most of it).
         with np.errstate(invalid="ignore"):
-            holes = ((mk if opt.fill_holes_in_mask else core) & np.isnan(d)) | (mk & ~smooth & (d > zhi))
+            holes = ((mk if opt.fill_holes_in_mask else core) & ~valid) | (mk & ~smooth & (d > zhi) & valid)
     n_holes = int(np.count_nonzero(holes)) if holes is not None else 0
     step = 1
     if n + n_holes > opt.max_pixels:

@@ -230,3 +230,31 @@ def test_demo_bag_through_the_node(tmp_path, scene, frames):
     assert summary["unmatched_stamps"] == 0 and summary["masks_received"] == N, summary
     manifest = [json.loads(line) for line in (tmp_path / "node" / "manifest.jsonl").read_text().splitlines()]
     assert [line["stamp_ns"] for line in manifest] == [f.stamp_ns for f in frames]
+
+
+def test_compressed_colour_bag(tmp_path, frames):
+    """A robot's recording often holds compressed colour: found as the colour topic, decoded
+    (PNG here, so exactly) by the frame source, and published on image/compressed."""
+    import cv2
+    from rosbags.rosbag2 import StoragePlugin, Writer
+
+    from steerseg_ros.bags import COMPRESSED, IMAGE, _typestore, image_msg
+    from steerseg_ros.bags import _header as header
+
+    ts = _typestore()
+    bag = tmp_path / "compressed"
+    with Writer(bag, version=9, storage_plugin=StoragePlugin.MCAP) as w:
+        c = w.add_connection("/cam/color/image_raw/compressed", COMPRESSED, typestore=ts)
+        d = w.add_connection("/cam/depth/image_rect_raw", IMAGE, typestore=ts)
+        for f in frames[:3]:
+            png = np.frombuffer(cv2.imencode(".png", f.bgr)[1].tobytes(), np.uint8)
+            msg = ts.types[COMPRESSED](header=header(ts, f.stamp_ns, "cam"), format="png", data=png)
+            w.write(c, f.stamp_ns, ts.serialize_cdr(msg, COMPRESSED))
+            w.write(d, f.stamp_ns, ts.serialize_cdr(image_msg(ts, f.depth_mm, "16UC1", f.stamp_ns, "cam"), IMAGE))
+    topics = find_topics(bag)
+    assert topics.colour == "/cam/color/image_raw/compressed" and topics.colour_type == COMPRESSED
+    assert topics.depth == "/cam/depth/image_rect_raw" and topics.camera_info is None
+    source = BagFrameSource(bag)
+    assert source.stamps() == [f.stamp_ns for f in frames[:3]]
+    for (_, bgr), f in zip(source, frames):
+        np.testing.assert_array_equal(bgr, f.bgr)

@@ -383,3 +383,39 @@ def test_options_override():
     with pytest.raises(TypeError):
         estimate_object_3d(obj, depth, cam, no_such_option=1)
     assert EstimatorOptions().percentiles == (5.0, 95.0)
+
+
+def test_bench_depth3d_section(tmp_path, davis_root):
+    """steerseg-bench --sections depth3d reports the 3D step's cost at both sizes (a figure, not
+    asserted: a test does not time things) and skips with the reason without the data."""
+    import json
+
+    from steerseg_ros.tools import bench
+
+    assert bench.main(["--sections", "depth3d", "--frames", "3", "--data", str(davis_root), "--out", str(tmp_path)]) == 0
+    entry = json.loads((tmp_path / "bench.json").read_text())["sections"]["depth3d"]
+    assert entry["status"] == "ok", entry
+    for size in ("640x480", "1280x720"):
+        assert entry["figures"][f"{size}.object3d_median_ms"] > 0
+        assert 0 < entry["figures"][f"{size}.share_of_frame"] < 1
+    assert bench.main(["--sections", "depth3d", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "b")]) == 0
+    entry = json.loads((tmp_path / "b" / "bench.json").read_text())["sections"]["depth3d"]
+    assert entry["status"] == "skipped" and "not found" in entry["reason"]
+
+
+def test_raw_depth_with_zeros_and_inf():
+    """A depth array not passed through depth_to_metres (zeros, inf, negatives for no return)
+    gives the same answer as its NaN form."""
+    obj = np.zeros((480, 640), bool)
+    obj[200:260, 250:330] = True
+    cam, depth, truth = flat_scene(obj)
+    rng = np.random.default_rng(1)
+    bad = rng.random(depth.shape) < 0.2
+    raw = depth.copy()
+    raw[bad] = rng.choice(np.array([0.0, np.inf, -1.0], np.float32), size=int(bad.sum()))
+    clean = depth.copy()
+    clean[bad] = np.nan
+    a, b = estimate_object_3d(obj, raw, cam), estimate_object_3d(obj, clean, cam)
+    assert a.valid and within_bound(a.position, truth)
+    np.testing.assert_allclose(a.position, b.position, atol=1e-6)
+    assert a.n_valid == b.n_valid

@@ -288,6 +288,9 @@ def run_node(args: argparse.Namespace, source: FrameSource, outputs: Outputs) ->
     workdir = Path(tempfile.mkdtemp(prefix="steerseg-demo-"))
     params = {"autostart": True, "image_qos": "reliable", "grounder.backend": args.grounder,
               "tracker.backend": args.tracker, "stats_period_s": 5.0, **parse_sets(args.sets)}
+    if args.bag is not None and source.topics.colour_type.endswith("CompressedImage"):
+        # steerseg-play sends a compressed colour stream on image/compressed, as recorded.
+        params.setdefault("image_transport", "compressed")
     params_file = workdir / "params.yaml"
     params_file.write_text(yaml.safe_dump({"/**/steerseg": {"ros__parameters": params}}))
     node_cmd = [sys.executable, "-m", "steerseg_ros.ros.node", "--ros-args"]
