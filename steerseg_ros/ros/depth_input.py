@@ -174,8 +174,9 @@ class DepthInput:
                 if new > 0:
                     self._reported[key] = int(counters.get(key, 0))
                     for _ in range(new):
-                        self._reject(reason, "a depth image found no colour frame within "
-                                     f"depth.pairing_tolerance_s = {self.config.pairing_tolerance_s} s"
+                        self._reject(reason, "a depth image found no processed colour frame within "
+                                     f"depth.pairing_tolerance_s = {self.config.pairing_tolerance_s} s "
+                                     "(its frame never came, or was dropped: see frames_dropped)"
                                      if key == "depth_unpaired" else
                                      f"depth images arrive faster than they pair (queue of {self.config.queue_size})")
 
