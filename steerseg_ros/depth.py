@@ -15,6 +15,7 @@ import bisect
 import functools
 import math
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Sequence, Tuple
 
@@ -264,7 +265,7 @@ class DepthPairer:
 
     COUNTERS = ("paired_exact", "paired_nearest", "colour_unpaired", "depth_unpaired", "depth_dropped_full")
 
-    def __init__(self, tolerance_ns: int = 20_000_000, capacity: int = 30):
+    def __init__(self, tolerance_ns: int = 20_000_000, capacity: int = 30, idle_s: float = 1.0):
         if tolerance_ns < 0:
             raise ValueError(f"tolerance_ns must be >= 0, got {tolerance_ns}")
         if capacity < 1:
@@ -274,6 +275,10 @@ class DepthPairer:
         self._stamps: list = []
         self._frames: list = []
         self._last_colour_ns: Optional[int] = None
+        # No depth for idle_s seconds (wall clock): the stream is off, and take() does not wait
+        # for it (a colour frame must not pay the timeout when the depth camera is gone).
+        self.idle_s = float(idle_s)
+        self._last_add: Optional[float] = None
         self._cond = threading.Condition()
         self._counters: Dict[str, int] = {name: 0 for name in self.COUNTERS}
 
@@ -290,6 +295,7 @@ class DepthPairer:
         """Queue a depth frame (any object: an array, a message) under its stamp."""
         stamp_ns = int(stamp_ns)
         with self._cond:
+            self._last_add = time.monotonic()
             if self._last_colour_ns is not None and stamp_ns < self._last_colour_ns - self.tolerance_ns:
                 # Too old for any colour frame still to come.
                 self._counters["depth_unpaired"] += 1
@@ -311,10 +317,12 @@ class DepthPairer:
         """The depth frame for the colour frame stamped `colour_stamp_ns`, or None (the frame
         goes on in 2D). Waits up to `timeout_s` while the best partner may still arrive: until
         the exact stamp is there or a depth frame at or after the colour stamp has come (later
-        ones can only be farther)."""
+        ones can only be farther). Does not wait when no depth frame came in the last `idle_s`
+        seconds (no depth stream)."""
         t = int(colour_stamp_ns)
         with self._cond:
-            if timeout_s > 0:
+            live = self._last_add is not None and time.monotonic() - self._last_add <= self.idle_s
+            if timeout_s > 0 and live:
                 self._cond.wait_for(lambda: bool(self._stamps) and self._stamps[-1] >= t, timeout=timeout_s)
             best = self._nearest(t)
             if self._last_colour_ns is None or t > self._last_colour_ns:

@@ -221,7 +221,7 @@ def test_demo_bag_through_the_node(tmp_path, scene, frames):
     write_scene_bag(bag, scene)
     env = ros_processes.ros_env(ros_processes.random_domain_id())
     run = subprocess.run([sys.executable, "-m", "steerseg_ros.tools.demo", "--bag", str(bag), "--command", "the bird",
-                          "--rate", "3", "--out", str(tmp_path / "node"),
+                          "--rate", "1", "--out", str(tmp_path / "node"),
                           "--domain-id", env["ROS_DOMAIN_ID"]],
                          capture_output=True, text=True, timeout=200, env=env)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]

@@ -128,7 +128,7 @@ def test_pairing_exact_and_nearest():
 
 
 def test_pairing_depth_early_late_missing():
-    p = DepthPairer(tolerance_ns=5 * MS, capacity=30)
+    p = DepthPairer(tolerance_ns=5 * MS, capacity=30, idle_s=60.0)
     # Early: depth frames come before their colour frames.
     for i in range(5):
         p.add(i * 33 * MS, i)
@@ -154,7 +154,7 @@ def test_pairing_depth_early_late_missing():
 
 
 def test_pairing_waits_only_while_a_better_partner_can_come():
-    p = DepthPairer(tolerance_ns=20 * MS, capacity=10)
+    p = DepthPairer(tolerance_ns=20 * MS, capacity=10, idle_s=60.0)
     p.add(95 * MS, "early")
     p.add(104 * MS, "after")     # a frame after the colour stamp: nothing nearer can follow
     t0 = time.monotonic()
@@ -185,6 +185,17 @@ def test_pairing_depth_at_another_rate():
     assert p.counters["colour_unpaired"] == 45
 
 
+def test_pairing_does_not_wait_without_a_depth_stream():
+    p = DepthPairer(tolerance_ns=5 * MS, capacity=5, idle_s=0.5)
+    t0 = time.monotonic()
+    assert p.take(0, timeout_s=30.0) is None          # no depth ever: no wait
+    p.add(33 * MS, "d")
+    assert p.take(33 * MS, timeout_s=30.0) == "d"
+    time.sleep(0.6)                                   # the depth stream stopped
+    assert p.take(66 * MS, timeout_s=30.0) is None
+    assert time.monotonic() - t0 < 20.0
+
+
 def test_pairing_queue_is_bounded():
     p = DepthPairer(tolerance_ns=1 * MS, capacity=5)
     for i in range(50):
@@ -196,11 +207,12 @@ def test_pairing_queue_is_bounded():
 def test_pairing_threads():
     """A producer thread adds depth while the consumer takes with a timeout: every frame pairs
     with its own depth frame."""
-    p = DepthPairer(tolerance_ns=1 * MS, capacity=50)
+    p = DepthPairer(tolerance_ns=1 * MS, capacity=50, idle_s=60.0)
     n = 200
+    p.add(0, 0)  # the stream is live before the consumer starts (else take() does not wait)
 
     def produce():
-        for i in range(n):
+        for i in range(1, n):
             p.add(i * 33 * MS, i)
             time.sleep(0.0005)
 
