@@ -111,7 +111,8 @@ class DepthInput:
         config.validate()
         with self._lock:
             self.config = config
-            self._pairer = depth3d.DepthPairer(int(round(config.pairing_tolerance_s * NS_PER_S)), config.queue_size)
+            self._pairer = depth3d.DepthPairer(int(round(config.pairing_tolerance_s * NS_PER_S)), config.queue_size,
+                                               idle_s=DEPTH_STALE_S)
             self._reported = {}
             self._last_depth = -1e9
             self._last_colour_ns = None
@@ -200,8 +201,7 @@ class DepthInput:
             pairer.clear()
             self._count("depth_restarts")
         self._last_colour_ns = stamp_ns
-        arriving = time.monotonic() - self._last_depth < DEPTH_STALE_S
-        item = pairer.take(stamp_ns, timeout_s=self.config.wait_s if arriving else 0.0)
+        item = pairer.take(stamp_ns, timeout_s=self.config.wait_s)  # no wait while depth is off
         self._report_pairer()
         if item is None:
             return None
