@@ -14,6 +14,9 @@ tracks, grounding results and RViz markers out.
 `grounder` names the grounding backend wherever grounding runs; the grounder node reads
 `grounder_params_file` (its model settings).
 
+With an RGB-D camera, also depth_topic (depth registered to the colour image) and
+camera_info_topic (the colour camera's CameraInfo); the README lists them for the usual drivers.
+
 The nodes are lifecycle nodes. With autostart:=true (the default) this file configures each once
 its process is up and activates it once it is inactive, the usual launch_ros way (ChangeState
 events, the second one on the configuring -> inactive transition); with autostart:=false a
@@ -59,6 +62,8 @@ def generate_launch_description():
     namespace = LaunchConfiguration("namespace")
     camera_topic = LaunchConfiguration("camera_topic")
     command_topic = LaunchConfiguration("command_topic")
+    depth_topic = LaunchConfiguration("depth_topic")
+    camera_info_topic = LaunchConfiguration("camera_info_topic")
     params_file = LaunchConfiguration("params_file")
     autostart = LaunchConfiguration("autostart")
 
@@ -70,6 +75,11 @@ def generate_launch_description():
                                           "sibling is used when image_transport is compressed)"),
         DeclareLaunchArgument("command_topic", default_value="command",
                               description="std_msgs/String topic the language commands arrive on"),
+        DeclareLaunchArgument("depth_topic", default_value="depth",
+                              description="sensor_msgs/Image depth registered to the colour image "
+                                          "(16UC1 mm or 32FC1 m); nothing published there: 2D only"),
+        DeclareLaunchArgument("camera_info_topic", default_value="camera_info",
+                              description="sensor_msgs/CameraInfo of the colour camera (needed for 3D)"),
         DeclareLaunchArgument("params_file", default_value=os.path.join(share, "config", "steerseg.yaml"),
                               description="Parameters file (the node's section is /**/steerseg)"),
         DeclareLaunchArgument("nodes", default_value="all", choices=list(NODES),
@@ -108,6 +118,8 @@ def generate_launch_description():
                     ("image", camera_topic),
                     ("image/compressed", [camera_topic, "/compressed"]),
                     ("command", command_topic),
+                    ("depth", depth_topic),
+                    ("camera_info", camera_info_topic),
                 ],
             )
             entities += lifecycle_startup(tracker, autostart)

@@ -617,10 +617,10 @@ class Pipeline:
         self.stats["groundings"] += 1
         result = self.grounder.ground(keyframes, job.command)
         result.validate()
-        if self._discard(job, keyframes):
+        if self._stale(job):
             return
         chosen = tracklets.select(result, self.tracker, self.config.selection)
-        if self._discard(job, keyframes):
+        if self._stale(job) or self._expired(job, result, chosen):
             return
         with self._lock:
             target = self._targets.get(job.target)
@@ -648,21 +648,31 @@ class Pipeline:
         with self._lock:
             return job.generation == self._generation and job.target in self._targets
 
-    def _discard(self, job: _Job, keyframes: list[Frame]) -> bool:
-        """Whether a finished grounding is to be dropped: its target was removed or replaced
-        since (a new command, or a stream that restarted), or its oldest keyframe has left the
-        buffer (a late answer: the live tracks could not be compared with it on its keyframes,
-        and its targets could not be caught up from them). Counted; the tracks go on untouched."""
-        if not self._job_current(job):
-            self.stats["groundings_stale"] += 1
-            log.info("grounding %r answered after its target changed or was removed: discarded", job.command)
-            return True
-        if self.buffer.get(keyframes[0].seq) is None:
-            self.stats["groundings_expired"] += 1
-            log.warning("grounding %r answered after its keyframes left the buffer (%.1f s late): discarded",
-                        job.command, (self.buffer.latest().stamp_ns - keyframes[-1].stamp_ns) / NS_PER_S)
-            return True
-        return False
+    def _stale(self, job: _Job) -> bool:
+        """A finished grounding whose target was removed or replaced since it started (a new
+        command, a stream that restarted): dropped and counted."""
+        if self._job_current(job):
+            return False
+        self.stats["groundings_stale"] += 1
+        log.info("grounding %r answered after its target changed or was removed: discarded", job.command)
+        return True
+
+    def _expired(self, job: _Job, result: GroundingResult, chosen: list) -> bool:
+        """A re-grounding whose chosen candidate lies on a keyframe that has left the buffer (a
+        late answer): the live tracks' masks there are gone too, so it could not be compared
+        with them, and a disagreement it cannot show must not swap what the robot follows.
+        Dropped and counted; the tracks go on. A first grounding (no track to swap) is still
+        used, caught up over what the buffer holds."""
+        with self._lock:
+            if not any(t.target == job.target for t in self._tracks.values()):
+                return False
+        gone = [c for c in chosen if self.buffer.get(result.keyframes[c.keyframe_index].seq) is None]
+        if not gone:
+            return False
+        self.stats["groundings_expired"] += 1
+        late_s = (self.buffer.latest().stamp_ns - result.keyframes[gone[0].keyframe_index].stamp_ns) / NS_PER_S
+        log.warning("re-grounding %r chose a keyframe that left the buffer %.1f s ago: discarded", job.command, late_s)
+        return True
 
     def _catch_up(self, state: ObjectState, upto: Optional[int]) -> None:
         """Advance a detached object through the buffered frames after it. Without the lock

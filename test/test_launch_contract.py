@@ -127,7 +127,7 @@ class Description:
 def test_declares_the_documented_arguments(launch_module):
     d = Description(launch_module)
     assert {"camera_topic", "command_topic", "params_file", "grounder", "tracker", "namespace",
-            "autostart"} <= set(d.declared)
+            "autostart", "depth_topic", "camera_info_topic"} <= set(d.declared)
     for name, kwargs in d.declared.items():
         assert kwargs.get("description"), f"launch argument {name} has no description"
 
@@ -162,11 +162,16 @@ def test_remaps_camera_and_command_onto_the_node_topics(launch_module):
     from steerseg_ros.ros.node import SUBSCRIPTIONS
 
     d = Description(launch_module, camera_topic="/front/color/image_raw", command_topic="/speech/text",
-                    namespace="robot1")
+                    namespace="robot1", depth_topic="/front/aligned_depth_to_color/image_raw",
+                    camera_info_topic="/front/color/camera_info")
     node = d.node()
     remaps = dict(d.resolve(node.kwargs["remappings"]))
     assert remaps == {"image": "/front/color/image_raw", "image/compressed": "/front/color/image_raw/compressed",
-                      "command": "/speech/text"}
+                      "command": "/speech/text", "depth": "/front/aligned_depth_to_color/image_raw",
+                      "camera_info": "/front/color/camera_info"}
+    # by default depth and camera_info stay the node's own relative topics (nothing there: 2D)
+    defaults = dict(Description(launch_module).resolve(Description(launch_module).node().kwargs["remappings"]))
+    assert defaults["depth"] == "depth" and defaults["camera_info"] == "camera_info"
     assert set(remaps) <= set(SUBSCRIPTIONS)
     assert d.resolve(node.kwargs["namespace"]) == "robot1"
 

@@ -7,11 +7,14 @@ images with OpenCV 5), and because the conversions themselves are a few lines ea
 
 Raw images in: bgr8, rgb8, bgra8, rgba8, mono8 -> HxWx3 uint8 RGB (the pipeline's format).
 Raw images out: any of those encodings from an HxWxC uint8 array (the label mask is mono8, the
-overlay bgr8). Compressed images: JPEG and PNG, both directions.
+overlay bgr8). Compressed images: JPEG and PNG, both directions. Depth images in: 16UC1
+(millimetres) and 32FC1 (metres) -> HxW uint16 / float32 in native byte order (the units are
+the caller's business: steerseg_ros.depth.depth_to_metres).
 """
 from __future__ import annotations
 
 import array as _array
+import sys
 from typing import Optional
 
 import io
@@ -91,6 +94,54 @@ def image_to_array(msg: Image) -> np.ndarray:
     if channels == 1:
         return rows
     return rows.reshape(height, width, channels)
+
+
+# Depth encodings (REP 118): encoding -> pixel dtype (little-endian; byte-swapped for big-endian
+# messages).
+DEPTH_ENCODINGS: dict[str, np.dtype] = {"16uc1": np.dtype("<u2"), "32fc1": np.dtype("<f4")}
+
+
+def depth_image_to_array(msg: Image) -> tuple[np.ndarray, str]:
+    """(HxW array, canonical encoding "16UC1" or "32FC1") from a depth image message, in native
+    byte order: a read-only view on the message data where no copy is needed."""
+    encoding = msg.encoding.upper()
+    if encoding.lower() not in DEPTH_ENCODINGS:
+        raise ImageConversionError(
+            "encoding", f"unsupported depth encoding {msg.encoding!r}; expected 16UC1 (mm) or 32FC1 (m)")
+    dtype = DEPTH_ENCODINGS[encoding.lower()]
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    _check_header(height, width)
+    if msg.is_bigendian not in (0, 1):
+        raise ImageConversionError("endianness", f"is_bigendian is {msg.is_bigendian}, not 0 or 1")
+    row_bytes = width * dtype.itemsize
+    if step < row_bytes:
+        raise ImageConversionError(
+            "step", f"step {step} is smaller than width x {dtype.itemsize} bytes = {row_bytes}")
+    data = np.frombuffer(msg.data, dtype=np.uint8)
+    if data.size < height * step:
+        raise ImageConversionError(
+            "short_data", f"data has {data.size} bytes, fewer than height x step = {height} x {step} = {height * step}")
+    rows = data[:height * step].reshape(height, step)[:, :row_bytes]
+    pixels = rows.view(dtype.newbyteorder(">") if msg.is_bigendian else dtype).reshape(height, width)
+    if not pixels.dtype.isnative:
+        pixels = pixels.astype(pixels.dtype.newbyteorder("="))
+    return pixels, encoding
+
+
+def depth_array_to_image(depth: np.ndarray, header: Optional[Header] = None) -> Image:
+    """A 16UC1 (uint16, millimetres) or 32FC1 (float32, metres) depth image message."""
+    encodings = {np.dtype(np.uint16): ("16UC1", 2), np.dtype(np.float32): ("32FC1", 4)}
+    if depth.ndim != 2 or depth.dtype not in encodings:
+        raise ImageConversionError("dtype", f"expected an HxW uint16 or float32 depth array, got {depth.dtype} {depth.shape}")
+    encoding, size = encodings[depth.dtype]
+    height, width = depth.shape
+    _check_header(height, width)
+    msg = Image(height=height, width=width, encoding=encoding, step=width * size)
+    if header is not None:
+        msg.header = header
+    msg.is_bigendian = int(sys.byteorder == "big")
+    msg.data = _byte_array(np.ascontiguousarray(depth).view(np.uint8))
+    return msg
 
 
 def image_to_rgb(msg: Image) -> np.ndarray:

@@ -3,8 +3,8 @@
 Owns the mapping from the pipeline's `TrackView` and `GroundingResult` to the package's own
 messages, and the choice of what the RViz markers show.
 
-Markers. The node sees only a camera image, with no depth, so it cannot place an object in 3-D.
-The markers lie on a virtual image plane in the image's own frame (the camera's optical frame:
+Markers. Without depth the node cannot place an object in 3-D: the markers lie on a virtual
+image plane in the image's own frame (the camera's optical frame:
 x right, y down, z forward), `distance` metres in front of the camera: pixel (u, v) goes to
 ((u - W/2) * s, (v - H/2) * s, distance) with s = distance / focal_length_px. With the camera's
 real focal length every marker lies on the true viewing ray of its pixel, so a Camera display in
@@ -12,17 +12,23 @@ RViz draws it over the image where the object is, and in the 3-D view the boxes 
 of each target from the camera. Each live track gets its mask's bounding box (a line strip in the
 track's colour), a sphere at the mask centroid and a text label "#id label score". The overlay
 image carries the same ids, labels and masks for the Image displays.
+
+With depth, a track whose 3D estimate is valid on the frame gets 3D markers instead, in the
+colour camera's optical frame (camera_info's frame_id): a translucent box (CUBE) over its 3D
+extent, a sphere at its position and the text label above the box (`object_markers_3d`, which a
+separate drawing node can call too). The 3D fields of `Track`, the `target_point` message and
+the `object_points` cloud are built here as well.
 """
 from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from typing import Iterable, Optional, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 from builtin_interfaces.msg import Duration, Time
-from geometry_msgs.msg import Point
-from sensor_msgs.msg import Image, RegionOfInterest
+from geometry_msgs.msg import Point, PointStamped, Vector3
+from sensor_msgs.msg import Image, PointCloud2, PointField, RegionOfInterest
 from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker, MarkerArray
 
@@ -53,7 +59,9 @@ def header_at(stamp_ns: int, frame_id: str) -> Header:
 
 
 # ---- tracks ---------------------------------------------------------------------------------
-def track_to_msg(view: TrackView, header: Header) -> Track:
+def track_to_msg(view: TrackView, header: Header, obj: Any = None, position_frame_id: str = "") -> Track:
+    """The track on one frame; `obj` (a steerseg_ros.depth.Object3D, or None) fills the 3D
+    fields when valid, in `position_frame_id` (camera_info's frame_id)."""
     msg = Track()
     msg.header = header
     msg.id = int(view.id)
@@ -71,11 +79,80 @@ def track_to_msg(view: TrackView, header: Header) -> Track:
         msg.mask_area = area
     msg.last_grounding = ns_to_stamp(view.last_grounding_ns)
     msg.target_id = int(getattr(view, "target_id", 0))
+    if obj is not None:
+        fill_position(msg, obj, position_frame_id)
     return msg
 
 
-def tracks_to_msg(views: Iterable[TrackView], header: Header) -> TrackArray:
-    return TrackArray(header=header, tracks=[track_to_msg(v, header) for v in views])
+def _xyz(values: Any) -> tuple[float, float, float]:
+    x, y, z = (float(v) for v in np.broadcast_to(np.asarray(values, dtype=np.float64), (3,)))
+    return x, y, z
+
+
+def fill_position(msg: Track, obj: Any, frame_id: str) -> None:
+    """The 3D fields of a Track from an Object3D (has_position false when it is not valid)."""
+    msg.position_frame_id = frame_id
+    msg.depth_points = int(getattr(obj, "n_valid", 0) or 0)
+    if not obj.valid:
+        return
+    msg.has_position = True
+    msg.position = Point(**dict(zip("xyz", _xyz(obj.position))))
+    msg.extent_min = Point(**dict(zip("xyz", _xyz(obj.extent_min))))
+    msg.extent_max = Point(**dict(zip("xyz", _xyz(obj.extent_max))))
+    msg.position_std = Vector3(**dict(zip("xyz", _xyz(obj.std))))
+    stderr = np.asarray(obj.stderr, dtype=np.float64)
+    msg.position_stderr = float(np.linalg.norm(stderr) if stderr.ndim else stderr)
+
+
+def tracks_to_msg(views: Iterable[TrackView], header: Header, objects: Optional[Mapping[int, Any]] = None,
+                  position_frame_id: str = "") -> TrackArray:
+    """All tracks on one frame; `objects` maps track id -> Object3D for the tracks with a 3D
+    estimate on this frame."""
+    objects = objects or {}
+    return TrackArray(header=header, tracks=[track_to_msg(v, header, objects.get(v.id), position_frame_id)
+                                             for v in views])
+
+
+# ---- 3D target ------------------------------------------------------------------------------
+def active_target(views: Sequence[TrackView], objects: Mapping[int, Any]) -> Optional[TrackView]:
+    """The track `target_point` follows: among the tracks with a confident mask on this frame
+    (TRACKING or REGROUNDING) and a valid 3D estimate, the oldest (lowest id). The oldest rather
+    than the best-scoring one, so that a follower does not jump between objects when scores
+    cross; a track that ends (REPLACED, LOST) hands over to the next oldest."""
+    live = [v for v in views if v.state in (TrackState.TRACKING, TrackState.REGROUNDING)
+            and v.id in objects and objects[v.id].valid]
+    return min(live, key=lambda v: v.id) if live else None
+
+
+def target_point_msg(obj: Any, header: Header) -> PointStamped:
+    """The active target's position; header: the colour frame's stamp, camera_info's frame_id."""
+    x, y, z = _xyz(obj.position)
+    return PointStamped(header=header, point=Point(x=x, y=y, z=z))
+
+
+_CLOUD_FIELDS = [PointField(name="x", offset=0, datatype=PointField.FLOAT32, count=1),
+                 PointField(name="y", offset=4, datatype=PointField.FLOAT32, count=1),
+                 PointField(name="z", offset=8, datatype=PointField.FLOAT32, count=1),
+                 PointField(name="id", offset=12, datatype=PointField.UINT32, count=1)]
+_CLOUD_DTYPE = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("id", "<u4")])
+
+
+def points_to_cloud(points_by_id: Mapping[int, np.ndarray], header: Header) -> PointCloud2:
+    """An unorganised PointCloud2 (x, y, z float32 and the track id as uint32 `id`) of each
+    track's (N, 3) object points, in the header's frame."""
+    total = sum(len(p) for p in points_by_id.values())
+    cloud = np.empty(total, dtype=_CLOUD_DTYPE)
+    start = 0
+    for track_id, points in points_by_id.items():
+        points = np.asarray(points, dtype=np.float32).reshape(-1, 3)
+        end = start + len(points)
+        cloud["x"][start:end], cloud["y"][start:end], cloud["z"][start:end] = points.T
+        cloud["id"][start:end] = track_id
+        start = end
+    msg = PointCloud2(header=header, height=1, width=total, fields=_CLOUD_FIELDS, is_bigendian=False,
+                      point_step=_CLOUD_DTYPE.itemsize, row_step=_CLOUD_DTYPE.itemsize * total, is_dense=True)
+    msg.data = cloud.tobytes()
+    return msg
 
 
 # ---- grounding ------------------------------------------------------------------------------
@@ -183,7 +260,8 @@ class MarkerConfig:
     """Where the RViz markers are drawn (each field's help text is in its metadata)."""
 
     distance: float = field(default=2.0, metadata={"help": (
-        "Metres from the camera to the virtual image plane the markers lie on (there is no depth).")})
+        "Metres from the camera to the virtual image plane the markers lie on (for tracks without "
+        "a 3D position: no depth).")})
     focal_length_px: float = field(default=600.0, metadata={"help": (
         "The camera's focal length in pixels (CameraInfo K[0]); pixel offsets from the image centre "
         "are scaled by distance / focal_length_px, so each marker lies on its pixel's viewing ray.")})
@@ -199,11 +277,46 @@ def _colour(track_id: int, alpha: float = 1.0) -> ColorRGBA:
     return ColorRGBA(r=r / 255.0, g=g / 255.0, b=b / 255.0, a=alpha)
 
 
+def _label_text(view: TrackView) -> str:
+    return f"#{view.id} {view.label} {view.score:.2f}".replace("  ", " ")
+
+
+def object_markers_3d(track_id: int, text: str, obj: Any, header: Header, alpha: float = 1.0,
+                      text_height: float = 0.12) -> list[Marker]:
+    """One object's 3D markers in `header`'s frame (camera_info's): a translucent CUBE over its
+    extent, a SPHERE at its position and a TEXT label above the box (y points down in the
+    optical frame). Ids track_id * 3 + 0, 1, 2, as the image-plane markers."""
+    colour = _colour(track_id, alpha)
+    base = dict(header=header, ns=MARKER_NAMESPACE, action=Marker.ADD, lifetime=Duration())
+    low, high = np.array(_xyz(obj.extent_min)), np.array(_xyz(obj.extent_max))
+    size = np.maximum(high - low, 0.01)  # a flat or one-point extent still shows
+    centre = (low + high) / 2.0
+    box = Marker(id=track_id * 3, type=Marker.CUBE, color=_colour(track_id, 0.3 * alpha), **base)
+    box.pose.position = Point(x=float(centre[0]), y=float(centre[1]), z=float(centre[2]))
+    box.pose.orientation.w = 1.0
+    box.scale.x, box.scale.y, box.scale.z = (float(v) for v in size)
+    x, y, z = _xyz(obj.position)
+    sphere = Marker(id=track_id * 3 + 1, type=Marker.SPHERE, color=colour, **base)
+    sphere.pose.position = Point(x=x, y=y, z=z)
+    sphere.pose.orientation.w = 1.0
+    sphere.scale.x = sphere.scale.y = sphere.scale.z = float(np.clip(0.2 * size.min(), 0.02, 0.1))
+    label = Marker(id=track_id * 3 + 2, type=Marker.TEXT_VIEW_FACING, color=colour, **base)
+    label.pose.position = Point(x=float(centre[0]), y=float(low[1] - text_height), z=float(centre[2]))
+    label.pose.orientation.w = 1.0
+    label.scale.z = text_height
+    label.text = text
+    return [box, sphere, label]
+
+
 def tracks_to_markers(views: Sequence[TrackView], header: Header, image_size: tuple[int, int],
-                      config: Optional[MarkerConfig] = None) -> MarkerArray:
+                      config: Optional[MarkerConfig] = None, objects: Optional[Mapping[int, Any]] = None,
+                      camera_header: Optional[Header] = None) -> MarkerArray:
     """Markers for the live tracks on one frame, after a DELETEALL that clears the previous
-    frame's (so ended tracks disappear). image_size: (width, height)."""
+    frame's (so ended tracks disappear). image_size: (width, height). A track with a valid 3D
+    estimate in `objects` gets 3D markers in `camera_header`'s frame; the others get the
+    image-plane markers in `header`'s."""
     config = config or MarkerConfig()
+    objects = objects or {}
     width, height = image_size
     s = config.metres_per_pixel
 
@@ -218,6 +331,10 @@ def tracks_to_markers(views: Sequence[TrackView], header: Header, image_size: tu
         if not area:
             continue
         alpha = 0.4 if view.state == TrackState.LOST else 1.0
+        obj = objects.get(view.id)
+        if obj is not None and obj.valid and camera_header is not None:
+            markers += object_markers_3d(view.id, _label_text(view), obj, camera_header, alpha, config.text_height)
+            continue
         colour = _colour(view.id, alpha)
         base = dict(header=header, ns=MARKER_NAMESPACE, action=Marker.ADD, lifetime=Duration())
         box = Marker(id=view.id * 3, type=Marker.LINE_STRIP, color=colour, **base)
@@ -233,7 +350,7 @@ def tracks_to_markers(views: Sequence[TrackView], header: Header, image_size: tu
         text.pose.position.y -= config.text_height  # above the box (y points down)
         text.pose.orientation.w = 1.0
         text.scale.z = config.text_height
-        text.text = f"#{view.id} {view.label} {view.score:.2f}".replace("  ", " ")
+        text.text = _label_text(view)
         markers += [box, centre, text]
     return MarkerArray(markers=markers)
 

@@ -1,5 +1,6 @@
 """The ROS 2 node: camera frames and language commands in; label masks, overlays, tracks,
-grounding results and RViz markers out, at camera rate.
+grounding results and RViz markers out, at camera rate. With depth and camera_info (optional,
+see steerseg_ros.ros.depth_input) the tracks carry 3D, and target_point and object_points go out.
 
 Owns `SteerSegNode` (the lifecycle node `steerseg`) and `main()`: its parameters (declared from
 the config dataclasses of the node, the pipeline and the chosen backends, validated whenever they
@@ -38,8 +39,9 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from rclpy.parameter import Parameter
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
                        qos_profile_sensor_data)
+from geometry_msgs.msg import PointStamped
 from rclpy.task import Future
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import Header, String
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
@@ -53,21 +55,25 @@ from steerseg_ros.msg import TrackArray
 from steerseg_ros.pipeline import (FrameRejected, Pipeline, PipelineConfig, PipelineOutput, SeedRejected,
                                    TargetLimitError)
 from steerseg_ros.ros import main_loop, parameters
+from steerseg_ros.ros.depth_input import DepthConfig, DepthInput, Frame3D
 from steerseg_ros.ros.image_conversion import (ImageConversionError, array_to_image, compressed_to_rgb,
                                                image_to_array, image_to_rgb)
-from steerseg_ros.ros.messages import (MarkerConfig, grounding_to_msg, stamp_to_ns, tracks_to_markers,
+from steerseg_ros.ros.messages import (MarkerConfig, active_target, grounding_to_msg, header_at,
+                                       points_to_cloud, stamp_to_ns, target_point_msg, tracks_to_markers,
                                        tracks_to_msg)
 
 NODE_NAME = "steerseg"
 # Relative topic names (remappable): what the node subscribes and publishes. /diagnostics is
 # absolute, as diagnostic aggregators expect.
 SUBSCRIPTIONS = {"image": "sensor_msgs/Image", "image/compressed": "sensor_msgs/CompressedImage",
-                 "command": "std_msgs/String", "seed_mask": "sensor_msgs/Image"}
+                 "command": "std_msgs/String", "seed_mask": "sensor_msgs/Image",
+                 "depth": "sensor_msgs/Image", "camera_info": "sensor_msgs/CameraInfo"}
 # The Follow action (relative name, remappable) and the stop service (private, ~/stop).
 ACTIONS = {"follow": "steerseg_ros/action/Follow"}
 SERVICES = {"~/stop": "std_srvs/srv/Trigger"}
 PUBLICATIONS = {"mask": "sensor_msgs/Image", "overlay": "sensor_msgs/Image", "tracks": "steerseg_ros/TrackArray",
-                "grounding": "steerseg_ros/GroundingResult", "markers": "visualization_msgs/MarkerArray"}
+                "grounding": "steerseg_ros/GroundingResult", "markers": "visualization_msgs/MarkerArray",
+                "target_point": "geometry_msgs/PointStamped", "object_points": "sensor_msgs/PointCloud2"}
 BACKEND_KINDS = ("grounder", "tracker")
 # Parameters under grounder.* / tracker.* that are the node's, not the backend config's.
 _CHOICE_FIELDS = ("backend", "fallback_to_builtin")
@@ -141,6 +147,7 @@ def static_specs() -> list[parameters.ParamSpec]:
             "instead of staying unconfigured."))
     out += pipeline_specs()
     out += parameters.specs(MarkerConfig, "markers")
+    out += parameters.specs(DepthConfig, "depth")
     return out
 
 
@@ -172,20 +179,43 @@ def write_default_params(path: str, grounder: str = "builtin", tracker: str = "b
 
 def output_messages(output: PipelineOutput, header: Header, rgb: np.ndarray, overlay_alpha: float = 0.5,
                     marker_config: Optional[MarkerConfig] = None, overlay: bool = True,
-                    markers: bool = True) -> list[tuple[str, Any]]:
+                    markers: bool = True, frame3d: Optional[Frame3D] = None,
+                    object_points: bool = False) -> list[tuple[str, Any]]:
     """The (topic, message) pairs the node publishes for one processed frame, all stamped with
     the frame's header: the label mask, the tracks, optionally the overlay and the markers, and
-    the groundings that finished since the previous frame."""
+    the groundings that finished since the previous frame. With `frame3d` (the frame's 3D step)
+    the tracks carry their 3D, the markers are drawn in 3D, and the active target goes out on
+    target_point (and the tracks' points on object_points when `object_points`)."""
     visible = output.visible_tracks()
+    objects = frame3d.objects if frame3d is not None else {}
+    camera_header = header_at(stamp_to_ns(header.stamp), frame3d.frame_id) if frame3d is not None else None
     out: list[tuple[str, Any]] = [
         ("mask", array_to_image(output.label_image(), "mono8", header)),
-        ("tracks", tracks_to_msg(output.tracks, header)),
+        ("tracks", tracks_to_msg(output.tracks, header, objects, frame3d.frame_id if frame3d else "")),
     ]
     if overlay:
         out.append(("overlay", array_to_image(render.overlay(rgb, visible, overlay_alpha), "bgr8", header)))
     if markers:
-        out.append(("markers", tracks_to_markers(visible, header, (rgb.shape[1], rgb.shape[0]), marker_config)))
+        out.append(("markers", tracks_to_markers(visible, header, (rgb.shape[1], rgb.shape[0]), marker_config,
+                                                 objects, camera_header)))
+    out += _messages_3d(visible, frame3d, camera_header, object_points)
     out += [("grounding", grounding_to_msg(result)) for result in output.groundings]
+    return out
+
+
+def _messages_3d(visible: list, frame3d: Optional[Frame3D], camera_header: Optional[Header],
+                 object_points: bool) -> list[tuple[str, Any]]:
+    """target_point (the active target, when one has a valid 3D estimate) and object_points."""
+    if frame3d is None or camera_header is None:
+        return []
+    out: list[tuple[str, Any]] = []
+    target = active_target(visible, frame3d.objects)
+    if target is not None:
+        out.append(("target_point", target_point_msg(frame3d.objects[target.id], camera_header)))
+    if object_points:
+        live = {v.id for v in visible}
+        points = {i: p for i, p in frame3d.object_points().items() if i in live}
+        out.append(("object_points", points_to_cloud(points, camera_header)))
     return out
 
 
@@ -318,6 +348,8 @@ class SteerSegNode(LifecycleNode):
         self._last_summary = ""
         self._goals: dict[int, _Goal] = {}  # by target id
         self._goals_lock = threading.RLock()
+        self._depth = DepthInput(self._reject, self._count)
+        self._depth_times: collections.deque[float] = collections.deque(maxlen=200)
 
         self._declare_static_parameters()
         for kind in BACKEND_KINDS:
@@ -386,6 +418,13 @@ class SteerSegNode(LifecycleNode):
         _validate_markers(config)
         return config
 
+    def _read_depth_config(self, overrides: Optional[dict] = None) -> DepthConfig:
+        values = self._values(parameters.specs(DepthConfig, "depth"))
+        values.update(overrides or {})
+        config = parameters.build(DepthConfig, values)
+        config.validate()
+        return config
+
     def _read_pipeline_config(self, overrides: Optional[dict] = None) -> PipelineConfig:
         values = self._values(pipeline_specs())
         values.update(overrides or {})
@@ -414,6 +453,8 @@ class SteerSegNode(LifecycleNode):
                 self._read_node_config(by_section["node"])
             if "markers" in by_section:
                 self._read_markers(by_section["markers"])
+            if "depth" in by_section:
+                self._read_depth_config(by_section["depth"])
             if "pipeline" in by_section:
                 self._read_pipeline_config(by_section["pipeline"])
             for kind in BACKEND_KINDS:
@@ -567,6 +608,7 @@ class SteerSegNode(LifecycleNode):
             self._subs.append(self.create_subscription(Image, "image", lambda m: self._on_image("raw", m), camera_qos))
         self._subs.append(self.create_subscription(String, "command", self._on_command, reliable))
         self._subs.append(self.create_subscription(Image, "seed_mask", self._on_seed_mask, reliable))
+        self._activate_depth(reliable)
         self._stop.clear()
         self._mailbox.reopen()
         self._thread = threading.Thread(target=self._run, name="steerseg-processing", daemon=True)
@@ -575,6 +617,20 @@ class SteerSegNode(LifecycleNode):
         self.get_logger().info(
             f"active: camera {self.resolve_topic_name('image' if config.image_transport == 'raw' else 'image/compressed')} "
             f"({config.image_qos} QoS), command {self.resolve_topic_name('command')}")
+
+    def _activate_depth(self, reliable: QoSProfile) -> None:
+        """The depth and camera_info subscriptions and the 3D outputs (part of activate)."""
+        config = self._read_depth_config()
+        self._depth.start(config)
+        if config.qos == "sensor_data":
+            qos = qos_profile_sensor_data
+        else:
+            qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+        self._subs.append(self.create_subscription(Image, "depth", self._depth.on_depth, qos))
+        self._subs.append(self.create_subscription(CameraInfo, "camera_info", self._depth.on_camera_info, qos))
+        self._pubs["target_point"] = self.create_publisher(PointStamped, "target_point", reliable)
+        self._pubs["object_points"] = self.create_publisher(
+            PointCloud2, "object_points", QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE))
 
     def _deactivate(self) -> None:
         self._stop.set()
@@ -712,8 +768,19 @@ class SteerSegNode(LifecycleNode):
         self._count("frames_processed")
         self._last_stamp_ns = output.frame.stamp_ns
         self._apply_seeds(pipeline, output)
-        self.publish_output(output, msg.header, rgb)
+        frame3d = self._step_3d(output, msg.header, rgb)
+        self.publish_output(output, msg.header, rgb, frame3d)
         self._frame_times.append(time.perf_counter() - start)
+
+    def _step_3d(self, output: PipelineOutput, header: Header, rgb: np.ndarray) -> Optional[Frame3D]:
+        """The 3D of this frame's live tracks from its paired depth image (None: 2D only)."""
+        pub = self._pubs.get("object_points")
+        max_points = self._depth.config.object_points_max if pub is not None and pub.get_subscription_count() else 0
+        frame3d = self._depth.estimate(output.tracks, stamp_to_ns(header.stamp), (rgb.shape[1], rgb.shape[0]),
+                                       max_points)
+        if frame3d is not None:
+            self._depth_times.append(frame3d.seconds)
+        return frame3d
 
     def _apply_seeds(self, pipeline: Pipeline, output: PipelineOutput) -> None:
         """Seed tracks from waiting seed masks whose frame has been processed; the others wait
@@ -739,9 +806,11 @@ class SteerSegNode(LifecycleNode):
             self._count("seeds")
             output.tracks.append(view)
 
-    def publish_output(self, output: PipelineOutput, header: Header, rgb: np.ndarray) -> None:
+    def publish_output(self, output: PipelineOutput, header: Header, rgb: np.ndarray,
+                       frame3d: Optional[Frame3D] = None) -> None:
         """Publish everything one processed frame produced, stamped with its image's header.
-        The overlay and markers are drawn only when something subscribes to them."""
+        The overlay and markers are drawn (and the object points gathered) only when something
+        subscribes to them."""
         pubs = self._pubs
         if not pubs:
             return
@@ -749,7 +818,9 @@ class SteerSegNode(LifecycleNode):
         messages = output_messages(
             output, header, rgb, self._node_config.overlay_alpha, self._markers,
             overlay=draw_all or pubs["overlay"].get_subscription_count() > 0,
-            markers=draw_all or pubs["markers"].get_subscription_count() > 0)
+            markers=draw_all or pubs["markers"].get_subscription_count() > 0,
+            frame3d=frame3d,
+            object_points="object_points" in pubs and pubs["object_points"].get_subscription_count() > 0)
         for topic, msg in messages:
             pubs[topic].publish(msg)
         self._follow_update(output, dict(messages)["tracks"])
@@ -927,6 +998,7 @@ class SteerSegNode(LifecycleNode):
             status = getattr(self._pipeline.grounder, "status", None)
             if status is not None:  # a grounder node's link (remote backend)
                 out.update(status())
+        out.update(self._depth.counters())
         return out
 
     def _on_stats_timer(self) -> None:
@@ -965,6 +1037,9 @@ class SteerSegNode(LifecycleNode):
         times = list(self._frame_times)
         if times:
             values["ms_per_frame"] = f"{1e3 * float(np.mean(times)):.2f}"
+        depth_times = list(self._depth_times)
+        if depth_times:
+            values["ms_3d_per_frame"] = f"{1e3 * float(np.mean(depth_times)):.2f}"
         values.update({k: str(v) for k, v in counts.items()})
         status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
         array = DiagnosticArray(status=[status])

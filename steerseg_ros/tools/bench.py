@@ -17,6 +17,10 @@ Sections (`--sections`, comma-separated; default all) and the goals the issues s
 - depth3d: the 3D step (position, extent, spread from mask + depth) per object per frame at
   640x480 and 1280x720 on the synthetic RGB-D scene, and its share of the frame time against the
   built-in tracker's step on the same frames; goal: <= 1 ms for one object.
+- depth3d_node: the same scene through the node as its own process over DDS (colour, depth and
+  camera_info, one seeded object, each frame once the previous one was answered): the node's
+  time per frame and its 3D step's (as on /diagnostics: ms_per_frame, ms_3d_per_frame) and the
+  3D step's share of the node's frame time.
 - memory: the node process's resident memory after 2,000 published masks minus after 200 (with
   re-grounding running); goal: < 20 MB.
 - tracker: the built-in tracker's J&F on DAVIS 2016 and its step time at 854x480; goal: <= 30 ms.
@@ -386,6 +390,76 @@ class Camera:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(5.0)
+
+
+# ---- depth3d_node: the 3D step's share inside the node ----------------------------------------------
+@section("depth3d_node", requires=("rclpy",))
+def depth3d_node(args: argparse.Namespace) -> dict[str, Any]:
+    """The synthetic RGB-D scene through the node process (built-in or chosen backends): per frame
+    camera_info, depth (16UC1) and colour, the first with the true mask as seed, the next once the
+    previous frame's tracks came back. Reads the node's own timings from /diagnostics."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import CameraInfo, Image
+
+    from steerseg_ros.ros.image_conversion import array_to_image, depth_array_to_image, rgb_to_image
+    from steerseg_ros.ros.messages import header_at
+    from steerseg_ros.synthetic_rgbd import CORRUPTIONS, SceneConfig, SyntheticRGBDScene, camera_info_fields, default_camera
+
+    n = min(args.frames or 30, 60)
+    out: dict[str, Any] = {"frames": n, "corruptions": "+".join(CORRUPTIONS)}
+    for width, height in ((640, 480), (1280, 720)):
+        try:
+            scene = SyntheticRGBDScene(SceneConfig(n_frames=n, corruptions=CORRUPTIONS),
+                                       camera=default_camera(width, height), davis_root=args.data)
+        except FileNotFoundError as e:
+            raise SectionSkipped(str(e))
+        run = NodeRun(args, {"stats_period_s": 0.5, "depth.qos": "reliable", "depth.wait_s": 1.0})
+        try:
+            reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+            depth_pub = run.node.create_publisher(Image, "depth", reliable)
+            info_pub = run.node.create_publisher(CameraInfo, "camera_info", reliable)
+            seed_pub = run.node.create_publisher(Image, "seed_mask", reliable)
+            status: dict[str, str] = {}
+            run.node.create_subscription(DiagnosticArray, "/diagnostics", lambda m: status.update(
+                {kv.key: kv.value for s in m.status if s.name.startswith("steerseg:") for kv in s.values}), 10)
+            run.wait_up()
+            while min(p.get_subscription_count() for p in (depth_pub, info_pub, seed_pub)) == 0:
+                time.sleep(0.05)
+            fields = camera_info_fields(scene.camera)
+            for i in range(n):
+                f = scene.frame(i)
+                stamp = 10**12 + i * (10**9 // 30)
+                header = header_at(stamp, fields["frame_id"])
+                info = CameraInfo(header=header, width=width, height=height, distortion_model=fields["distortion_model"])
+                info.k, info.d, info.r, info.p = fields["k"], fields["d"], fields["r"], fields["p"]
+                info_pub.publish(info)
+                depth_pub.publish(depth_array_to_image(f.depth_mm, header))
+                if i == 0:
+                    seed_pub.publish(array_to_image(f.mask_true.astype(np.uint8) * 255, "mono8", header))
+                run.images.publish(rgb_to_image(f.rgb, "bgr8", header))
+                deadline = time.monotonic() + 60.0
+                while not any(a[1] == stamp for a in list(run.arrivals)):
+                    if time.monotonic() > deadline or run.process.poll() is not None:
+                        raise RuntimeError(f"no answer for frame {i}; see {run.log_path}")
+                    time.sleep(0.005)
+            deadline = time.monotonic() + 10.0
+            while int(status.get("frames_processed", 0)) < n and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            run.close()
+        if "ms_3d_per_frame" not in status:
+            raise RuntimeError(f"the node reported no 3D step (depth never paired?); see {run.log_path}")
+        key = f"{width}x{height}"
+        frame_ms, d3_ms = float(status["ms_per_frame"]), float(status["ms_3d_per_frame"])
+        out[f"{key}.node_ms_per_frame"] = frame_ms
+        out[f"{key}.node_3d_ms_per_frame"] = d3_ms
+        out[f"{key}.node_3d_share"] = round(d3_ms / frame_ms, 4)
+        out[f"{key}.frames_with_3d"] = int(status.get("frames_3d", 0))
+    out["note"] = ("means over the frames, from the node's /diagnostics; the node's frame time covers image "
+                   "conversion, the tracker step, the 3D step (depth to metres and every live track) and "
+                   "building and publishing the outputs; one object")
+    return out
 
 
 # ---- grounding rate ------------------------------------------------------------------------------
