@@ -65,18 +65,19 @@ def _check_result(result, g, keyframes, command):
     for maps in (result.maps, result.video_maps, result.frame_maps):
         assert maps.dtype == np.float32 and maps.min() >= 0 and maps.max() <= 1
     assert result.maps.max() in (0.0, 1.0)
-    # Points: every fused cell at or above the threshold, at its cell centre, best first.
+    # Points: every fused cell at or above the threshold (no cap by default, as DecAF), at its
+    # cell centre, keyframe by keyframe in row-major order (DecAF's order).
     hg, wg = result.maps.shape[1:]
-    expected = int((result.maps >= g.config.threshold).sum())
-    assert len(result.points) == min(expected, g.config.max_points)
-    scores = [p.score for p in result.points]
-    assert scores == sorted(scores, reverse=True)
+    assert g.config.max_points == 0
+    cells = []
     for p in result.points:
         frame = keyframes[p.keyframe_index]
         col, row = p.x / frame.width * wg - 0.5, p.y / frame.height * hg - 0.5
         assert col == pytest.approx(round(col)) and row == pytest.approx(round(row))
         assert result.maps[p.keyframe_index, round(row), round(col)] == pytest.approx(p.score)
         assert p.score >= g.config.threshold and p.positive
+        cells.append((p.keyframe_index, round(row), round(col)))
+    assert cells == [tuple(c) for c in np.argwhere(result.maps >= g.config.threshold).tolist()]
     assert result.timings["total"] >= result.timings["vision"] > 0
 
 
