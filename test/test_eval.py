@@ -374,6 +374,7 @@ def test_model_backends_run_through_steerseg_eval(davis_root, tmp_path, caplog, 
                          "--grounder", grounder, "--tracker", "sam2", "--no-progress",
                          "--set", f"grounder.model={vlm_helpers.checkpoint('qwen2_5_vl')}",
                          "--set", "grounder.video_tokens_per_pair=24", "--set", "grounder.cot_tokens=6",
+                         "--set", "grounder.answer_tokens=6",
                          "--set", "grounder.local_files_only=true",
                          "--set", f"tracker.model={sam2_checkpoint}", "--set", "tracker.local_files_only=true"])
     assert rc == 0
