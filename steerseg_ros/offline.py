@@ -43,8 +43,8 @@ class Clip(Protocol):
 @dataclass
 class OfflineConfig:
     keyframes: int = field(default=16, metadata={
-        "help": "Keyframes spread uniformly over the whole clip (linspace(0, T-1, n), rounded); "
-                "every frame when the clip is shorter."})
+        "help": "Keyframes spread uniformly over the whole clip (linspace(0, T-1, n) truncated to "
+                "integers, as DecAF's code picks them); every frame when the clip is not longer."})
 
     def validate(self) -> None:
         if self.keyframes < 1:
@@ -53,12 +53,14 @@ class OfflineConfig:
 
 def keyframe_indices(num_frames: int, count: int) -> list[int]:
     """`count` frame indices spread uniformly from the first frame to the last (all frames when
-    the clip has no more than `count`)."""
+    the clip has no more than `count`): linspace(0, T-1, count) truncated towards zero, exactly
+    as DecAF's evaluation picks them (HYUNJS/DecAF 6c9766c), so per-frame outputs line up with
+    its published ones. With more frames than `count` the spacing exceeds 1 and no index repeats."""
     if num_frames < 1:
         raise ValueError("the clip has no frames")
     if num_frames <= count:
         return list(range(num_frames))
-    return sorted({int(i) for i in np.rint(np.linspace(0, num_frames - 1, count))})
+    return np.linspace(0, num_frames - 1, count).astype(int).tolist()
 
 
 def clip_frame(clip: Clip, i: int, fps: float) -> Frame:

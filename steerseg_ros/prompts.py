@@ -1,6 +1,7 @@
 """Point prompts from grounding maps: the map's high cells become points in image pixels.
 
-DecAF makes every cell with V >= threshold a positive point at the cell centre; a cap on the
+DecAF makes every cell with V >= threshold a positive point at the cell centre, keyframe by
+keyframe in row-major order (`points_in_cell_order`, as its code lists them); a cap on the
 number of points (highest first) bounds the tracker's work per grounding on a robot.
 """
 from __future__ import annotations
@@ -51,3 +52,22 @@ def points_from_maps(maps: np.ndarray, image_size: tuple[int, int], threshold: f
         points += points_from_map(maps[k], image_size, threshold, None, k, min_separation)
     points.sort(key=lambda p: (-p.score, -p.keyframe_index))
     return points[:max_points] if max_points is not None else points
+
+
+def points_in_cell_order(maps: np.ndarray, image_sizes: list[tuple[int, int]], threshold: float = 0.8,
+                         max_points: int = 0, min_separation: int = 0) -> list[PointPrompt]:
+    """DecAF's point prompts over all keyframes' maps (K, Hg, Wg): every cell at or above
+    `threshold`, keyframe by keyframe, each keyframe's cells in row-major order (the order of
+    DecAF's get_candidate_points_video). image_sizes: (width, height) of each keyframe.
+    max_points > 0 keeps only that many of the highest (ties: the earlier one), still in this
+    order; min_separation as in points_from_map."""
+    if maps.ndim != 3 or len(image_sizes) != maps.shape[0]:
+        raise ValueError(f"expected (K, H, W) maps and K image sizes, got {maps.shape} and {len(image_sizes)}")
+    points: list[PointPrompt] = []
+    for k, size in enumerate(image_sizes):
+        found = points_from_map(maps[k], size, threshold, None, k, min_separation)
+        points += sorted(found, key=lambda p: (p.y, p.x))
+    if max_points and len(points) > max_points:
+        best = sorted(range(len(points)), key=lambda i: -points[i].score)[:max_points]
+        points = [points[i] for i in sorted(best)]
+    return points

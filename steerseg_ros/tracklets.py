@@ -129,7 +129,10 @@ def build_tracklets(result: GroundingResult, tracker: Tracker, config: Selection
     overlapping one kept on the same keyframe, or a kept tracklet there, is dropped. Points must
     lie inside their keyframe (PointPrompt's contract)."""
     candidates: list[Tracklet] = []
-    for i, p in enumerate(result.points[:config.max_points]):
+    # The best points whatever order the grounder lists them in (ties: the grounder's order).
+    best = sorted(range(len(result.points)), key=lambda j: -result.points[j].score)[:config.max_points]
+    for i in best:
+        p = result.points[i]
         if config.skip_covered_points and any(
                 c.keyframe_index == p.keyframe_index and c.mask[int(p.y), int(p.x)] for c in candidates):
             continue

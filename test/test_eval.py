@@ -98,10 +98,18 @@ class Clip:
         return np.full((self.h, self.w, 3), i, np.uint8)
 
 
-def test_keyframes_are_spread_over_the_whole_clip():
-    assert keyframe_indices(50, 16) == [0, 3, 7, 10, 13, 16, 20, 23, 26, 29, 33, 36, 39, 42, 46, 49]
+def test_keyframes_are_spread_over_the_whole_clip_as_decaf_picks_them():
+    # DecAF's evaluation (HYUNJS/DecAF 6c9766c, evaluation/inference_attn_map_qwenvl.py and
+    # inference_attn_mask.py): every frame when the clip has no more than 16, else
+    # np.linspace(0, T - 1, 16).astype(int), i.e. truncated, not rounded.
+    assert keyframe_indices(50, 16) == [0, 3, 6, 9, 13, 16, 19, 22, 26, 29, 32, 35, 39, 42, 45, 49]
     assert keyframe_indices(9, 16) == list(range(9))
+    assert keyframe_indices(16, 16) == list(range(16))
     assert keyframe_indices(1, 16) == [0]
+    for length in range(1, 400):
+        official = list(range(length)) if length <= 16 else [int(v) for v in np.linspace(0, length - 1, 16)]
+        assert keyframe_indices(length, 16) == official, length
+    assert keyframe_indices(104, 8) == [int(v) for v in np.linspace(0, 103, 8)]
 
 
 def test_propagation_covers_every_frame_forward_to_the_end_then_backward_to_the_start():
@@ -366,6 +374,7 @@ def test_model_backends_run_through_steerseg_eval(davis_root, tmp_path, caplog, 
                          "--grounder", grounder, "--tracker", "sam2", "--no-progress",
                          "--set", f"grounder.model={vlm_helpers.checkpoint('qwen2_5_vl')}",
                          "--set", "grounder.video_tokens_per_pair=24", "--set", "grounder.cot_tokens=6",
+                         "--set", "grounder.answer_tokens=6",
                          "--set", "grounder.local_files_only=true",
                          "--set", f"tracker.model={sam2_checkpoint}", "--set", "tracker.local_files_only=true"])
     assert rc == 0

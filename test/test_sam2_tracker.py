@@ -7,7 +7,11 @@ computations must give identical masks, and what must differ."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import threading
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -185,6 +189,84 @@ def test_dtype_is_a_config_field(checkpoint, dog):
     out = tracker.step(frames[1])[1]
     assert out.mask.shape == masks[1].shape and 0.0 <= out.score <= 1.0
     assert tracker.segment(frames[1], np.array([[400.0, 200.0]]), np.array([1]))[0].mask.any()
+
+
+# ---- pixel values ----------------------------------------------------------------------------
+PROCESSOR_RECORD = Path(__file__).resolve().parent / "data" / "sam2_processor_davis16.json"
+
+
+def _nearest(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Nearest-neighbour resampling by index arithmetic: the same bytes on every machine."""
+    return image[(np.arange(height) * image.shape[0]) // height][:, (np.arange(width) * image.shape[1]) // width]
+
+
+def _sha(array) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+def test_pixel_values_equal_transformers_processors_on_davis_frames(checkpoint, davis_root):
+    """The tracker's pixel values are bit for bit those of transformers' own SAM2 processors.
+    The processors need torchvision, which is not installable here, so their outputs were
+    recorded once with real torchvision code (test/data/sam2_processor_davis16.json says how):
+    DAVIS frames at six sizes (down, up, square at the model size, portrait), through the
+    processor settings the tiny checkpoint saves. (x/255 - mean)/std instead of the processor's
+    (x - 255 mean)/(255 std) changes over half of the values by one float32 rounding step."""
+    record = json.loads(PROCESSOR_RECORD.read_text())
+    tracker = make(checkpoint, device="cpu")
+    assert tracker.image_size == record["image_size"]
+    kernel = "uint8" if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") else "float"
+    checked = 0
+    for key, digest in record["frames"].items():
+        seq, name = key.split("/")
+        names, images, _ = load_davis(davis_root, seq)
+        frame = images[names.index(name)]
+        assert _sha(frame) == digest, f"{key} decodes differently from when the record was made"
+        for case, expected in record["pixel_values"][kernel].items():
+            if not case.startswith(key + "@"):
+                continue
+            height, width = map(int, case.split("@")[1].split("x"))
+            with torch.inference_mode():
+                pixels = tracker._preprocess(_nearest(frame, height, width))
+            assert pixels.dtype == torch.float32 and pixels.shape == (1, 3, 128, 128)
+            assert _sha(pixels.numpy()) == expected, f"{case}: pixel values differ from the processor's"
+            checked += 1
+    assert checked == 12
+
+
+def test_pixel_values_equal_the_processor_where_torchvision_works(checkpoint, davis_root):
+    """The same check live, on machines where transformers' processors can run (torchvision
+    installed: users' GPU machines); skipped here."""
+    try:
+        import torchvision  # noqa: F401
+    except Exception as exc:  # missing, or a build that does not load with this torch
+        pytest.skip(f"transformers' SAM2 processors need torchvision: {exc}")
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(str(checkpoint))
+    tracker = make(checkpoint, device="cpu")
+    _, images, _ = load_davis(davis_root, "dog", count=1)
+    for height, width in [(480, 854), (97, 131), (600, 400)]:
+        image = _nearest(images[0], height, width)
+        expected = processor.video_processor(videos=[image[None]], return_tensors="pt")["pixel_values_videos"][0]
+        with torch.inference_mode():
+            assert torch.equal(tracker._preprocess(image), expected)
+
+
+def test_read_only_frames_are_taken_without_a_warning(checkpoint, dog):
+    """Frames that are read-only NumPy views (a ROS message buffer, np.frombuffer) are used as
+    they are: no "not writable" warning, the same masks as from a writable copy."""
+    frames, masks = dog
+    image = frames[0].image.copy()
+    image.setflags(write=False)
+    tracker = make(checkpoint)
+    ys, xs = np.nonzero(masks[0])
+    point, label = np.array([[xs.mean(), ys.mean()]]), np.array([1])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        read_only = tracker.segment(Frame(100, 0, image), point, label)
+    assert not [w for w in caught if "writable" in str(w.message)]
+    writable = make(checkpoint).segment(Frame(100, 0, frames[0].image.copy()), point, label)
+    assert np.array_equal(read_only[0].mask, writable[0].mask)
 
 
 def test_bad_prompts_and_frames_are_clear_errors(checkpoint, dog):

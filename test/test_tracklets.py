@@ -163,6 +163,10 @@ def test_max_points_limits_the_candidates_and_helpers_behave():
     r = result(two_object_map(), [point(2, 1, 1, 1.0), point(2, 3, 3, 0.5)])
     select(r, CellTracker(), SelectionConfig(max_points=1))
     assert not math.isnan(r.candidate_scores[0]) and math.isnan(r.candidate_scores[1])
+    # The best points whatever order the grounder lists them in (DecAF's: by cell, not score).
+    r = result(two_object_map(), [point(0, 3, 3, 0.5), point(2, 1, 1, 1.0)])
+    select(r, CellTracker(), SelectionConfig(max_points=1))
+    assert math.isnan(r.candidate_scores[0]) and not math.isnan(r.candidate_scores[1])
     assert weighted_pearson(np.arange(4.0), np.arange(4.0) * 3 + 1) == pytest.approx(1.0)
     assert weighted_pearson(np.ones(4), np.arange(4.0)) == 0.0
     assert mask_iou(cell_mask(0, 0, 1, 2), cell_mask(0, 1, 1, 2)) == pytest.approx(1 / 3)

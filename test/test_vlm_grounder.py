@@ -65,18 +65,19 @@ def _check_result(result, g, keyframes, command):
     for maps in (result.maps, result.video_maps, result.frame_maps):
         assert maps.dtype == np.float32 and maps.min() >= 0 and maps.max() <= 1
     assert result.maps.max() in (0.0, 1.0)
-    # Points: every fused cell at or above the threshold, at its cell centre, best first.
+    # Points: every fused cell at or above the threshold (no cap by default, as DecAF), at its
+    # cell centre, keyframe by keyframe in row-major order (DecAF's order).
     hg, wg = result.maps.shape[1:]
-    expected = int((result.maps >= g.config.threshold).sum())
-    assert len(result.points) == min(expected, g.config.max_points)
-    scores = [p.score for p in result.points]
-    assert scores == sorted(scores, reverse=True)
+    assert g.config.max_points == 0
+    cells = []
     for p in result.points:
         frame = keyframes[p.keyframe_index]
         col, row = p.x / frame.width * wg - 0.5, p.y / frame.height * hg - 0.5
         assert col == pytest.approx(round(col)) and row == pytest.approx(round(row))
         assert result.maps[p.keyframe_index, round(row), round(col)] == pytest.approx(p.score)
         assert p.score >= g.config.threshold and p.positive
+        cells.append((p.keyframe_index, round(row), round(col)))
+    assert cells == [tuple(c) for c in np.argwhere(result.maps >= g.config.threshold).tolist()]
     assert result.timings["total"] >= result.timings["vision"] > 0
 
 
@@ -84,23 +85,47 @@ def _check_result(result, g, keyframes, command):
 def test_decaf_grounding_on_davis(family, keyframes):
     g = grounder(family, "decaf")
     counter = _Counter(g.model)
+    asked = []
+    ask = g.ask
+
+    def spy(visual, content, *args, **kwargs):
+        answer = ask(visual, content, *args, **kwargs)
+        asked.append((visual.kind if visual is not None else None, content[-1]["text"],
+                      kwargs.get("decode_tokens", 0), answer.texts))
+        return answer
+
+    g.ask = spy
     try:
         result = g.ground(keyframes, "The black swan")
     finally:
         counter.close()
+        del g.ask
     _check_result(result, g, keyframes, "The black swan")
+    # DecAF's prompts, filled in as its code fills them: the object prompt on the video and on
+    # the frames; its whole answers as the category candidates; the whole category answer as
+    # the class in the background prompt, which says "video" for the frames too.
     batches = -(-len(keyframes) // g.config.frames_per_batch)
+    kinds = ["video"] + ["image"] * batches
+    objects, category, backgrounds = asked[:1 + batches], asked[1 + batches], asked[2 + batches:]
+    assert [(kind, text, tokens) for kind, text, tokens, _ in objects] == [
+        (kind, questions.object_text("the black swan."), g.config.answer_tokens) for kind in kinds]
+    answers = [t for *_, texts in objects for t in texts]
+    assert len(answers) == 1 + len(keyframes)
+    assert category[:3] == (None, questions.category_text("the black swan.", answers), g.config.answer_tokens)
+    assert result.class_word == questions.class_name(category[3][0])
+    assert [(kind, text) for kind, text, *_ in backgrounds] == [
+        (kind, questions.background_text(result.class_word)) for kind in kinds]
     # The vision tower ran once per visual input, not once per prompt.
     assert counter.vision == 1 + batches
     # Prefills: object prompts (video + frame batches), the text-only category call, background
-    # prompts; decoding only for the object prompts and the category call, a few tokens each.
+    # prompts; decoding only for the object prompts and the category call.
     assert len(counter.prefill_lengths) == 2 * (1 + batches) + 1
     assert counter.decode_steps <= (g.config.answer_tokens - 1) * (1 + batches + 1)
     stages = {"inputs", "vision", "object_prompt", "category", "background_prompt", "fusion", "points"}
     assert stages <= set(result.timings)
     answers = result.generated_text
     assert "object (video):" in answers and "category:" in answers
-    assert result.class_word and result.attributes == []
+    assert result.attributes == []
 
 
 @pytest.mark.parametrize("family", FAMILIES)

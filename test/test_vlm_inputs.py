@@ -162,6 +162,17 @@ def test_token_budget_and_frame_grid():
     assert vi.video_size(480, 854, 28, 400) == (392, 728)
 
 
+def test_tiny_frames_are_enlarged_as_decafs_inputs_are():
+    """DecAF passes its keyframes to qwen-vl-utils 0.0.11 as a list of frames: each is resized
+    with that library's smallest image size, 4 x 28 x 28 pixels, and its sides never round to
+    0. Sizes below from qwen-vl-utils 0.0.11's smart_resize (max_pixels = 400 x 28 x 28)."""
+    assert vi.video_size(30, 40, 28, 400) == (56, 84)       # one token before: 28 x 28
+    assert vi.video_size(20, 20, 28, 400) == (56, 56)
+    assert vi.video_size(50, 200, 28, 400) == (56, 196)
+    assert vi.video_size(10, 1000, 28, 400) == (28, 1008)   # transformers' rule: 28 x 560
+    assert vi.video_size(60, 70, 28, 48) == (56, 56)
+
+
 def test_a_checkpoint_in_the_hub_layout_loads(tmp_path):
     # Hub checkpoints keep the image processor in preprocessor_config.json (as the torchvision
     # class), the video processor in video_preprocessor_config.json and the chat template in

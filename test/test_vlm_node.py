@@ -22,8 +22,10 @@ PIPELINE = {"keyframes": {"count": 4, "window_s": 2.0}, "min_keyframes": 4, "reg
 
 
 def _grounder(mode: str, **extra) -> dict:
+    # Short answers: a random model rarely stops by itself, and DecAF's 128 answer tokens would
+    # keep the grounding (and the node's shutdown, which waits for it) busy for long.
     return {"backend": mode, "model": str(checkpoint("qwen2_5_vl")), "video_tokens_per_pair": 24,
-            "cot_tokens": 6, **extra}
+            "cot_tokens": 6, "answer_tokens": 6, **extra}
 
 
 def test_node_grounds_a_command_with_the_vlm_backend(tmp_path, domain, recorder, davis_root, davis_expressions):

@@ -38,11 +38,12 @@ def checkpoint(family: str) -> Path:
 
 @functools.lru_cache(maxsize=None)
 def grounder(family: str, mode: str = "decaf"):
-    """A VLMGrounder on the tiny `family` checkpoint with a small token budget."""
+    """A VLMGrounder on the tiny `family` checkpoint with a small token budget and short answers
+    (a random model rarely stops on its own: DecAF's 128 answer tokens would only cost time)."""
     from steerseg_ros.grounding.vlm import VLMGrounder, VLMGrounderConfig
 
     return VLMGrounder(VLMGrounderConfig(model=str(checkpoint(family)), mode=mode, video_tokens_per_pair=48,
-                                         cot_tokens=8))
+                                         cot_tokens=8, answer_tokens=6))
 
 
 def random_frames(count: int, height: int, width: int, seed: int = 0) -> list[np.ndarray]:

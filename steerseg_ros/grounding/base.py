@@ -67,7 +67,9 @@ class GroundingResult:
         [j*W/Wg, (j+1)*W/Wg) x [i*H/Hg, (i+1)*H/Hg).
     frame_maps / video_maps: the two granularities before fusion where the backend has them,
         frame_maps (K, Hf, Wf) and video_maps (K, Hv, Wv), already aligned to the keyframes.
-    points: point prompts in keyframe pixel coordinates, best first.
+    points: point prompts in keyframe pixel coordinates, in the backend's order (the model
+        backends: keyframe by keyframe, each in row-major order, as DecAF lists them; the
+        built-in one: best first); target selection ranks them by score itself.
     candidate_scores / chosen_points: filled by target selection (steerseg_ros.tracklets): the
         score of the candidate each point gave (NaN where none was made), and the indices of
         the points whose candidates became tracks.

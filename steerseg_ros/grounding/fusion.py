@@ -6,6 +6,12 @@ object-minus-background contrast, min-max normalisation (the video map over all 
 together, each frame map on its own, a constant map becoming 0), temporal alignment of the
 video map to the keyframes, and the fusion of the two granularities into V in [0, 1] on the
 frame grid. NumPy and OpenCV only: no model is needed to test it.
+
+Where METHOD.md leaves a detail open, DecAF's released code (HYUNJS/DecAF at commit 6c9766c,
+`evaluation/inf_utils.py` and `evaluation/inference_attn_mask.py`) decides it: the smoothing is
+a convolution with a normalised k x k Gaussian (sigma 1; k = 3 for video maps, 7 for frame maps)
+over a zero-padded map, and the video map is upsampled bilinearly with half-pixel centres.
+test/test_vlm_fusion.py checks this module against outputs recorded from that code.
 """
 from __future__ import annotations
 
@@ -26,12 +32,15 @@ class FusedMaps:
 
 
 def smooth(maps: np.ndarray, kernel: int, sigma: float) -> np.ndarray:
-    """Gaussian smoothing of each (H, W) map of a (N, H, W) stack; kernel 0 or 1 leaves it."""
+    """Gaussian smoothing of each (H, W) map of a (N, H, W) stack; kernel 0 or 1 leaves it.
+    Cells beyond the border count as 0, as in DecAF's code (a conv2d with padding k // 2): edge
+    cells lose the weight that falls outside the map."""
     if kernel <= 1:
         return maps.astype(np.float32)
-    # Mirror padding without repeating the edge, the border torchvision's gaussian_blur uses.
+    # The normalised 2-D Gaussian is the outer product of normalised 1-D ones, so OpenCV's
+    # separable blur computes the same convolution.
     return np.stack([cv2.GaussianBlur(m.astype(np.float32), (kernel, kernel), sigma,
-                                      borderType=cv2.BORDER_REFLECT_101) for m in maps])
+                                      borderType=cv2.BORDER_CONSTANT) for m in maps])
 
 
 def contrast(obj: np.ndarray, background: np.ndarray) -> np.ndarray:
@@ -82,10 +91,11 @@ def decaf_maps(video_obj: np.ndarray, video_bg: np.ndarray, frame_obj: np.ndarra
 
 
 def steered_maps(video_map: np.ndarray, frame_map: np.ndarray, num_frames: int,
-                 frames_per_step: int = 2) -> FusedMaps:
-    """SteerSeg's maps: the raw rollout after steering (no smoothing, no background),
-    normalised and fused the way DecAF fuses, so both modes hand the tracker the same kind of
-    map."""
-    video = align_time(minmax(video_map), num_frames, frames_per_step)
-    frames = minmax_each(frame_map)
+                 frames_per_step: int = 2, video_kernel: int = 3, frame_kernel: int = 7,
+                 sigma: float = 1.0) -> FusedMaps:
+    """SteerSeg's maps: the rollout after steering (no background pass), smoothed, normalised
+    and fused exactly as DecAF's are (SteerSeg builds on the same attention-to-points steps), so
+    both modes hand the tracker the same kind of map."""
+    video = align_time(minmax(smooth(video_map, video_kernel, sigma)), num_frames, frames_per_step)
+    frames = minmax_each(smooth(frame_map, frame_kernel, sigma))
     return FusedMaps(video, frames, fuse(video, frames))

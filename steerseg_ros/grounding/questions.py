@@ -4,32 +4,41 @@ Owns the prompt texts of DecAF (object, category choice, background) and SteerSe
 (chain-of-thought attributes, attribute-guided grounding question), the expression formatting
 both methods share, and the parsing of generated text into a class word and attributes. Plain
 Python: no model needed, so the wording and parsing are testable on their own.
+
+DecAF's three texts are its authors' own, word for word (HYUNJS/DecAF at commit 6c9766c,
+`evaluation/inf_utils.py`: PROMPT_TMPL_OBJ_CLS, PROMPT_TMPL_OBJ_CHOICE, PROMPT_TMPL_BACKGROUND),
+and so is the way they are filled in (`evaluation/llm_prompting_utils.py`): the paper's prompt
+ablation moves J&F by 1-5 points, so the wording is part of the method. The background text says
+"video" for the per-frame images too, as theirs does.
 """
 from __future__ import annotations
 
 import re
-from collections import Counter
 from typing import Sequence
 
-OBJECT_QUESTION = "What is the main object mentioned in the given expression? Answer in one word."
+OBJECT_PROMPT = (
+    "{expression} \n"
+    "What is the main object (or objects) referred to in the given expression or question? \n"
+    "Focus on the **primary subject or agent** involved in the described action or behavior. "
+    "Respond with a single word (e.g., 'cat', 'person', 'dog') that best describes the target object(s). ")
+CATEGORY_PROMPT = (
+    "Given:\n"
+    "- Expression: '{expression}'\n"
+    "- Candidate object class list: {candidates}\n"
+    "Goal: Identify the object class referred to by the expression. Instructions:\n"
+    "1. If the expression is **clear**, rely on it directly (e.g., 'a person driving a car' \u2192 'person').\n"
+    "2. If the expression is **vague**, use the object class list to support your decision "
+    "(e.g., check frequency and plausibility).\n"
+    "3. Avoid defaulting to the most frequent class unless the expression lacks clarity.\n"
+    "Output the most likely referred object class - just the label.\n")
+BACKGROUND_PROMPT = ("Describe the background scene of the video, excluding any {class_name}. "
+                     "Answer the question using a single word or phrase.")
 STEERED_QUESTION = ("What is the main object mentioned in the given expression, using the attributes "
                     "above? Answer in one word.")
-CATEGORY_PROMPT = ("Expression: {expression}\nCandidate answers: {candidates}\n"
-                   "Which single class name best names the object the expression refers to? "
-                   "Answer with a single word.")
-BACKGROUND_PROMPT = ("Describe the background scene of the {media}, excluding any {class_word}. "
-                     "Answer with a single word or phrase.")
 ATTRIBUTE_PROMPT = ("Expression: {expression}\nDescribe the object this expression refers to in the "
                     "video by its colour, position, motion and size, briefly.")
 ATTRIBUTES_LINE = "Attributes: {attributes}"
 
-# Words that never name an object: a fallback class word skips them.
-_STOPWORDS = frozenset("""a an the of in on at to with and or is are was were be it its this that
-these those which what who whom where when how from by for as into onto over under near than then
-there here left right top bottom front back middle center centre one two three first second last
-other some any all each very most more less big small large little tall short red green blue
-yellow black white brown grey gray orange pink purple dark light moving walking running jumping
-standing sitting""".split())
 _WORD = re.compile(r"[a-z][a-z\-]*")
 
 
@@ -41,17 +50,25 @@ def format_expression(command: str) -> str:
 
 
 def object_text(expression: str) -> str:
-    return f"{expression} {OBJECT_QUESTION}"
+    """DecAF's object prompt for a formatted expression (lower-cased, as theirs is)."""
+    return OBJECT_PROMPT.format(expression=expression.lower())
 
 
-def background_text(class_word: str, media: str) -> str:
-    """media: "video" or "image"."""
-    return BACKGROUND_PROMPT.format(media=media, class_word=class_word or "object")
+def background_text(class_name: str) -> str:
+    """DecAF's background prompt, for the keyframe video and the frame images alike."""
+    return BACKGROUND_PROMPT.format(class_name=class_name)
 
 
-def category_text(expression: str, candidates: Sequence[str]) -> str:
-    words = ", ".join(w for w in candidates if w) or "none"
-    return CATEGORY_PROMPT.format(expression=expression, candidates=words)
+def category_text(expression: str, answers: Sequence[str]) -> str:
+    """DecAF's category choice: the object prompt's whole answers (video first, then the frames),
+    lower-cased and joined with "," (no space, empty answers kept), as candidates."""
+    return CATEGORY_PROMPT.format(expression=expression.lower(), candidates=",".join(a.lower() for a in answers))
+
+
+def class_name(answer: str) -> str:
+    """The category call's answer as DecAF uses it: the whole answer, trimmed and lower-cased
+    (it may be several words, or empty)."""
+    return answer.strip().lower()
 
 
 def attribute_text(expression: str) -> str:
@@ -66,7 +83,7 @@ def steered_text_parts(expression: str, attributes: str) -> tuple[str, str]:
 
 def template_texts() -> list[str]:
     """Every fixed prompt text (for training a test tokenizer on the words the grounder uses)."""
-    return [OBJECT_QUESTION, STEERED_QUESTION, CATEGORY_PROMPT, BACKGROUND_PROMPT, ATTRIBUTE_PROMPT,
+    return [OBJECT_PROMPT, STEERED_QUESTION, CATEGORY_PROMPT, BACKGROUND_PROMPT, ATTRIBUTE_PROMPT,
             ATTRIBUTES_LINE, "You are a helpful assistant."]
 
 
@@ -74,24 +91,6 @@ def first_word(text: str) -> str:
     """The first alphabetic word of a generated answer, lower-cased ("" when there is none)."""
     match = _WORD.search(text.lower())
     return match.group(0).strip("-") if match else ""
-
-
-def choose_class_word(generated: str, expression: str, candidates: Sequence[str]) -> str:
-    """The class word from the category call's answer, kept only when it is one of the words the
-    model was choosing from (the expression's and the object answers'); otherwise the most common
-    object answer, otherwise the last content word of the expression. Never empty for an
-    expression with a content word: a small or untrained model's free text must not turn into
-    the background prompt's class."""
-    expression_words = _WORD.findall(expression.lower())
-    allowed = set(expression_words) | {w for w in candidates if w}
-    word = first_word(generated)
-    if word and word in allowed and word not in _STOPWORDS:
-        return word
-    votes = Counter(w for w in candidates if w and w not in _STOPWORDS)
-    if votes:
-        return votes.most_common(1)[0][0]
-    content = [w for w in expression_words if w not in _STOPWORDS]
-    return content[-1] if content else (expression_words[-1] if expression_words else "object")
 
 
 def parse_attributes(generated: str, max_items: int = 6, max_chars: int = 80) -> list[str]:

@@ -11,6 +11,11 @@ they are used) -> rollout maps on the token grid -> fused map per keyframe -> po
 Model inputs come from `vlm_inputs`, the token layout from `token_grid`, the rollout from
 `attention`, the map fusion from `fusion`, the prompt texts from `questions`, the soft prompts
 from `soft_prompts`.
+
+The "decaf" mode follows DecAF's released code (HYUNJS/DecAF at commit 6c9766c) wherever the
+paper leaves a detail open: its prompt texts, whole answers of up to 128 tokens as the category
+candidates and the whole category answer as the background prompt's class, its smoothing, and
+every fused cell at or above the threshold as a point, keyframe by keyframe in row-major order.
 """
 from __future__ import annotations
 
@@ -37,7 +42,7 @@ from steerseg_ros.grounding.soft_prompts import POSITIONS, SoftPrompts, insert_s
 from steerseg_ros.grounding.vlm_inputs import (FAMILIES, SOFT_TOKEN, PromptBatch, VisualInput, encode_images,
                                                encode_prompt, encode_video, frame_size, load_processor,
                                                resize_rgb, video_size)
-from steerseg_ros.prompts import points_from_map
+from steerseg_ros.prompts import points_in_cell_order
 
 log = logging.getLogger("steerseg_ros.grounding.vlm")
 
@@ -82,15 +87,23 @@ class VLMGrounderConfig:
                 "Qwen3-VL timestamps)"})
     max_keyframes: int = field(default=32, metadata={
         "help": "at most this many keyframes per grounding (more are subsampled uniformly)"})
-    answer_tokens: int = field(default=4, metadata={
-        "help": "tokens decoded for a one-word answer (object words, class word)"})
+    answer_tokens: int = field(default=128, metadata={
+        "help": "most tokens decoded for an answer (DecAF: 128, for the object answers and the "
+                "category choice, which are used whole; SteerSeg's one-word answer stops at the end "
+                "of its first word)"})
     threshold: float = field(default=0.8, metadata={"help": "fused map value from which a cell becomes a point"})
-    max_points: int = field(default=32, metadata={"help": "at most this many points, best first (0: no cap)"})
+    max_points: int = field(default=0, metadata={
+        "help": "0 (DecAF): every cell at or above threshold is a point. N > 0: only the N highest "
+                "(an option for the streaming node, where each point costs tracker time; weaker "
+                "keyframes then lose their candidates first). Points come keyframe by keyframe, "
+                "each in row-major order, either way"})
     point_min_separation: int = field(default=0, metadata={
         "help": "drop a point within this many cells of a better one on the same keyframe (0: keep all)"})
-    video_kernel: int = field(default=3, metadata={"help": "Gaussian kernel size for video maps (DecAF mode)"})
-    frame_kernel: int = field(default=7, metadata={"help": "Gaussian kernel size for frame maps (DecAF mode)"})
-    gaussian_sigma: float = field(default=1.0, metadata={"help": "Gaussian sigma in token cells (DecAF mode)"})
+    video_kernel: int = field(default=3, metadata={
+        "help": "Gaussian kernel size for video maps, zero beyond the border (DecAF: 3; both modes)"})
+    frame_kernel: int = field(default=7, metadata={
+        "help": "Gaussian kernel size for frame maps, zero beyond the border (DecAF: 7; both modes)"})
+    gaussian_sigma: float = field(default=1.0, metadata={"help": "Gaussian sigma in token cells (DecAF: 1; both modes)"})
     soft_prompt_file: str = field(default="", metadata={
         "help": "SteerSeg soft prompts (.safetensors with 'video' and 'frame'); empty: no steering"})
     soft_tokens: int = field(default=64, metadata={
@@ -412,7 +425,8 @@ class VLMGrounder(Grounder):
                              use_cache=True, logits_to_keep=1)
             cache, logits = out.past_key_values, out.logits[:, -1]
         ids = torch.stack(tokens, dim=1).cpu()
-        return [t.strip() for t in self.processor.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+        texts = self.processor.tokenizer.batch_decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        return [t.strip() for t in texts]
 
     def ask(self, visual: Optional[VisualInput], content: list[dict], soft: Optional[torch.Tensor] = None,
             capture: bool = False, decode_tokens: int = 0, one_word: bool = False) -> Answer:
@@ -503,20 +517,18 @@ class VLMGrounder(Grounder):
         cfg = self.config
         with stage("object_prompt"):
             head = questions.object_text(expression)
-            word = dict(decode_tokens=cfg.answer_tokens, one_word=True)
-            video_obj = self.ask(video, self.content(video, head), capture=True, **word)
-            frame_obj = [self.ask(fb, self.content(fb, head), capture=True, **word) for fb in frame_batches]
+            video_obj = self.ask(video, self.content(video, head), capture=True, decode_tokens=cfg.answer_tokens)
+            frame_obj = [self.ask(fb, self.content(fb, head), capture=True, decode_tokens=cfg.answer_tokens)
+                         for fb in frame_batches]
         object_answers = video_obj.texts + [t for a in frame_obj for t in a.texts]
-        words = [questions.first_word(t) for t in object_answers]
         with stage("category"):
-            choice = self.ask(None, self.content(None, questions.category_text(expression, words)),
-                              decode_tokens=cfg.answer_tokens, one_word=True)
-            class_word = questions.choose_class_word(choice.texts[0], expression, words)
+            choice = self.ask(None, self.content(None, questions.category_text(expression, object_answers)),
+                              decode_tokens=cfg.answer_tokens)
+            class_word = questions.class_name(choice.texts[0])
         with stage("background_prompt"):
-            video_bg = self.ask(video, self.content(video, questions.background_text(class_word, "video")),
-                                capture=True)
-            frame_bg = [self.ask(fb, self.content(fb, questions.background_text(class_word, "image")),
-                                 capture=True) for fb in frame_batches]
+            background = questions.background_text(class_word)
+            video_bg = self.ask(video, self.content(video, background), capture=True)
+            frame_bg = [self.ask(fb, self.content(fb, background), capture=True) for fb in frame_batches]
         with stage("fusion"):
             maps = fusion.decaf_maps(
                 self.volumes(video_obj)[0], self.volumes(video_bg)[0],
@@ -549,19 +561,16 @@ class VLMGrounder(Grounder):
         with stage("fusion"):
             maps = fusion.steered_maps(self.volumes(video_ans)[0],
                                        np.concatenate([v for a in frame_ans for v in self.volumes(a)]),
-                                       k, self.frames_per_step)
+                                       k, self.frames_per_step, cfg.video_kernel, cfg.frame_kernel,
+                                       cfg.gaussian_sigma)
         class_word = questions.first_word(video_ans.texts[0])
         text = f"attributes: {cot_text}\nanswer (video): {video_ans.texts[0]}"
         return maps, class_word, attributes, text
 
     def _points(self, fused: np.ndarray, keyframes: list[Frame]) -> list[PointPrompt]:
         cfg = self.config
-        points: list[PointPrompt] = []
-        for i, frame in enumerate(keyframes):
-            points += points_from_map(fused[i], (frame.width, frame.height), cfg.threshold, None, i,
-                                      cfg.point_min_separation)
-        points.sort(key=lambda p: -p.score)
-        return points[:cfg.max_points] if cfg.max_points else points
+        return points_in_cell_order(fused, [(f.width, f.height) for f in keyframes], cfg.threshold,
+                                    cfg.max_points, cfg.point_min_separation)
 
     def close(self) -> None:
         with self._lock:

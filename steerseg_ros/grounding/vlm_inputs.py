@@ -16,6 +16,7 @@ Owns:
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
@@ -31,17 +32,42 @@ FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 
 
 def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
-    """transformers' Qwen-VL resize rule: both sides multiples of `factor`, the area within
-    [min_pixels, max_pixels], the aspect ratio kept as closely as possible."""
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize as _smart_resize
+    """The Qwen-VL resize rule as qwen-vl-utils 0.0.11 applies it to DecAF's keyframes: both
+    sides multiples of `factor` (at least one), the area within [min_pixels, max_pixels], the
+    aspect ratio kept as closely as possible.
 
-    return _smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
+    Written here because qwen-vl-utils imports torchvision, and transformers' copy of the rule
+    rounds a side under half a factor to 0 before enlarging (a 10 x 1000 frame: 28 x 560 instead
+    of qwen-vl-utils' 28 x 1008). Where both rules give a size, they give the same one."""
+    if max(height, width) / min(height, width) > 200:
+        raise ValueError(f"absolute aspect ratio must be smaller than 200, got {max(height, width) / min(height, width)}")
+    h_bar = max(factor, round(height / factor) * factor)
+    w_bar = max(factor, round(width / factor) * factor)
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        # qwen-vl-utils lets a side reach 0 here (only for budgets under 200 tokens and extreme
+        # aspect ratios); one factor keeps the frame usable.
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+# The smallest keyframe, in LLM tokens: DecAF hands its keyframes to qwen-vl-utils as a list of
+# frames, which resizes each one as an image with qwen-vl-utils' smallest image size (4 x 28 x 28
+# pixels in 0.0.11, the version DecAF pins; the transformers processor it ran keeps 56 x 56).
+MIN_FRAME_TOKENS = 4
 
 
 def video_size(height: int, width: int, factor: int, tokens_per_pair: int, min_pixels: int = 0) -> tuple[int, int]:
     """(H, W) of the keyframe video: at most `tokens_per_pair` LLM tokens per frame pair, one
-    token covering factor x factor pixels (factor = patch size x spatial merge)."""
-    return smart_resize(height, width, factor, max(min_pixels, factor * factor), tokens_per_pair * factor * factor)
+    token covering factor x factor pixels (factor = patch size x spatial merge); a frame smaller
+    than MIN_FRAME_TOKENS tokens (or `min_pixels`, if more) is enlarged to it."""
+    smallest = max(min_pixels, MIN_FRAME_TOKENS * factor * factor)
+    return smart_resize(height, width, factor, smallest, tokens_per_pair * factor * factor)
 
 
 def frame_size(video_hw: tuple[int, int], scale: int) -> tuple[int, int]:

@@ -214,8 +214,10 @@ class Sam2Tracker(Tracker):
         return device
 
     def _normalization(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and std from the checkpoint's image processor config (ImageNet's if it has none)."""
-        mean, std = IMAGENET_MEAN, IMAGENET_STD
+        """Mean and std from the checkpoint's image processor config (ImageNet's if it has none),
+        with its rescale factor folded in as transformers' processor folds it: each float32
+        constant times 1 / rescale_factor, so pixels in 0..255 are normalised in one step."""
+        mean, std, rescale = IMAGENET_MEAN, IMAGENET_STD, 1 / 255
         path = cached_file(self.model_name, "preprocessor_config.json", local_files_only=self.config.local_files_only,
                            _raise_exceptions_for_missing_entries=False,
                            _raise_exceptions_for_connection_errors=False)
@@ -223,12 +225,15 @@ class Sam2Tracker(Tracker):
             with open(path) as f:
                 settings = json.load(f)
             mean, std = settings.get("image_mean", mean), settings.get("image_std", std)
+            rescale = settings.get("rescale_factor", rescale)
             size = settings.get("size", {}).get("height")
             if size and size != self.image_size:
                 log.warning("%s: processor size %s differs from the model's image_size %d; using the model's",
                             self.model_name, size, self.image_size)
-        as_tensor = lambda v: torch.tensor(v, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)  # noqa: E731
-        return as_tensor(mean), as_tensor(std)
+        # The processor's _fuse_mean_std_and_rescale_factor: float32 constants, then the product.
+        fused = lambda v: (torch.tensor(v, dtype=torch.float32, device=self.device)  # noqa: E731
+                           * (1.0 / rescale)).view(1, 3, 1, 1)
+        return fused(mean), fused(std)
 
     # ---- pre- and post-processing ------------------------------------------------------------
     def _check_frame(self, frame: Frame) -> None:
@@ -239,15 +244,28 @@ class Sam2Tracker(Tracker):
                                f"{getattr(image, 'dtype', type(image))} {getattr(image, 'shape', '')}")
 
     def _preprocess(self, image: np.ndarray) -> torch.Tensor:
-        """HxWx3 uint8 RGB -> (1, 3, S, S) normalised pixel values: what Sam2ImageProcessor does
-        (bilinear antialiased resize of the uint8 image to S x S, rescale, ImageNet normalise),
-        with torch's interpolate, the op its torchvision backend calls."""
-        x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device).permute(2, 0, 1)[None]
-        if x.device.type != "cpu":
-            x = x.float()  # the antialiased uint8 kernel exists on the CPU only
-        x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True,
-                          align_corners=False)
-        x = (x.float() / 255.0 - self.mean) / self.std
+        """HxWx3 uint8 RGB -> (1, 3, S, S) normalised pixel values, bit for bit what transformers'
+        SAM2 processors (Sam2ImageProcessor, Sam2VideoVideoProcessor; transformers 5.23) compute
+        from the same frame on the same device:
+        - the channel-first uint8 image resized to S x S as torchvision's resize does it
+          (bilinear, antialiased): with the native uint8 kernel on a CPU with AVX2 or AVX512,
+          otherwise (GPU, other CPUs) in float32 and rounded back to uint8;
+        - rescale and normalise fused into (x - mean/rescale) / (std/rescale) in float32, i.e.
+          (x - 255 mean) / (255 std), not (x/255 - mean) / std: the two differ by a rounding step
+          that random and real weights alike can amplify into different masks.
+        Written here because the processors need torchvision, which this package cannot depend on."""
+        array = np.ascontiguousarray(image)
+        if not array.flags.writeable:
+            array = array.copy()  # torch.from_numpy warns about read-only memory (e.g. a ROS message buffer)
+        x = torch.from_numpy(array).permute(2, 0, 1).contiguous().to(self.device)[None]
+        size = (self.image_size, self.image_size)
+        if tuple(x.shape[-2:]) != size:
+            if x.device.type == "cpu" and torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
+                x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+            else:
+                x = F.interpolate(x.float(), size=size, mode="bilinear", antialias=True, align_corners=False)
+                x = x.round_().to(torch.uint8)
+        x = (x.to(torch.float32) - self.mean) / self.std
         return x.to(self.dtype)
 
     def _to_image(self, logits: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
