@@ -88,8 +88,8 @@ def test_two_processes_track_as_well_as_one(tmp_path, domain, recorder, davis_ro
     single_dir.mkdir()
     single_recorder = rp.Recorder(domain)
     try:
-        manifest, _, _ = rp.play_through_node(single_dir, domain, single_recorder, {"stats_period_s": 1.0},
-                                              frames, play, RATE)
+        manifest, _, _ = rp.play_through_node(single_dir, domain, single_recorder, {"stats_period_s": 0.1},
+                                              frames, play, RATE, hold_while_grounding=True)
         single = _score(single_recorder, manifest, names, gts)
     finally:
         single_recorder.close()
@@ -98,7 +98,8 @@ def test_two_processes_track_as_well_as_one(tmp_path, domain, recorder, davis_ro
     grounder = start_grounder(env, tmp_path, {"grounder": {"backend": "builtin"}})
     try:
         manifest, log, counters = rp.play_through_node(
-            tmp_path, domain, recorder, {"stats_period_s": 1.0, "grounder": remote()}, frames, play, RATE)
+            tmp_path, domain, recorder, {"stats_period_s": 0.1, "grounder": remote(image_format="png")}, frames, play,
+            RATE, hold_while_grounding=True)
         grounder_log = grounder.text()
     finally:
         assert grounder.stop() == 0, grounder.text()[-3000:]
@@ -107,7 +108,10 @@ def test_two_processes_track_as_well_as_one(tmp_path, domain, recorder, davis_ro
           f"request {counters.get('remote.last_request_bytes')} bytes, {counters.get('remote.last_latency_s')} s")
     assert int(counters.get("remote.answers", 0)) >= 1, f"{counters}\n{log[-3000:]}\n{grounder_log[-2000:]}"
     assert len(_live_ids(recorder)) == 1, f"the target changed track id: {_live_ids(recorder)}"
-    assert two.jf >= single.jf - 0.08, f"J&F {two.jf:.3f} with the grounder node vs {single.jf:.3f} in one process"
+    # The same groundings on the same frames (the player holds while one runs) and the same
+    # pixels (PNG keyframes; the default JPEG moves the built-in grounder's map a little, which
+    # steerseg-bench shows): what is left is the two setups' timing.
+    assert abs(two.jf - single.jf) <= 0.03, f"J&F {two.jf:.3f} with the grounder node vs {single.jf:.3f} in one process"
     assert "Traceback" not in log and "Traceback" not in grounder_log
 
 
@@ -124,7 +128,7 @@ def test_grounder_killed_and_restarted_mid_stream(tmp_path, domain, recorder, da
         assert recorder.change_state("configure", timeout=60.0), node.text()[-3000:]
         assert recorder.change_state("activate", timeout=30.0), node.text()[-3000:]
         frames = davis_root / "JPEGImages" / "480p" / "cows"
-        play = rp.Process(["steerseg-play", "--frames", str(frames), "--rate", "5", "--loop",
+        play = rp.Process(["steerseg-play", "--frames", str(frames), "--rate", "5", "--loop", "--lockstep",
                            "--command", _command_for(davis_expressions, "cows"), "--command-at", "0",
                            "--wait-subscribers", "20", "--manifest", str(tmp_path / "manifest.jsonl")],
                           env, tmp_path / "play.log")
@@ -301,9 +305,9 @@ def test_tracker_and_grounder_on_two_hosts(tmp_path, domain, recorder, davis_roo
                               far_env, tmp_path / "grounder.log")
         near_profile = _profile(shipped, tmp_path / "near.xml", here, peer_transport_only=False)
         manifest, log, counters = rp.play_through_node(
-            tmp_path, domain, recorder, {"stats_period_s": 1.0, "grounder": remote(server_wait_s=5.0, timeout_s=60.0)},
+            tmp_path, domain, recorder, {"stats_period_s": 0.1, "grounder": remote(server_wait_s=5.0, timeout_s=60.0)},
             davis_root / "JPEGImages" / "480p" / SEQUENCE,
-            ["--count", str(FRAMES), "--command", command, "--command-at", "0"], RATE,
+            ["--count", str(FRAMES), "--command", command, "--command-at", "0"], RATE, hold_while_grounding=True,
             node_env={"ROS_STATIC_PEERS": there, "FASTDDS_DEFAULT_PROFILES_FILE": str(near_profile)})
     finally:
         if grounder is not None:
