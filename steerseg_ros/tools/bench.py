@@ -13,6 +13,12 @@ Sections (`--sections`, comma-separated; default all) and the goals the issues s
   share of the rate while none runs; goal: >= 90%.
 - memory: the node process's resident memory after 2,000 published masks minus after 200 (with
   re-grounding running); goal: < 20 MB.
+- soak (not in the default run: `--sections soak`): the node over DDS for 10,000 frames at camera
+  rate with a command and periodic re-grounding, for each backend kind in `--soak-backends`
+  (builtin; tiny: tiny random SAM2 + Qwen2.5-VL written by the tiny model builders): resident
+  memory growth after the warm-up (goal < 10 MB), thread and file-descriptor counts (goal: flat
+  after the warm-up) and the frame accounting on /diagnostics (received = processed + dropped +
+  rejected once the camera stops). About 6 minutes per kind at 30 fps.
 - tracker: the built-in tracker's J&F on DAVIS 2016 and its step time at 854x480; goal: <= 30 ms.
 - rollout: attention capture + streaming rollout against the materialising reference; goal:
   >= 10x less peak memory at <= 1.2x the time (CPU only: it measures process memory).
@@ -57,6 +63,8 @@ import numpy as np
 SectionFn = Callable[[argparse.Namespace], dict[str, Any]]
 SECTIONS: dict[str, SectionFn] = {}
 REQUIRES: dict[str, tuple[str, ...]] = {}
+# Sections left out of the default run (they take long): run them by name.
+OPT_IN = {"soak"}
 
 
 class SectionSkipped(Exception):
@@ -191,6 +199,7 @@ class NodeRun:
     def __init__(self, args: argparse.Namespace, params: dict[str, Any]):
         import rclpy
         import yaml
+        from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import QoSProfile, ReliabilityPolicy
         from rclpy.signals import SignalHandlerOptions
@@ -199,7 +208,9 @@ class NodeRun:
 
         from steerseg_ros.msg import TrackArray
 
-        self.domain = random.SystemRandom().randint(1, 100)
+        # 1..100, or the range STEERSEG_TEST_DOMAINS gives (runs sharing a machine stay apart).
+        low, _, high = os.environ.get("STEERSEG_TEST_DOMAINS", "1-100").partition("-")
+        self.domain = random.SystemRandom().randint(int(low), int(high or low))
         env = os.environ.copy()
         env.update(ROS_DOMAIN_ID=str(self.domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
         os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
@@ -223,6 +234,8 @@ class NodeRun:
         self.lock = threading.Lock()
         self.arrivals: list[tuple[float, int, list[int]]] = []  # (time, stamp, track states)
         self.node.create_subscription(TrackArray, "tracks", self._on_tracks, reliable)
+        self.diagnostics: dict[str, str] = {}  # the node's newest /diagnostics values
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self._spinner = threading.Thread(target=self._spin, daemon=True)
@@ -240,6 +253,12 @@ class NodeRun:
         with self.lock:
             self.arrivals.append((time.monotonic(), stamp_to_ns(msg.header.stamp), [t.state for t in msg.tracks]))
 
+    def _on_diagnostics(self, msg) -> None:
+        for status in msg.status:
+            if status.hardware_id.endswith("/steerseg"):
+                with self.lock:
+                    self.diagnostics = {kv.key: kv.value for kv in status.values}
+
     def wait_up(self, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
         while self.images.get_subscription_count() == 0 or self.commands.get_subscription_count() == 0:
@@ -251,6 +270,13 @@ class NodeRun:
         import psutil
 
         return psutil.Process(self.process.pid).memory_info().rss / 2**20
+
+    def resources(self) -> tuple[float, int, int]:
+        """The node process's resident memory (MB), threads and open file descriptors."""
+        import psutil
+
+        process = psutil.Process(self.process.pid)
+        return process.memory_info().rss / 2**20, process.num_threads(), process.num_fds()
 
     def close(self) -> None:
         if self.process.poll() is None:
@@ -386,13 +412,126 @@ def memory(args: argparse.Namespace) -> dict[str, Any]:
             "rss_growth_mb": round(growth, 2), "goal_growth_under_20mb": growth < 20.0}
 
 
+# ---- soak ----------------------------------------------------------------------------------------
+def frame_accounting(counters: dict[str, Any]) -> dict[str, int]:
+    """The node's frame counters from /diagnostics: every received frame is processed, dropped
+    (replaced in the one-slot mailbox by a newer one before it was taken) or rejected
+    (`rejected.image.*`); `unaccounted` is what none of them explains (frames in flight while
+    the camera runs, 0 once it has stopped and the node has caught up)."""
+    def count(key: str) -> int:
+        return int(counters.get(key, 0))
+
+    received, processed, dropped = count("frames_received"), count("frames_processed"), count("frames_dropped")
+    rejected = sum(int(v) for k, v in counters.items() if k.startswith("rejected.image."))
+    return {"received": received, "processed": processed, "dropped": dropped, "rejected": rejected,
+            "internal_errors": count("internal_errors"),
+            "unaccounted": received - processed - dropped - rejected}
+
+
+def tiny_model_params(folder: Path) -> dict[str, Any]:
+    """Node parameters for the tiny random SAM2 + Qwen2.5-VL backends (written to `folder` by the
+    same builders as steerseg-tiny-models, once), with a token budget and keyframe count small
+    enough that a CPU grounds in a second or two."""
+    from steerseg_ros.grounding.tiny_models import build_tiny_checkpoint
+    from steerseg_ros.tracking.tiny_sam2 import save_random_sam2, tiny_config
+
+    vlm, sam2 = folder / "qwen2_5_vl", folder / "sam2"
+    if not (vlm / "config.json").is_file():
+        build_tiny_checkpoint(vlm, "qwen2_5_vl")
+    if not (sam2 / "config.json").is_file():
+        save_random_sam2(sam2, tiny_config(128))
+    return {"grounder.backend": "decaf", "grounder.model": str(vlm), "grounder.video_tokens_per_pair": 24,
+            "grounder.cot_tokens": 6, "tracker.backend": "sam2", "tracker.model": str(sam2),
+            "tracker.device": "cpu", "pipeline.keyframes.count": 4}
+
+
+def soak_run(args: argparse.Namespace, params: dict[str, Any], images: list[np.ndarray], command: str,
+             frames: int, warmup: int, sample_every: int) -> dict[str, Any]:
+    """One node process fed `frames` frames at camera rate with `command` and periodic
+    re-grounding: resources sampled every `sample_every` frames sent, and the frame accounting
+    from /diagnostics once the camera has stopped and the counters have settled."""
+    from std_msgs.msg import String
+
+    run = NodeRun(args, {"pipeline.regrounding_period_s": args.regrounding_period, "stats_period_s": 1.0,
+                         **params})
+    samples: list[tuple[int, float, int, int]] = []  # (frames sent, rss MB, threads, fds)
+    try:
+        run.wait_up(timeout=300.0)
+        run.commands.publish(String(data=command))
+        camera = Camera(run, images, args.camera_rate).start()
+        while camera.sent < frames:
+            if camera.sent >= len(samples) * sample_every:
+                samples.append((camera.sent, *run.resources()))
+            if run.process.poll() is not None:
+                raise RuntimeError(f"the node exited with code {run.process.returncode}; see {run.log_path}")
+            time.sleep(0.02)
+        camera.stop()
+        samples.append((camera.sent, *run.resources()))
+        # The counters settle once the node has taken the last frame and published diagnostics
+        # after it: wait for two equal reports in a row with nothing unaccounted.
+        deadline, previous, counters = time.monotonic() + 120.0, None, {}
+        while time.monotonic() < deadline:
+            time.sleep(1.5)
+            with run.lock:
+                counters = dict(run.diagnostics)
+            if counters and counters == previous and frame_accounting(counters)["unaccounted"] == 0:
+                break
+            previous = counters
+        sent = camera.sent
+    finally:
+        run.close()
+    after = [s for s in samples if s[0] >= warmup]
+    if len(after) < 2:
+        raise RuntimeError(f"too few samples after the warm-up of {warmup} frames")
+    rss = [s[1] for s in after]
+    threads = sorted({s[2] for s in after})
+    fds = sorted({s[3] for s in after})
+    # A straight line through the samples: growth that the last sample's noise does not decide.
+    slope = float(np.polyfit([s[0] for s in after], rss, 1)[0]) * 1000
+    accounting = frame_accounting(counters)
+    return {
+        "frames_sent": sent, "warmup_frames": warmup,
+        "rss_mb_after_warmup": round(rss[0], 1), "rss_mb_end": round(rss[-1], 1),
+        "rss_mb_max_after_warmup": round(max(rss), 1),
+        "rss_growth_mb": round(rss[-1] - rss[0], 2), "rss_trend_mb_per_1000_frames": round(slope, 3),
+        "threads_after_warmup": threads, "fds_after_warmup": fds,
+        "threads_start": samples[0][2], "fds_start": samples[0][3],
+        "accounting": accounting,
+        "groundings": int(counters.get("pipeline.groundings", 0)),
+        "grounding_failures": int(counters.get("pipeline.grounding_failures", 0)),
+        "masks_published": int(counters.get("masks_published", 0)),
+        "goal_growth_under_10mb": bool(rss[-1] - rss[0] < 10.0),
+        "goal_threads_flat": len(threads) == 1, "goal_fds_flat": len(fds) == 1,
+        "goal_no_frame_unaccounted": bool(counters) and accounting["unaccounted"] == 0,
+        "log": str(run.log_path),
+    }
+
+
+@section("soak", requires=("rclpy", "psutil"))
+def soak(args: argparse.Namespace) -> dict[str, Any]:
+    _, images, _ = load_sequence(args.data, args.sequence, args.frames)
+    command = command_for(args.data, args.sequence)
+    out: dict[str, Any] = {"camera_fps": args.camera_rate, "regrounding_period_s": args.regrounding_period}
+    for kind in [k.strip() for k in args.soak_backends.split(",") if k.strip()]:
+        if kind == "builtin":
+            params = {"grounder.backend": "builtin", "tracker.backend": "builtin"}
+        elif kind == "tiny":
+            params = tiny_model_params(Path(args.workdir) / "tiny_models")
+        else:
+            raise ValueError(f"--soak-backends: unknown kind {kind!r} (builtin, tiny)")
+        print(f"[bench] soak {kind}: {args.soak_frames} frames at {args.camera_rate} fps", file=sys.stderr, flush=True)
+        out[kind] = soak_run(args, params, images, command, args.soak_frames, args.soak_warmup, args.soak_sample_every)
+    return out
+
+
 # ---- the command ---------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     from steerseg_ros.tools import bench_models
 
     parser = argparse.ArgumentParser(prog="steerseg-bench", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, of {list(SECTIONS)}")
+    parser.add_argument("--sections", default=",".join(n for n in SECTIONS if n not in OPT_IN),
+                        help=f"comma-separated, of {list(SECTIONS)}")
     parser.add_argument("--out", type=Path, default=None, help="write DIR/bench.md (the table) and DIR/bench.json")
     parser.add_argument("--json", type=Path, default=None, help="also write the JSON here")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
@@ -411,6 +550,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seconds between re-groundings in the node-process sections")
     parser.add_argument("--memory-start", type=int, default=200)
     parser.add_argument("--memory-frames", type=int, default=2000)
+    parser.add_argument("--soak-frames", type=int, default=10000, help="frames the soak sends per backend kind")
+    parser.add_argument("--soak-warmup", type=int, default=1000, help="soak frames before the first counted sample")
+    parser.add_argument("--soak-sample-every", type=int, default=250, help="soak frames between resource samples")
+    parser.add_argument("--soak-backends", default="builtin,tiny", help="soak backend kinds: builtin, tiny")
     parser.add_argument("--workdir", default="out/bench", help="logs and parameter files of the node runs")
     bench_models.add_options(parser)
     return parser
