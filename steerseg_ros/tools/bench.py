@@ -196,7 +196,7 @@ class NodeRun:
     """The node as its own process on a private ROS domain, plus this process as camera and
     recorder. Stops the node with SIGINT."""
 
-    def __init__(self, args: argparse.Namespace, params: dict[str, Any]):
+    def __init__(self, args: argparse.Namespace, params: dict[str, Any], tag: str = "bench"):
         import rclpy
         import yaml
         from diagnostic_msgs.msg import DiagnosticArray
@@ -216,11 +216,11 @@ class NodeRun:
         os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
         self.workdir = Path(args.workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        params_file = self.workdir / f"bench_params_{self.domain}.yaml"
+        params_file = self.workdir / f"{tag}_params_{self.domain}.yaml"
         params_file.write_text(yaml.safe_dump({"/**/steerseg": {"ros__parameters": {
             "autostart": True, "image_qos": "reliable", "stats_period_s": 5.0,
             "grounder.backend": args.grounder, "tracker.backend": args.tracker, **params}}}))
-        self.log_path = self.workdir / f"bench_node_{self.domain}.log"
+        self.log_path = self.workdir / f"{tag}_node_{self.domain}.log"
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen([sys.executable, "-m", "steerseg_ros.ros.node", "--ros-args",
                                          "--params-file", str(params_file)], env=env, stdout=self._log,
@@ -431,13 +431,15 @@ def frame_accounting(counters: dict[str, Any]) -> dict[str, int]:
 def tiny_model_params(folder: Path) -> dict[str, Any]:
     """Node parameters for the tiny random SAM2 + Qwen2.5-VL backends (written to `folder` by the
     same builders as steerseg-tiny-models, once), with a token budget and keyframe count small
-    enough that a CPU grounds in a second or two."""
+    enough that a CPU grounds in a second or two. The VLM's weights are drawn with std 0.3: at
+    the usual 0.02 its attention is uniform, every map is flat, no grounding finds a target and
+    SAM2 would never track (the soak must run the tracking path too)."""
     from steerseg_ros.grounding.tiny_models import build_tiny_checkpoint
     from steerseg_ros.tracking.tiny_sam2 import save_random_sam2, tiny_config
 
-    vlm, sam2 = folder / "qwen2_5_vl", folder / "sam2"
+    vlm, sam2 = folder / "qwen2_5_vl_init0.3", folder / "sam2"
     if not (vlm / "config.json").is_file():
-        build_tiny_checkpoint(vlm, "qwen2_5_vl")
+        build_tiny_checkpoint(vlm, "qwen2_5_vl", initializer_range=0.3)
     if not (sam2 / "config.json").is_file():
         save_random_sam2(sam2, tiny_config(128))
     return {"grounder.backend": "decaf", "grounder.model": str(vlm), "grounder.video_tokens_per_pair": 24,
@@ -446,14 +448,14 @@ def tiny_model_params(folder: Path) -> dict[str, Any]:
 
 
 def soak_run(args: argparse.Namespace, params: dict[str, Any], images: list[np.ndarray], command: str,
-             frames: int, warmup: int, sample_every: int) -> dict[str, Any]:
+             frames: int, warmup: int, sample_every: int, tag: str = "soak") -> dict[str, Any]:
     """One node process fed `frames` frames at camera rate with `command` and periodic
     re-grounding: resources sampled every `sample_every` frames sent, and the frame accounting
     from /diagnostics once the camera has stopped and the counters have settled."""
     from std_msgs.msg import String
 
     run = NodeRun(args, {"pipeline.regrounding_period_s": args.regrounding_period, "stats_period_s": 1.0,
-                         **params})
+                         **params}, tag=tag)
     samples: list[tuple[int, float, int, int]] = []  # (frames sent, rss MB, threads, fds)
     try:
         run.wait_up(timeout=300.0)
@@ -478,6 +480,8 @@ def soak_run(args: argparse.Namespace, params: dict[str, Any], images: list[np.n
                 break
             previous = counters
         sent = camera.sent
+        with run.lock:
+            tracked = sum(1 for _, _, states in run.arrivals if states)
     finally:
         run.close()
     after = [s for s in samples if s[0] >= warmup]
@@ -498,8 +502,10 @@ def soak_run(args: argparse.Namespace, params: dict[str, Any], images: list[np.n
         "threads_start": samples[0][2], "fds_start": samples[0][3],
         "accounting": accounting,
         "groundings": int(counters.get("pipeline.groundings", 0)),
+        "groundings_without_target": int(counters.get("pipeline.groundings_empty", 0)),
         "grounding_failures": int(counters.get("pipeline.grounding_failures", 0)),
         "masks_published": int(counters.get("masks_published", 0)),
+        "track_messages_with_a_track": tracked,
         "goal_growth_under_10mb": bool(rss[-1] - rss[0] < 10.0),
         "goal_threads_flat": len(threads) == 1, "goal_fds_flat": len(fds) == 1,
         "goal_no_frame_unaccounted": bool(counters) and accounting["unaccounted"] == 0,
@@ -520,7 +526,10 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
         else:
             raise ValueError(f"--soak-backends: unknown kind {kind!r} (builtin, tiny)")
         print(f"[bench] soak {kind}: {args.soak_frames} frames at {args.camera_rate} fps", file=sys.stderr, flush=True)
-        out[kind] = soak_run(args, params, images, command, args.soak_frames, args.soak_warmup, args.soak_sample_every)
+        out[kind] = soak_run(args, params, images, command, args.soak_frames, args.soak_warmup,
+                             args.soak_sample_every, tag=f"soak_{kind}")
+        # Each kind takes minutes: show its figures at once.
+        print(f"[bench] soak {kind}: {json.dumps(flatten(out[kind]))}", file=sys.stderr, flush=True)
     return out
 
 
