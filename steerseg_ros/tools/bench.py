@@ -498,6 +498,7 @@ def soak_run(args: argparse.Namespace, params: dict[str, Any], images: list[np.n
         "rss_mb_after_warmup": round(rss[0], 1), "rss_mb_end": round(rss[-1], 1),
         "rss_mb_max_after_warmup": round(max(rss), 1),
         "rss_growth_mb": round(rss[-1] - rss[0], 2), "rss_trend_mb_per_1000_frames": round(slope, 3),
+        "rss_mb_series": " ".join(f"{r:.1f}" for r in rss),
         "threads_after_warmup": threads, "fds_after_warmup": fds,
         "threads_start": samples[0][2], "fds_start": samples[0][3],
         "accounting": accounting,
