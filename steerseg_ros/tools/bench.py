@@ -476,9 +476,11 @@ def soak_run(args: argparse.Namespace, params: dict[str, Any], images: list[np.n
             time.sleep(1.5)
             with run.lock:
                 counters = dict(run.diagnostics)
-            if counters and counters == previous and frame_accounting(counters)["unaccounted"] == 0:
+            # (other counters may still move: a catch-up can run on through buffered frames)
+            accounting = frame_accounting(counters)
+            if counters and accounting == previous and accounting["unaccounted"] == 0:
                 break
-            previous = counters
+            previous = accounting
         sent = camera.sent
         with run.lock:
             tracked = sum(1 for _, _, states in run.arrivals if states)
