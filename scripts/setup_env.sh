@@ -112,6 +112,7 @@ else
     (
       . "$VENV/bin/activate"
       export AMENT_PREFIX_PATH=$VENV CMAKE_PREFIX_PATH=$VENV
+      unset PYTHONPATH  # not an older build's modules, from a shell that sourced env.sh
       cd "$tmp"
       colcon --log-base "$tmp/log" build --merge-install --base-paths "$VENDOR" \
         --build-base "$tmp/build" --install-base "$LAUNCH_PREFIX/install" \
