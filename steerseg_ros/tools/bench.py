@@ -4,7 +4,7 @@
     steerseg-bench --out out/bench                     # also writes out/bench/bench.md and bench.json
     steerseg-bench --sections tracker,sam2 --device cuda --real-size
 
-Sections (`--sections`, comma-separated; default all) and the goals the issues set:
+Sections (`--sections`, comma-separated; default all but soak) and the goals the issues set:
 - node_overhead: per-frame time of the tracker step and of the node's own work around it
   (image conversion in, label image, overlay drawing, track and marker messages, serialisation
   of everything published), in this process without DDS; goal: overhead <= 10% of the step.
@@ -18,7 +18,9 @@ Sections (`--sections`, comma-separated; default all) and the goals the issues s
   (builtin; tiny: tiny random SAM2 + Qwen2.5-VL written by the tiny model builders): resident
   memory growth after the warm-up (goal < 10 MB), thread and file-descriptor counts (goal: flat
   after the warm-up) and the frame accounting on /diagnostics (received = processed + dropped +
-  rejected once the camera stops). About 6 minutes per kind at 30 fps.
+  rejected once the camera stops). About 6 minutes per kind at 30 fps. Frames the node never
+  received (a reliable keep-last publisher overwrites what a busy subscriber has not acknowledged)
+  are the difference between frames_sent and received.
 - tracker: the built-in tracker's J&F on DAVIS 2016 and its step time at 854x480; goal: <= 30 ms.
 - rollout: attention capture + streaming rollout against the materialising reference; goal:
   >= 10x less peak memory at <= 1.2x the time (CPU only: it measures process memory).
