@@ -24,7 +24,8 @@ lifecycle manager (e.g. nav2_lifecycle_manager) or `ros2 lifecycle set` does it.
 """
 import os
 
-from ament_index_python.packages import get_package_share_directory
+import launch.logging
+from ament_index_python.packages import PackageNotFoundError, get_package_prefix, get_package_share_directory
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, EmitEvent, OpaqueFunction, RegisterEventHandler
 from launch.conditions import IfCondition
@@ -37,6 +38,20 @@ from lifecycle_msgs.msg import Transition
 
 
 NODES = ("all", "tracker", "grounder", "single")
+
+
+def _rviz(context, layout):
+    """RViz with the shipped layout, or, where rviz2 is not installed, a warning saying so: a
+    Node action for a missing package fails the whole launch (and can leave the node running)."""
+    try:
+        get_package_prefix("rviz2")
+    except PackageNotFoundError:
+        launch.logging.get_logger("launch").warning(
+            "rviz:=true, but RViz (the rviz2 package) is not installed here: going on without it. "
+            "Install it (e.g. apt install ros-$ROS_DISTRO-rviz2) or run RViz on another machine "
+            f"with -d {layout}")
+        return []
+    return [Node(package="rviz2", executable="rviz2", name="rviz2", arguments=["-d", layout])]
 
 
 def lifecycle_startup(node, autostart):
@@ -136,12 +151,7 @@ def generate_launch_description():
             entities += lifecycle_startup(grounder, autostart)
         return entities
 
-    rviz = Node(
-        package="rviz2",
-        executable="rviz2",
-        name="rviz2",
-        arguments=["-d", os.path.join(share, "config", "steerseg.rviz")],
-        condition=IfCondition(LaunchConfiguration("rviz")),
-    )
+    rviz = OpaqueFunction(function=_rviz, args=[os.path.join(share, "config", "steerseg.rviz")],
+                          condition=IfCondition(LaunchConfiguration("rviz")))
 
     return LaunchDescription(arguments + [OpaqueFunction(function=nodes), rviz])

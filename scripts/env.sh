@@ -7,6 +7,11 @@ export AMENT_PREFIX_PATH=$VIRTUAL_ENV CMAKE_PREFIX_PATH=$VIRTUAL_ENV
 # It reads unset variables, so it cannot be sourced under `set -u` (scripts/run_tests.sh).
 case $- in *u*) _steerseg_nounset=1; set +u ;; *) _steerseg_nounset= ;; esac
 COLCON_TRACE= . "$_steerseg_root/install/setup.sh"
+# The launch system and `ros2` command line that setup_env.sh built from source, where no ROS
+# installation provides them.
+if [ -f "$_steerseg_root/.ros2_launch/install/local_setup.sh" ]; then
+  COLCON_TRACE= . "$_steerseg_root/.ros2_launch/install/local_setup.sh"
+fi
 if [ -n "$_steerseg_nounset" ]; then set -u; fi
 unset _steerseg_nounset
 export PIP_CONSTRAINT=$_steerseg_root/requirements/constraints.txt

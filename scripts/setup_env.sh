@@ -3,6 +3,9 @@
 # (CPU build) and the model libraries from PyPI, then the package built with colcon into
 # build/ and install/. Safe to run again: the pip step is skipped while requirements/ is
 # unchanged, and colcon rebuilds only what changed (a few seconds).
+# Where no ROS 2 launch system is installed (`ros2 launch`; PyPI has none) and the shared folder's
+# vendor/ros2_launch holds its sources, it also builds them once into the user's cache (about a
+# minute), and .ros2_launch in the checkout links to that build; scripts/env.sh sources it.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PYTHON=${PYTHON:-python3}
@@ -66,4 +69,64 @@ log "building the package (colcon)"
     --cmake-args -DBUILD_TESTING=OFF -Wno-dev >"$ROOT/log/last_build.txt" 2>&1 \
     || { cat "$ROOT/log/last_build.txt" >&2; exit 1; }
 )
+
+# ---- the ROS 2 launch system and command line (ros2 launch, ros2 topic/node/param/lifecycle) ----
+# PyPI has them under no name (its `launch` and `launch-cli` are unrelated projects: never install
+# them), so they are built from the upstream sources in the shared folder, with the venv's Python
+# and next to its ROS wheels. The build lives outside the venv and the checkout, keyed by the
+# sources, the venv and its Python, so every checkout on one venv shares it and a second run
+# only checks the key.
+LAUNCH_CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/steerseg_ros
+launch_installed() {
+  # A ROS installation's own (e.g. /opt/ros/kilted sourced), not a build of ours that an
+  # earlier `source scripts/env.sh` put on the paths.
+  (
+    . "$VENV/bin/activate"
+    ros2=$(command -v ros2) || exit 1
+    where=$(python -c "import launch_ros, ros2launch; print(ros2launch.__file__)" 2>/dev/null) || exit 1
+    case "$(readlink -f "$ros2") $(readlink -f "$where")" in *"$LAUNCH_CACHE/ros2_launch-"*) exit 1 ;; esac
+  )
+}
+VENDOR=${STEERSEG_SHARED:-$ROOT/../shared}/vendor/ros2_launch
+if launch_installed; then
+  log "launch system: already installed ($(. "$VENV/bin/activate"; command -v ros2))"
+  rm -f "$ROOT/.ros2_launch"
+elif [ ! -d "$VENDOR" ]; then
+  log "launch system: not installed and no sources at $VENDOR; ros2 launch and the launch tests are unavailable"
+  rm -f "$ROOT/.ros2_launch"
+else
+  VENDOR=$(cd "$VENDOR" && pwd)
+  key=$( { (cd "$VENDOR" && find . -type f ! -name '*.pyc' -print0 | LC_ALL=C sort -z | xargs -0 sha256sum)
+           printf '%s\n' "$VENV" "$("$VENV/bin/python" -VV)"; } | sha256sum | cut -c1-12)
+  LAUNCH_PREFIX=$LAUNCH_CACHE/ros2_launch-$key
+  mkdir -p "$LAUNCH_CACHE"
+  # Checkouts sharing the venv may set up at the same moment: one builds, the others wait.
+  exec 9>"$LAUNCH_PREFIX.lock"
+  if command -v flock >/dev/null; then flock 9; fi
+  if [ -f "$LAUNCH_PREFIX/.complete" ]; then
+    log "launch system: built ($LAUNCH_PREFIX)"
+  else
+    log "launch system: building it from $VENDOR into $LAUNCH_PREFIX (about a minute)"
+    tmp=$LAUNCH_PREFIX.partial
+    rm -rf "$tmp" "$LAUNCH_PREFIX" && mkdir -p "$tmp"
+    (
+      . "$VENV/bin/activate"
+      export AMENT_PREFIX_PATH=$VENV CMAKE_PREFIX_PATH=$VENV
+      unset PYTHONPATH  # not an older build's modules, from a shell that sourced env.sh
+      cd "$tmp"
+      colcon --log-base "$tmp/log" build --merge-install --base-paths "$VENDOR" \
+        --build-base "$tmp/build" --install-base "$LAUNCH_PREFIX/install" \
+        --event-handlers console_cohesion- summary- \
+        --cmake-args -DBUILD_TESTING=OFF -Wno-dev >"$tmp/build.txt" 2>&1 \
+        || { cat "$tmp/build.txt" >&2; exit 1; }
+    ) || { rm -rf "$LAUNCH_PREFIX"; exit 1; }
+    # The install prefix is baked into the generated setup files: it is built in place, and
+    # marked complete only once the build succeeded.
+    mv "$tmp/build.txt" "$LAUNCH_PREFIX/build.txt"
+    rm -rf "$tmp"
+    touch "$LAUNCH_PREFIX/.complete"
+  fi
+  exec 9>&-
+  ln -sfn "$LAUNCH_PREFIX" "$ROOT/.ros2_launch"
+fi
 log "ready: source scripts/env.sh"

@@ -4,7 +4,7 @@
     steerseg-bench --out out/bench                     # also writes out/bench/bench.md and bench.json
     steerseg-bench --sections tracker,sam2 --device cuda --real-size
 
-Sections (`--sections`, comma-separated; default all) and the goals the issues set:
+Sections (`--sections`, comma-separated; default all but soak) and the goals the issues set:
 - node_overhead: per-frame time of the tracker step and of the node's own work around it
   (image conversion in, label image, overlay drawing, track and marker messages, serialisation
   of everything published), in this process without DDS; goal: overhead <= 10% of the step.
@@ -23,6 +23,14 @@ Sections (`--sections`, comma-separated; default all) and the goals the issues s
   3D step's share of the node's frame time.
 - memory: the node process's resident memory after 2,000 published masks minus after 200 (with
   re-grounding running); goal: < 20 MB.
+- soak (not in the default run: `--sections soak`): the node over DDS for 10,000 frames at camera
+  rate with a command and periodic re-grounding, for each backend kind in `--soak-backends`
+  (builtin; tiny: tiny random SAM2 + Qwen2.5-VL written by the tiny model builders): resident
+  memory growth after the warm-up (goal < 10 MB), thread and file-descriptor counts (goal: flat
+  after the warm-up) and the frame accounting on /diagnostics (received = processed + dropped +
+  rejected once the camera stops). About 6 minutes per kind at 30 fps. Frames the node never
+  received (a reliable keep-last publisher overwrites what a busy subscriber has not acknowledged)
+  are the difference between frames_sent and received.
 - tracker: the built-in tracker's J&F on DAVIS 2016 and its step time at 854x480; goal: <= 30 ms.
 - rollout: attention capture + streaming rollout against the materialising reference; goal:
   >= 10x less peak memory at <= 1.2x the time (CPU only: it measures process memory).
@@ -67,6 +75,8 @@ import numpy as np
 SectionFn = Callable[[argparse.Namespace], dict[str, Any]]
 SECTIONS: dict[str, SectionFn] = {}
 REQUIRES: dict[str, tuple[str, ...]] = {}
+# Sections left out of the default run (they take long): run them by name.
+OPT_IN = {"soak"}
 
 
 class SectionSkipped(Exception):
@@ -254,30 +264,33 @@ class NodeRun:
     """The node as its own process on a private ROS domain, plus this process as camera and
     recorder. Stops the node with SIGINT."""
 
-    def __init__(self, args: argparse.Namespace, params: dict[str, Any], grounder_node: bool = False):
+    def __init__(self, args: argparse.Namespace, params: dict[str, Any], tag: str = "bench",
+                 grounder_node: bool = False):
         import rclpy
         import yaml
+        from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import QoSProfile, ReliabilityPolicy
-        from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.signals import SignalHandlerOptions
         from sensor_msgs.msg import Image
         from std_msgs.msg import String
 
         from steerseg_ros.msg import TrackArray
 
-        self.domain = random.SystemRandom().randint(1, 100)
+        # 1..100, or the range STEERSEG_TEST_DOMAINS gives (runs sharing a machine stay apart).
+        low, _, high = os.environ.get("STEERSEG_TEST_DOMAINS", "1-100").partition("-")
+        self.domain = random.SystemRandom().randint(int(low), int(high or low))
         env = os.environ.copy()
         env.update(ROS_DOMAIN_ID=str(self.domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
         os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
         self.workdir = Path(args.workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        params_file = self.workdir / f"bench_params_{self.domain}.yaml"
+        params_file = self.workdir / f"{tag}_params_{self.domain}.yaml"
         params_file.write_text(yaml.safe_dump({"/**/steerseg": {"ros__parameters": {
             "autostart": True, "image_qos": "reliable", "stats_period_s": 1.0,
             "grounder.backend": "remote" if grounder_node else args.grounder, "tracker.backend": args.tracker,
             **params}}}))
-        self.log_path = self.workdir / f"bench_node_{self.domain}.log"
+        self.log_path = self.workdir / f"{tag}_node_{self.domain}.log"
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen([sys.executable, "-m", "steerseg_ros.ros.node", "--ros-args",
                                          "--params-file", str(params_file)], env=env, stdout=self._log,
@@ -300,7 +313,7 @@ class NodeRun:
         self.lock = threading.Lock()
         self.arrivals: list[tuple[float, int, list[int]]] = []  # (time, stamp, track states)
         self.node.create_subscription(TrackArray, "tracks", self._on_tracks, reliable)
-        self.diagnostics: dict[str, str] = {}
+        self.diagnostics: dict[str, str] = {}  # the node's newest /diagnostics values
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
@@ -321,7 +334,7 @@ class NodeRun:
 
     def _on_diagnostics(self, msg) -> None:
         for status in msg.status:
-            if status.name.startswith("steerseg:"):
+            if status.hardware_id.endswith("/steerseg"):
                 with self.lock:
                     self.diagnostics = {kv.key: kv.value for kv in status.values}
 
@@ -336,6 +349,13 @@ class NodeRun:
         import psutil
 
         return psutil.Process(self.process.pid).memory_info().rss / 2**20
+
+    def resources(self) -> tuple[float, int, int]:
+        """The node process's resident memory (MB), threads and open file descriptors."""
+        import psutil
+
+        process = psutil.Process(self.process.pid)
+        return process.memory_info().rss / 2**20, process.num_threads(), process.num_fds()
 
     def close(self) -> None:
         for process in (self.process, self.grounder):
@@ -561,13 +581,138 @@ def memory(args: argparse.Namespace) -> dict[str, Any]:
             "rss_growth_mb": round(growth, 2), "goal_growth_under_20mb": growth < 20.0}
 
 
+# ---- soak ----------------------------------------------------------------------------------------
+def frame_accounting(counters: dict[str, Any]) -> dict[str, int]:
+    """The node's frame counters from /diagnostics: every received frame is processed, dropped
+    (replaced in the one-slot mailbox by a newer one before it was taken) or rejected
+    (`rejected.image.*`); `unaccounted` is what none of them explains (frames in flight while
+    the camera runs, 0 once it has stopped and the node has caught up)."""
+    def count(key: str) -> int:
+        return int(counters.get(key, 0))
+
+    received, processed, dropped = count("frames_received"), count("frames_processed"), count("frames_dropped")
+    rejected = sum(int(v) for k, v in counters.items() if k.startswith("rejected.image."))
+    return {"received": received, "processed": processed, "dropped": dropped, "rejected": rejected,
+            "internal_errors": count("internal_errors"),
+            "unaccounted": received - processed - dropped - rejected}
+
+
+def tiny_model_params(folder: Path) -> dict[str, Any]:
+    """Node parameters for the tiny random SAM2 + Qwen2.5-VL backends (written to `folder` by the
+    same builders as steerseg-tiny-models, once), with a token budget and keyframe count small
+    enough that a CPU grounds in a second or two. The VLM's weights are drawn with std 0.3: at
+    the usual 0.02 its attention is uniform, every map is flat, no grounding finds a target and
+    SAM2 would never track (the soak must run the tracking path too)."""
+    from steerseg_ros.grounding.tiny_models import build_tiny_checkpoint
+    from steerseg_ros.tracking.tiny_sam2 import save_random_sam2, tiny_config
+
+    vlm, sam2 = folder / "qwen2_5_vl_init0.3", folder / "sam2"
+    if not (vlm / "config.json").is_file():
+        build_tiny_checkpoint(vlm, "qwen2_5_vl", initializer_range=0.3)
+    if not (sam2 / "config.json").is_file():
+        save_random_sam2(sam2, tiny_config(128))
+    return {"grounder.backend": "decaf", "grounder.model": str(vlm), "grounder.video_tokens_per_pair": 24,
+            "grounder.cot_tokens": 6, "tracker.backend": "sam2", "tracker.model": str(sam2),
+            "tracker.device": "cpu", "pipeline.keyframes.count": 4}
+
+
+def soak_run(args: argparse.Namespace, params: dict[str, Any], images: list[np.ndarray], command: str,
+             frames: int, warmup: int, sample_every: int, tag: str = "soak") -> dict[str, Any]:
+    """One node process fed `frames` frames at camera rate with `command` and periodic
+    re-grounding: resources sampled every `sample_every` frames sent, and the frame accounting
+    from /diagnostics once the camera has stopped and the counters have settled."""
+    from std_msgs.msg import String
+
+    run = NodeRun(args, {"pipeline.regrounding_period_s": args.regrounding_period, "stats_period_s": 1.0,
+                         **params}, tag=tag)
+    samples: list[tuple[int, float, int, int]] = []  # (frames sent, rss MB, threads, fds)
+    try:
+        run.wait_up(timeout=300.0)
+        run.commands.publish(String(data=command))
+        camera = Camera(run, images, args.camera_rate).start()
+        while camera.sent < frames:
+            if camera.sent >= len(samples) * sample_every:
+                samples.append((camera.sent, *run.resources()))
+            if run.process.poll() is not None:
+                raise RuntimeError(f"the node exited with code {run.process.returncode}; see {run.log_path}")
+            time.sleep(0.02)
+        camera.stop()
+        samples.append((camera.sent, *run.resources()))
+        # The counters settle once the node has taken the last frame and published diagnostics
+        # after it: wait for two equal reports in a row with nothing unaccounted.
+        deadline, previous, counters = time.monotonic() + 120.0, None, {}
+        while time.monotonic() < deadline:
+            time.sleep(1.5)
+            with run.lock:
+                counters = dict(run.diagnostics)
+            # (other counters may still move: a catch-up can run on through buffered frames)
+            accounting = frame_accounting(counters)
+            if counters and accounting == previous and accounting["unaccounted"] == 0:
+                break
+            previous = accounting
+        sent = camera.sent
+        with run.lock:
+            tracked = sum(1 for _, _, states in run.arrivals if states)
+    finally:
+        run.close()
+    after = [s for s in samples if s[0] >= warmup]
+    if len(after) < 2:
+        raise RuntimeError(f"too few samples after the warm-up of {warmup} frames")
+    rss = [s[1] for s in after]
+    threads = sorted({s[2] for s in after})
+    fds = sorted({s[3] for s in after})
+    # A straight line through the samples: growth that the last sample's noise does not decide.
+    slope = float(np.polyfit([s[0] for s in after], rss, 1)[0]) * 1000
+    accounting = frame_accounting(counters)
+    return {
+        "frames_sent": sent, "warmup_frames": warmup,
+        "rss_mb_after_warmup": round(rss[0], 1), "rss_mb_end": round(rss[-1], 1),
+        "rss_mb_max_after_warmup": round(max(rss), 1),
+        "rss_growth_mb": round(rss[-1] - rss[0], 2), "rss_trend_mb_per_1000_frames": round(slope, 3),
+        "rss_mb_series": " ".join(f"{r:.1f}" for r in rss),
+        "threads_after_warmup": threads, "fds_after_warmup": fds,
+        "threads_start": samples[0][2], "fds_start": samples[0][3],
+        "accounting": accounting,
+        "groundings": int(counters.get("pipeline.groundings", 0)),
+        "groundings_without_target": int(counters.get("pipeline.groundings_empty", 0)),
+        "grounding_failures": int(counters.get("pipeline.grounding_failures", 0)),
+        "masks_published": int(counters.get("masks_published", 0)),
+        "track_messages_with_a_track": tracked,
+        "goal_growth_under_10mb": bool(rss[-1] - rss[0] < 10.0),
+        "goal_threads_flat": len(threads) == 1, "goal_fds_flat": len(fds) == 1,
+        "goal_no_frame_unaccounted": bool(counters) and accounting["unaccounted"] == 0,
+        "log": str(run.log_path),
+    }
+
+
+@section("soak", requires=("rclpy", "psutil"))
+def soak(args: argparse.Namespace) -> dict[str, Any]:
+    _, images, _ = load_sequence(args.data, args.sequence, args.frames)
+    command = command_for(args.data, args.sequence)
+    out: dict[str, Any] = {"camera_fps": args.camera_rate, "regrounding_period_s": args.regrounding_period}
+    for kind in [k.strip() for k in args.soak_backends.split(",") if k.strip()]:
+        if kind == "builtin":
+            params = {"grounder.backend": "builtin", "tracker.backend": "builtin"}
+        elif kind == "tiny":
+            params = tiny_model_params(Path(args.workdir) / "tiny_models")
+        else:
+            raise ValueError(f"--soak-backends: unknown kind {kind!r} (builtin, tiny)")
+        print(f"[bench] soak {kind}: {args.soak_frames} frames at {args.camera_rate} fps", file=sys.stderr, flush=True)
+        out[kind] = soak_run(args, params, images, command, args.soak_frames, args.soak_warmup,
+                             args.soak_sample_every, tag=f"soak_{kind}")
+        # Each kind takes minutes: show its figures at once.
+        print(f"[bench] soak {kind}: {json.dumps(flatten(out[kind]))}", file=sys.stderr, flush=True)
+    return out
+
+
 # ---- the command ---------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     from steerseg_ros.tools import bench_models
 
     parser = argparse.ArgumentParser(prog="steerseg-bench", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, of {list(SECTIONS)}")
+    parser.add_argument("--sections", default=",".join(n for n in SECTIONS if n not in OPT_IN),
+                        help=f"comma-separated, of {list(SECTIONS)}")
     parser.add_argument("--out", type=Path, default=None, help="write DIR/bench.md (the table) and DIR/bench.json")
     parser.add_argument("--json", type=Path, default=None, help="also write the JSON here")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
@@ -589,6 +734,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seconds between re-groundings in the node-process sections")
     parser.add_argument("--memory-start", type=int, default=200)
     parser.add_argument("--memory-frames", type=int, default=2000)
+    parser.add_argument("--soak-frames", type=int, default=10000, help="frames the soak sends per backend kind")
+    parser.add_argument("--soak-warmup", type=int, default=1000, help="soak frames before the first counted sample")
+    parser.add_argument("--soak-sample-every", type=int, default=250, help="soak frames between resource samples")
+    parser.add_argument("--soak-backends", default="builtin,tiny", help="soak backend kinds: builtin, tiny")
     parser.add_argument("--workdir", default="out/bench", help="logs and parameter files of the node runs")
     bench_models.add_options(parser)
     return parser
