@@ -37,6 +37,7 @@ How SAM2 maps onto the `Tracker` interface:
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -73,6 +74,9 @@ MODEL_ALIASES = {
 }
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 ENCODERS = ("torch", "onnx", "tensorrt")
+AUTOCAST = {"none": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# What compile=True compiles: the image encoder and the modules every object step runs.
+COMPILED_MODULES = ("vision_encoder", "memory_attention", "mask_decoder", "memory_encoder")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Each session holds one object; its id inside the session is arbitrary.
@@ -100,6 +104,15 @@ class Sam2TrackerConfig:
         "help": "image features kept for reuse, by frame (keyframes prompted several times, catch-up "
                 "reaching the live frame)"})
     mask_threshold: float = field(default=0.0, metadata={"help": "mask logit threshold"})
+    autocast: str = field(default="none", metadata={
+        "help": "mixed precision for SAM2's steps (torch.autocast): none, bfloat16 or float16; weights stay "
+                "in dtype. On a GPU bfloat16 is the usual choice; on a CPU bfloat16 runs where the CPU has it"})
+    compile: bool = field(default=False, metadata={
+        "help": "torch.compile the image encoder, memory attention, mask decoder and memory encoder; they are "
+                "compiled and warmed up when the tracker is built (node configure), not on the camera path"})
+    compile_backend: str = field(default="inductor", metadata={
+        "help": "torch.compile backend: inductor (generated kernels; minutes to build on a small CPU), "
+                "cudagraphs, or aot_eager (traced graphs run eagerly: checks the tracing, no speed-up)"})
     batch_objects: bool = field(default=True, metadata={
         "help": "step all live objects through memory attention, mask decoder and memory encoder as one "
                 "batch per group of objects with equally long memories; false runs them one by one"})
@@ -109,6 +122,8 @@ class Sam2TrackerConfig:
             raise ValueError("model must name a SAM2 checkpoint (hub id or folder)")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if self.autocast not in AUTOCAST:
+            raise ValueError(f"autocast must be one of {list(AUTOCAST)}, got {self.autocast!r}")
         if self.encoder not in ENCODERS:
             raise ValueError(f"encoder must be one of {list(ENCODERS)}, got {self.encoder!r}")
         if self.encoder != "torch" and not self.encoder_file:
@@ -212,6 +227,48 @@ class Sam2Tracker(Tracker):
         self._live: dict[int, Sam2ObjectState] = {}
         self._live_lock = threading.RLock()
         self.stats: Counter = Counter()
+        self.autocast_dtype = AUTOCAST[self.config.autocast]
+        if self.config.compile:
+            self._compile()
+
+    # ---- GPU paths: autocast, compile ------------------------------------------------------------
+    def _precision(self):
+        """The autocast context of a model call (a no-op without autocast)."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+    def _compile(self) -> None:
+        """Compile the per-step modules' forward (hooks stay outside the graph) with dynamic
+        shapes (the batch of objects and the memory length vary), then warm them up on a
+        synthetic clip: compilation takes seconds to minutes and must not hit the first live
+        frames."""
+        for name in COMPILED_MODULES:
+            module = getattr(self.model, name)
+            module.forward = torch.compile(module.forward, dynamic=True, backend=self.config.compile_backend)
+        self.warm_up()
+
+    def warm_up(self, objects: int = 2, frames: int = 4) -> None:
+        """Step `objects` objects over a few synthetic frames at the model's input size (runs
+        every compiled or lazily initialised path once), then forget them."""
+        size = self.image_size
+        ys, xs = np.mgrid[0:size, 0:size]
+        clip = [Frame(i - frames - 1, 0, np.stack([(xs + 9 * i) % 256, ys % 256, (xs + ys) % 256], -1).astype(np.uint8))
+                for i in range(frames + 1)]
+        with self._live_lock:
+            saved, self._live = self._live, {}
+            try:
+                for k in range(objects):
+                    seed = np.zeros((size, size), bool)
+                    seed[size // 4: size // 2, k * size // (2 * objects): (k + 1) * size // (2 * objects)] = True
+                    self._live[k] = self.start(clip[0], mask=seed)
+                for frame in clip[1:]:
+                    self.step(frame)
+            finally:
+                self._live = saved
+        with self._cache_lock:
+            for frame in clip:
+                self._cache.pop(frame.seq, None)
 
     # ---- loading ---------------------------------------------------------------------------
     @staticmethod
@@ -252,7 +309,11 @@ class Sam2Tracker(Tracker):
         """HxWx3 uint8 RGB -> (1, 3, S, S) normalised pixel values: what Sam2ImageProcessor does
         (bilinear antialiased resize of the uint8 image to S x S, rescale, ImageNet normalise),
         with torch's interpolate, the op its torchvision backend calls."""
-        x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device).permute(2, 0, 1)[None]
+        x = torch.from_numpy(np.ascontiguousarray(image))
+        if self.device.type == "cuda":
+            # Through page-locked memory: the copy to the GPU then runs asynchronously.
+            x = x.pin_memory().to(self.device, non_blocking=True)
+        x = x.permute(2, 0, 1)[None]
         if x.device.type != "cpu":
             x = x.float()  # the antialiased uint8 kernel exists on the CPU only
         x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True,
@@ -306,7 +367,8 @@ class Sam2Tracker(Tracker):
                 if hit is not None and hit.image is frame.image:
                     self._cache.move_to_end(frame.seq)
                     return _FrameInput(pixel_values, hit)
-            maps = self.encoder(pixel_values)
+            with self._precision():
+                maps = self.encoder(pixel_values)
         entry = _Features(frame.image, {"vision_feats": maps, "vision_pos_embeds": self._pos})
         with self._cache_lock:
             self._cache[frame.seq] = entry
@@ -329,8 +391,9 @@ class Sam2Tracker(Tracker):
               run_mem_encoder: bool = True):
         session.cache.cache_vision_features(index, inputs.features.vision)
         self._tls.decoder = None
-        output = self.model(inference_session=session, frame=inputs.pixel_values, frame_idx=index,
-                            run_mem_encoder=run_mem_encoder)
+        with self._precision():
+            output = self.model(inference_session=session, frame=inputs.pixel_values, frame_idx=index,
+                                run_mem_encoder=run_mem_encoder)
         return output, self._tls.decoder
 
     def _run(self, session: Sam2VideoInferenceSession, index: int, frame: Frame,
@@ -587,7 +650,7 @@ class Sam2Tracker(Tracker):
                 return results
             inputs = self._input(frame)  # one encoder run for every object
             if self.config.batch_objects:
-                with torch.inference_mode():
+                with torch.inference_mode(), self._precision():
                     results.update(self._step_batched(due, frame, inputs))
             else:
                 for obj_id, state in due.items():
