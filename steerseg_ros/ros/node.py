@@ -43,7 +43,7 @@ from steerseg_ros.msg import GroundingResult as GroundingResultMsg
 from steerseg_ros.msg import TrackArray
 from steerseg_ros.pipeline import FrameRejected, Pipeline, PipelineConfig, PipelineOutput
 from steerseg_ros.ros import parameters
-from steerseg_ros.ros.image_conversion import (ImageConversionError, array_to_image, compressed_to_rgb,
+from steerseg_ros.ros.image_conversion import (ImageBuffer, ImageConversionError, array_to_image, compressed_to_rgb,
                                                image_to_array, image_to_rgb)
 from steerseg_ros.ros.messages import (MarkerConfig, grounding_to_msg, stamp_to_ns, tracks_to_markers,
                                        tracks_to_msg)
@@ -149,16 +149,20 @@ def write_default_params(path: str, grounder: str = "builtin", tracker: str = "b
 
 def output_messages(output: PipelineOutput, header: Header, rgb: np.ndarray, overlay_alpha: float = 0.5,
                     marker_config: Optional[MarkerConfig] = None, overlay: bool = True,
-                    markers: bool = True) -> list[tuple[str, Any]]:
+                    markers: bool = True, overlay_buffer: Optional[ImageBuffer] = None) -> list[tuple[str, Any]]:
     """The (topic, message) pairs the node publishes for one processed frame, all stamped with
     the frame's header: the label mask, the tracks, optionally the overlay and the markers, and
-    the groundings that finished since the previous frame."""
+    the groundings that finished since the previous frame. With `overlay_buffer` the overlay is
+    drawn straight into that reused message memory (publish the messages before the next call)."""
     visible = output.visible_tracks()
     out: list[tuple[str, Any]] = [
         ("mask", array_to_image(output.label_image(), "mono8", header)),
         ("tracks", tracks_to_msg(output.tracks, header)),
     ]
-    if overlay:
+    if overlay and overlay_buffer is not None:
+        render.overlay(rgb, visible, overlay_alpha, out=overlay_buffer.view(rgb.shape))
+        out.append(("overlay", overlay_buffer.message("bgr8", header)))
+    elif overlay:
         out.append(("overlay", array_to_image(render.overlay(rgb, visible, overlay_alpha), "bgr8", header)))
     if markers:
         out.append(("markers", tracks_to_markers(visible, header, (rgb.shape[1], rgb.shape[0]), marker_config)))
@@ -262,6 +266,7 @@ class SteerSegNode(LifecycleNode):
         self._stop = threading.Event()
         self._params_dirty = threading.Event()
         self._pubs: dict[str, Any] = {}
+        self._overlay_buffer = ImageBuffer()  # used by the processing thread only
         self._subs: list = []
         self._stats_timer = None
         self._frame_times: collections.deque[float] = collections.deque(maxlen=200)
@@ -661,7 +666,7 @@ class SteerSegNode(LifecycleNode):
         messages = output_messages(
             output, header, rgb, self._node_config.overlay_alpha, self._markers,
             overlay=draw_all or pubs["overlay"].get_subscription_count() > 0,
-            markers=draw_all or pubs["markers"].get_subscription_count() > 0)
+            markers=draw_all or pubs["markers"].get_subscription_count() > 0, overlay_buffer=self._overlay_buffer)
         for topic, msg in messages:
             pubs[topic].publish(msg)
         self._count("groundings_published", len(output.groundings))

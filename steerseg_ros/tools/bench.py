@@ -122,7 +122,7 @@ def node_overhead(args: argparse.Namespace) -> dict[str, Any]:
 
     from steerseg_ros import backends
     from steerseg_ros.pipeline import Pipeline, PipelineConfig
-    from steerseg_ros.ros.image_conversion import image_to_rgb, rgb_to_image
+    from steerseg_ros.ros.image_conversion import ImageBuffer, image_to_rgb, rgb_to_image
     from steerseg_ros.ros.messages import header_at
     from steerseg_ros.ros.node import output_messages
 
@@ -143,6 +143,7 @@ def node_overhead(args: argparse.Namespace) -> dict[str, Any]:
         return result
 
     tracker.step = timed_step
+    overlay_buffer = ImageBuffer()  # as the node draws: into reused message memory
     parts: dict[str, list[float]] = {k: [] for k in ("convert_in", "pipeline_other", "messages", "serialise",
                                                      "messages_undrawn", "serialise_undrawn")}
     try:
@@ -156,7 +157,7 @@ def node_overhead(args: argparse.Namespace) -> dict[str, Any]:
             if i == 0:
                 output.tracks.append(pipeline.seed_mask(masks[0], output.frame.stamp_ns))
             step = step_times[-1] if len(step_times) > n_steps else 0.0
-            outgoing = output_messages(output, msg.header, rgb)
+            outgoing = output_messages(output, msg.header, rgb, overlay_buffer=overlay_buffer)
             t3 = time.perf_counter()
             for _, m in outgoing:
                 serialize_message(m)
