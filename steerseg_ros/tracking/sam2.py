@@ -519,6 +519,9 @@ class Sam2Tracker(Tracker):
                                                          object_score_logits=object_logits, is_mask_from_pts=False)
         for k, (state, index) in enumerate(zip(states, indices)):
             session = state.session
+            # What the model's own call keeps of the frame (pruning drops it again).
+            session.add_new_frame(inputs.pixel_values, index)
+            session.cache.cache_vision_features(index, inputs.features.vision)
             # Copies, so that no object's memory keeps the whole batch's storage alive.
             session.store_output(0, index, output_value={
                 "pred_masks": low[k:k + 1].clone(), "object_pointer": pointer[k:k + 1].clone(),
