@@ -91,7 +91,7 @@ def sam2(args: argparse.Namespace) -> dict[str, Any]:
         figures = bench_sam2(config, image_size=args.sam2_image_size, frames=args.sam2_frames,
                              objects=[int(n) for n in args.sam2_objects.split(",")],
                              memory_frames=args.sam2_memory_frames, frame_size=(480, 854), device=args.device,
-                             onnx=not args.sam2_no_onnx)
+                             onnx=not args.sam2_no_onnx, threads=args.sam2_threads)
         figures.pop("load_average", None)  # the machine record has it
         out.update(flatten(figures, config))
     return out
@@ -138,6 +138,9 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--sam2-objects", default="1,2,4,8", help="live object counts to time, comma-separated")
     group.add_argument("--sam2-image-size", type=int, default=None,
                        help="model input size (a multiple of 64); None: 64 tiny, 1024 real (cut it for a CPU)")
+    group.add_argument("--sam2-threads", type=int, default=0,
+                       help="torch threads for the sam2 section (0: torch's default); 1 makes its CPU-time "
+                            "figures (step_cpu_ms, *_cpu ratios) steady on a shared machine")
     group.add_argument("--sam2-no-onnx", action="store_true", help="skip the ONNX encoder comparison")
     group.add_argument("--tracker-sequences", default=None,
                        help="DAVIS sequences for the tracker: a count (the first N) or comma-separated names; "

@@ -143,9 +143,13 @@ def bench_sam2(config: str = "tiny", image_size: Optional[int] = None, frames: i
         # batched and one by one (tracker.batch_objects), the two stepped in turn on every frame
         # so that both see the same machine load. Medians: load spikes hit single frames.
         step_ms, step_ms_mean, step_ms_unbatched = {}, {}, {}
+        # Also this thread's CPU time per step: with one torch thread (--threads 1) the step runs
+        # on this thread only, and CPU time hardly moves with what else loads a shared machine.
+        cpu_ms: dict[bool, dict[int, float]] = {True: {}, False: {}}
         one_by_one = tracker(batch_objects=False)
         for n in objects:
             times: dict[bool, list[float]] = {True: [], False: []}
+            cpu: dict[bool, list[float]] = {True: [], False: []}
             for run in (t, one_by_one):
                 run.reset()
                 for k in range(n):
@@ -154,11 +158,14 @@ def bench_sam2(config: str = "tiny", image_size: Optional[int] = None, frames: i
                     run.step(f)
             for f in video[3:]:
                 for run in (t, one_by_one):
-                    start = time.perf_counter()
+                    start, start_cpu = time.perf_counter(), time.thread_time()
                     run.step(f)
                     times[run.config.batch_objects].append(1000 * (time.perf_counter() - start))
+                    cpu[run.config.batch_objects].append(1000 * (time.thread_time() - start_cpu))
             step_ms[n], step_ms_mean[n] = float(np.median(times[True])), float(np.mean(times[True]))
             step_ms_unbatched[n] = float(np.median(times[False]))
+            for batched in (True, False):
+                cpu_ms[batched][n] = float(np.median(cpu[batched]))
         one_by_one.close()
         del one_by_one
         with torch.inference_mode():
@@ -172,10 +179,12 @@ def bench_sam2(config: str = "tiny", image_size: Optional[int] = None, frames: i
         if len(counts) > 1:
             out["added_object_ms"] = (step_ms[counts[-1]] - step_ms[counts[0]]) / (counts[-1] - counts[0])
             out["first_object_ms"] = step_ms[counts[0]]
+        out["step_cpu_ms"], out["step_cpu_ms_unbatched"] = cpu_ms[True], cpu_ms[False]
         if counts and counts[0] == 1:
             # The goal's measure: the cost of n objects over one, and of each added object as a
             # share of the first ((step(n) - step(1)) / (n - 1) / step(1); goal <= 0.4).
-            for name, ms in (("", step_ms), ("_unbatched", step_ms_unbatched)):
+            for name, ms in (("", step_ms), ("_unbatched", step_ms_unbatched), ("_cpu", cpu_ms[True]),
+                             ("_cpu_unbatched", cpu_ms[False])):
                 out[f"cost_ratio{name}"] = {n: ms[n] / ms[1] for n in counts}
                 out[f"added_object_ratio{name}"] = {n: (ms[n] - ms[1]) / (n - 1) / ms[1] for n in counts if n > 1}
         out["fps"] = {n: 1000.0 / ms for n, ms in step_ms.items()}
