@@ -8,9 +8,8 @@ of running on its own: a randomly initialised SAM2 is chaotic. Batched and per-o
 arithmetic differ in the last float bits (small matrix products take other kernels for one row
 than for several; the memory features are rounded to bfloat16, where such a difference can flip
 a bit), and over tens of frames a random model's memory amplifies that into different masks.
-Trained weights do not do this; random ones do, so a free-running comparison would test the
-weights' chaos, not the batching. The free-running figure is in the module below (reported, not
-asserted)."""
+Trained weights are not expected to do this; random ones do, so a free-running comparison would
+test the weights' chaos, not the batching."""
 from __future__ import annotations
 
 import copy
