@@ -112,7 +112,7 @@ class Sam2TrackerConfig:
                 "compiled and warmed up when the tracker is built (node configure), not on the camera path"})
     compile_backend: str = field(default="inductor", metadata={
         "help": "torch.compile backend: inductor (generated kernels; minutes to build on a small CPU), "
-                "cudagraphs, or aot_eager (traced graphs run eagerly: checks the tracing, no speed-up)"})
+                "cudagraphs, aot_eager or eager (traced graphs run eagerly: checks the tracing, no speed-up)"})
     batch_objects: bool = field(default=True, metadata={
         "help": "step all live objects through memory attention, mask decoder and memory encoder as one "
                 "batch per group of objects with equally long memories; false runs them one by one"})
