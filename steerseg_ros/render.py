@@ -5,7 +5,7 @@ Owns the colour of each track id and the label value of each track in the mask i
 from __future__ import annotations
 
 import colorsys
-from typing import Iterable, Protocol
+from typing import Iterable, Optional, Protocol
 
 import cv2
 import numpy as np
@@ -61,11 +61,15 @@ def mask_geometry(mask: np.ndarray) -> tuple[int, tuple[int, int, int, int], tup
     return int(area), (x, y, w, h), (x + moments["m10"] / area, y + moments["m01"] / area)
 
 
-def overlay(image_rgb: np.ndarray, tracks: Iterable[Drawable], alpha: float = 0.5) -> np.ndarray:
+def overlay(image_rgb: np.ndarray, tracks: Iterable[Drawable], alpha: float = 0.5,
+            out: Optional[np.ndarray] = None) -> np.ndarray:
     """The camera image (BGR out) with masks tinted, outlined, and labelled '#id label score'.
     Each track is drawn inside its mask's bounding box only, which keeps the cost per frame a
-    small fraction of a tracker step."""
-    out = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR)
+    small fraction of a tracker step. `out`: an HxWx3 uint8 array to draw into (e.g. the
+    memory of the message that will carry it), else a new one."""
+    if out is not None and (out.shape != image_rgb.shape or out.dtype != np.uint8):
+        raise ValueError(f"out must be a {image_rgb.shape} uint8 array, got {out.dtype} {out.shape}")
+    out = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR, dst=out)
     for t in tracks:
         if t.mask is None:
             continue

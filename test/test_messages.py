@@ -111,3 +111,23 @@ def test_markers_lie_on_the_viewing_rays_of_their_pixels():
         assert 40 - 1e-6 <= u <= 60 + 1e-6 and 20 - 1e-6 <= v_ <= 40 + 1e-6
     assert "#3 cup 0.83" == text.text
     assert not math.isnan(box.scale.x) and box.scale.x > 0
+
+
+def test_overlay_drawn_into_reused_message_memory_equals_a_fresh_one():
+    from steerseg_ros import render
+    from steerseg_ros.ros.image_conversion import ImageBuffer, array_to_image
+
+    rng = np.random.default_rng(0)
+    header = header_at(1, "cam")
+    buffer = ImageBuffer()
+    for frame in range(3):  # frame after frame, one buffer, other masks
+        rgb = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
+        tracks = [view(3, box=(10 + frame, 20, 30, 15)), view(4, box=(50, 5 + frame, 20, 40))]
+        fresh = array_to_image(render.overlay(rgb, tracks, 0.5), "bgr8", header)
+        render.overlay(rgb, tracks, 0.5, out=buffer.view(rgb.shape))
+        drawn = buffer.message("bgr8", header)
+        assert (drawn.height, drawn.width, drawn.step, drawn.encoding) == (H, W, 3 * W, "bgr8")
+        assert drawn.data == fresh.data
+        assert drawn.data is buffer.data  # no copy: the message holds the drawn memory
+    with pytest.raises(ValueError, match="out must be"):
+        render.overlay(rgb, tracks, 0.5, out=np.zeros((H, W), np.uint8))

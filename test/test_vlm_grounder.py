@@ -253,3 +253,24 @@ def test_an_image_the_processor_cannot_take_is_a_grounding_error():
     sliver = [Frame(i, i + 1, np.zeros((2, 900, 3), np.uint8)) for i in range(2)]
     with pytest.raises(GroundingError, match="cannot ground on these keyframes"):
         g.ground(sliver, "swan")
+
+
+def test_bfloat16_autocast_grounds_like_float32(keyframes):
+    """grounder.autocast on the CPU (the GPU path): the maps stay within 0.05 of float32's (maps are
+    in [0, 1]; bfloat16 rounds at 2^-9 relative, and the rollout multiplies a few such layers)."""
+    from vlm_helpers import checkpoint as tiny
+
+    results = {}
+    for autocast in ("none", "bfloat16"):
+        g = VLMGrounder(VLMGrounderConfig(model=str(tiny("qwen2_5_vl")), mode="decaf", video_tokens_per_pair=48,
+                                          autocast=autocast))
+        results[autocast] = g.ground(keyframes, "The black swan")
+        g.close()
+    full, mixed = results["none"], results["bfloat16"]
+    _check_result(mixed, g, keyframes, "The black swan")
+    for name in ("maps", "frame_maps", "video_maps"):
+        assert np.abs(getattr(full, name) - getattr(mixed, name)).max() < 0.05, name
+    # Not a no-op: bfloat16 changed the attention maps.
+    assert np.abs(full.frame_maps - mixed.frame_maps).max() > 0
+    with pytest.raises(ValueError, match="autocast"):
+        VLMGrounderConfig(model="x", autocast="int8").validate()

@@ -65,6 +65,9 @@ class VLMGrounderConfig:
     dtype: str = field(default="auto", metadata={
         "help": "weights dtype: auto (bfloat16 on GPU, float32 on CPU), bfloat16, float16, float32"})
     device: str = field(default="auto", metadata={"help": "auto (cuda when available), cpu, cuda, cuda:N"})
+    autocast: str = field(default="none", metadata={
+        "help": "mixed precision for a grounding (torch.autocast): none, bfloat16 or float16; for float32 "
+                "weights (with bfloat16 weights, dtype already gives the speed)"})
     attn_implementation: str = field(default="sdpa", metadata={
         "help": "transformers attention implementation for the passes that are not captured (sdpa, eager)"})
     local_files_only: bool = field(default=False, metadata={
@@ -125,6 +128,8 @@ class VLMGrounderConfig:
             raise ValueError(f"grounder mode {self.mode!r}; expected one of {MODES}")
         if self.dtype != "auto" and self.dtype not in DTYPES:
             raise ValueError(f"dtype {self.dtype!r}; expected auto or one of {sorted(DTYPES)}")
+        if self.autocast not in ("none", "bfloat16", "float16"):
+            raise ValueError(f"autocast {self.autocast!r}; expected none, bfloat16 or float16")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ValueError(f"device {self.device!r}; expected auto, cpu, cuda or cuda:N")
         if self.attn_implementation not in ("sdpa", "eager", "flash_attention_2"):
@@ -467,7 +472,9 @@ class VLMGrounder(Grounder):
     def ground(self, keyframes: Sequence[Frame], command: str) -> GroundingResult:
         if self.model is None:
             raise GroundingError("the grounder was closed")
-        with self._lock, torch.inference_mode():
+        precision = contextlib.nullcontext() if self.config.autocast == "none" else \
+            torch.autocast(device_type=self.device.type, dtype=DTYPES[self.config.autocast])
+        with self._lock, torch.inference_mode(), precision:
             try:
                 return self._ground(list(keyframes), command)
             except torch.OutOfMemoryError as exc:

@@ -169,7 +169,7 @@ def array_to_image(array: np.ndarray, encoding: str, header: Optional[Header] = 
             "channels", f"{encoding} needs {channels} channel(s), got an array of shape {array.shape}")
     height, width = array.shape[:2]
     _check_header(height, width)
-    msg = Image()
+    msg = Image(check_fields=True)  # see _byte_array
     if header is not None:
         msg.header = header
     msg.height, msg.width = height, width
@@ -180,10 +180,47 @@ def array_to_image(array: np.ndarray, encoding: str, header: Optional[Header] = 
     return msg
 
 
+class ImageBuffer:
+    """Message memory reused frame after frame for one published image: an array.array('B')
+    (what rclpy keeps message data in) and a numpy view of it to draw into, so the image is
+    drawn straight into the message instead of being copied there. Safe because rclpy's
+    publish serialises the message before it returns: reuse the buffer only for the next frame,
+    after the message holding it has been published."""
+
+    def __init__(self):
+        self.data = _array.array("B")
+        self.shape: tuple[int, ...] = ()
+
+    def view(self, shape: tuple[int, ...]) -> np.ndarray:
+        """The buffer as a uint8 array of `shape` (contents undefined; reallocated on a new shape)."""
+        size = int(np.prod(shape))
+        if len(self.data) != size:
+            self.data = _array.array("B", bytes(size))
+        self.shape = tuple(shape)
+        return np.frombuffer(self.data, np.uint8).reshape(shape)
+
+    def message(self, encoding: str, header: Optional[Header] = None) -> Image:
+        """An image message whose data is this buffer (as drawn through the last `view`)."""
+        channels = ENCODINGS[encoding][0]
+        height, width = self.shape[:2]
+        if (len(self.shape) == 2 and channels != 1) or (len(self.shape) == 3 and self.shape[2] != channels):
+            raise ImageConversionError("channels", f"{encoding} needs {channels} channel(s), the buffer is {self.shape}")
+        _check_header(height, width)
+        msg = Image(check_fields=True)  # see _byte_array: keeps the buffer itself, uncopied
+        if header is not None:
+            msg.header = header
+        msg.height, msg.width, msg.encoding, msg.is_bigendian = height, width, encoding, 0
+        msg.step = width * channels
+        msg.data = self.data
+        return msg
+
+
 def _byte_array(pixels: np.ndarray) -> _array.array:
     """The pixels as the array.array('B') rclpy keeps message data in, with one copy. Assigning
     the numpy array itself converts element by element (about 50x slower); bytes would be
-    copied twice (tobytes, then into an array.array)."""
+    copied twice (tobytes, then into an array.array). The message must be made with
+    check_fields=True: without it rclpy's setter copies even an array.array('B') once more
+    (array.array('B', value)); with it the array is kept as given."""
     data = _array.array("B")
     data.frombytes(np.ascontiguousarray(pixels).data)
     return data

@@ -56,7 +56,7 @@ from steerseg_ros.pipeline import (FrameRejected, Pipeline, PipelineConfig, Pipe
                                    TargetLimitError)
 from steerseg_ros.ros import main_loop, parameters
 from steerseg_ros.ros.depth_input import DepthConfig, DepthInput, Frame3D
-from steerseg_ros.ros.image_conversion import (ImageConversionError, array_to_image, compressed_to_rgb,
+from steerseg_ros.ros.image_conversion import (ImageBuffer, ImageConversionError, array_to_image, compressed_to_rgb,
                                                image_to_array, image_to_rgb)
 from steerseg_ros.ros.messages import (MarkerConfig, active_target, grounding_to_msg, header_at,
                                        points_to_cloud, stamp_to_ns, target_point_msg, tracks_to_markers,
@@ -180,12 +180,14 @@ def write_default_params(path: str, grounder: str = "builtin", tracker: str = "b
 def output_messages(output: PipelineOutput, header: Header, rgb: np.ndarray, overlay_alpha: float = 0.5,
                     marker_config: Optional[MarkerConfig] = None, overlay: bool = True,
                     markers: bool = True, frame3d: Optional[Frame3D] = None,
-                    object_points: bool = False) -> list[tuple[str, Any]]:
+                    object_points: bool = False, overlay_buffer: Optional[ImageBuffer] = None) -> list[tuple[str, Any]]:
     """The (topic, message) pairs the node publishes for one processed frame, all stamped with
     the frame's header: the label mask, the tracks, optionally the overlay and the markers, and
     the groundings that finished since the previous frame. With `frame3d` (the frame's 3D step)
     the tracks carry their 3D, the markers are drawn in 3D, and the active target goes out on
-    target_point (and the tracks' points on object_points when `object_points`)."""
+    target_point (and the tracks' points on object_points when `object_points`). With
+    `overlay_buffer` the overlay is drawn straight into that reused message memory (publish the
+    messages before the next call)."""
     visible = output.visible_tracks()
     objects = frame3d.objects if frame3d is not None else {}
     camera_header = header_at(stamp_to_ns(header.stamp), frame3d.frame_id) if frame3d is not None else None
@@ -193,7 +195,10 @@ def output_messages(output: PipelineOutput, header: Header, rgb: np.ndarray, ove
         ("mask", array_to_image(output.label_image(), "mono8", header)),
         ("tracks", tracks_to_msg(output.tracks, header, objects, frame3d.frame_id if frame3d else "")),
     ]
-    if overlay:
+    if overlay and overlay_buffer is not None:
+        render.overlay(rgb, visible, overlay_alpha, out=overlay_buffer.view(rgb.shape))
+        out.append(("overlay", overlay_buffer.message("bgr8", header)))
+    elif overlay:
         out.append(("overlay", array_to_image(render.overlay(rgb, visible, overlay_alpha), "bgr8", header)))
     if markers:
         out.append(("markers", tracks_to_markers(visible, header, (rgb.shape[1], rgb.shape[0]), marker_config,
@@ -341,6 +346,7 @@ class SteerSegNode(LifecycleNode):
         self._stop = threading.Event()
         self._params_dirty = threading.Event()
         self._pubs: dict[str, Any] = {}
+        self._overlay_buffer = ImageBuffer()  # used by the processing thread only
         self._subs: list = []
         self._stats_timer = None
         self._frame_times: collections.deque[float] = collections.deque(maxlen=200)
@@ -820,7 +826,8 @@ class SteerSegNode(LifecycleNode):
             overlay=draw_all or pubs["overlay"].get_subscription_count() > 0,
             markers=draw_all or pubs["markers"].get_subscription_count() > 0,
             frame3d=frame3d,
-            object_points="object_points" in pubs and pubs["object_points"].get_subscription_count() > 0)
+            object_points="object_points" in pubs and pubs["object_points"].get_subscription_count() > 0,
+            overlay_buffer=self._overlay_buffer)
         for topic, msg in messages:
             pubs[topic].publish(msg)
         self._follow_update(output, dict(messages)["tracks"])

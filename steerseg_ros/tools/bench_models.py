@@ -5,8 +5,9 @@ Each section calls the benchmark its stage owns and flattens the result into fig
   materialising reference; goal: >= 10x less peak memory at <= 1.2x the time.
 - grounding (grounding/vlm_bench.py): whole grounding latency per mode (decaf, steerseg) on 8 and
   16 keyframes of 854x480.
-- sam2 (tools/bench_sam2.py): SAM2 step time for 1/2/4 objects, its parts, memory growth per
-  1,000 frames with and without pruning, catch-up time per buffered frame.
+- sam2 (tools/bench_sam2.py): SAM2 step time for 1/2/4/8 objects (batched and one by one) and
+  the per-added-object cost ratio (goal <= 0.4), its parts, memory growth per 1,000 frames with
+  and without pruning, catch-up time per buffered frame.
 - tracker (tools/bench_tracker.py): the built-in tracker's J&F on DAVIS 2016 and its step time at
   854x480; goal: <= 30 ms per frame.
 
@@ -87,8 +88,10 @@ def sam2(args: argparse.Namespace) -> dict[str, Any]:
         list(REAL_BACKBONES) if args.real_size else ["tiny"])
     out: dict[str, Any] = {}
     for config in configs:
-        figures = bench_sam2(config, frames=args.sam2_frames, memory_frames=args.sam2_memory_frames,
-                             frame_size=(480, 854), device=args.device, onnx=not args.sam2_no_onnx)
+        figures = bench_sam2(config, image_size=args.sam2_image_size, frames=args.sam2_frames,
+                             objects=[int(n) for n in args.sam2_objects.split(",")],
+                             memory_frames=args.sam2_memory_frames, frame_size=(480, 854), device=args.device,
+                             onnx=not args.sam2_no_onnx, threads=args.sam2_threads)
         figures.pop("load_average", None)  # the machine record has it
         out.update(flatten(figures, config))
     return out
@@ -132,6 +135,12 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--sam2-frames", type=int, default=10, help="timed frames per object count")
     group.add_argument("--sam2-memory-frames", type=int, default=0,
                        help="frames of each memory-growth run; 0: 10 x --sam2-frames tiny, 40 real")
+    group.add_argument("--sam2-objects", default="1,2,4,8", help="live object counts to time, comma-separated")
+    group.add_argument("--sam2-image-size", type=int, default=None,
+                       help="model input size (a multiple of 64); None: 64 tiny, 1024 real (cut it for a CPU)")
+    group.add_argument("--sam2-threads", type=int, default=0,
+                       help="torch threads for the sam2 section (0: torch's default); 1 makes its CPU-time "
+                            "figures (step_cpu_ms, *_cpu ratios) steady on a shared machine")
     group.add_argument("--sam2-no-onnx", action="store_true", help="skip the ONNX encoder comparison")
     group.add_argument("--tracker-sequences", default=None,
                        help="DAVIS sequences for the tracker: a count (the first N) or comma-separated names; "

@@ -3,8 +3,9 @@
 
 Measures, on a randomly initialised model (random weights: the timings and memory are those of
 the real architecture, the masks are meaningless):
-- per-frame tracking time (median) with 1, 2 and 4 live objects, the encoder's share of it, and
-  the cost of each object added after the first;
+- per-frame tracking time (median) with 1, 2, 4 and 8 live objects, batched and one by one
+  (tracker.batch_objects), the encoder's share of it, the cost of each object added after the
+  first, and the ratios the goal is set in (n objects over one; each added object over the first);
 - tracker memory growth per 1,000 frames with pruning on and off (tensor bytes the tracker holds,
   and the process's resident memory);
 - catch-up time per buffered frame (a detached object advanced through frames not yet encoded);
@@ -102,7 +103,7 @@ def _rss() -> int:
 
 
 def bench_sam2(config: str = "tiny", image_size: Optional[int] = None, frames: int = 30,
-               objects: Sequence[int] = (1, 2, 4), memory_frames: int = 0, catch_up_frames: int = 0,
+               objects: Sequence[int] = (1, 2, 4, 8), memory_frames: int = 0, catch_up_frames: int = 0,
                onnx: bool = True, frame_size: tuple[int, int] = (480, 640), device: str = "auto",
                dtype: str = "float32", threads: int = 0) -> dict:
     """Run the benchmark (see the module docstring) and return its figures.
@@ -138,31 +139,54 @@ def bench_sam2(config: str = "tiny", image_size: Optional[int] = None, frames: i
         video = synthetic_frames(frames + 3, height, width)
         masks = seed_masks(max(objects), height, width)
 
-        # Per-frame tracking time by number of live objects (encoder once per frame). Medians:
-        # a shared machine's load spikes hit single frames.
-        step_ms, step_ms_mean = {}, {}
+        # Per-frame tracking time by number of live objects (encoder once per frame), objects
+        # batched and one by one (tracker.batch_objects), the two stepped in turn on every frame
+        # so that both see the same machine load. Medians: load spikes hit single frames.
+        step_ms, step_ms_mean, step_ms_unbatched = {}, {}, {}
+        # Also this thread's CPU time per step: with one torch thread (--threads 1) the step runs
+        # on this thread only, and CPU time hardly moves with what else loads a shared machine.
+        cpu_ms: dict[bool, dict[int, float]] = {True: {}, False: {}}
+        one_by_one = tracker(batch_objects=False)
         for n in objects:
-            t.reset()
-            for k in range(n):
-                t.attach(k + 1, t.start(video[0], mask=masks[k]))
-            for f in video[1:3]:
-                t.step(f)
-            times = []
+            times: dict[bool, list[float]] = {True: [], False: []}
+            cpu: dict[bool, list[float]] = {True: [], False: []}
+            for run in (t, one_by_one):
+                run.reset()
+                for k in range(n):
+                    run.attach(k + 1, run.start(video[0], mask=masks[k]))
+                for f in video[1:3]:
+                    run.step(f)
             for f in video[3:]:
-                start = time.perf_counter()
-                t.step(f)
-                times.append(1000 * (time.perf_counter() - start))
-            step_ms[n], step_ms_mean[n] = float(np.median(times)), float(np.mean(times))
+                for run in (t, one_by_one):
+                    start, start_cpu = time.perf_counter(), time.thread_time()
+                    run.step(f)
+                    times[run.config.batch_objects].append(1000 * (time.perf_counter() - start))
+                    cpu[run.config.batch_objects].append(1000 * (time.thread_time() - start_cpu))
+            step_ms[n], step_ms_mean[n] = float(np.median(times[True])), float(np.mean(times[True]))
+            step_ms_unbatched[n] = float(np.median(times[False]))
+            for batched in (True, False):
+                cpu_ms[batched][n] = float(np.median(cpu[batched]))
+        one_by_one.close()
+        del one_by_one
         with torch.inference_mode():
             pixel_values = t._preprocess(video[0].image)
             t.encoder(pixel_values)
             out["encoder_ms"] = _median_ms(lambda: t.encoder(pixel_values), max(3, frames // 3))
         out["step_ms"], out["step_ms_mean"] = step_ms, step_ms_mean
         out["object_step_parts_ms"] = _object_step_parts(t, video)
+        out["step_ms_unbatched"] = step_ms_unbatched
         counts = sorted(step_ms)
         if len(counts) > 1:
             out["added_object_ms"] = (step_ms[counts[-1]] - step_ms[counts[0]]) / (counts[-1] - counts[0])
             out["first_object_ms"] = step_ms[counts[0]]
+        out["step_cpu_ms"], out["step_cpu_ms_unbatched"] = cpu_ms[True], cpu_ms[False]
+        if counts and counts[0] == 1:
+            # The goal's measure: the cost of n objects over one, and of each added object as a
+            # share of the first ((step(n) - step(1)) / (n - 1) / step(1); goal <= 0.4).
+            for name, ms in (("", step_ms), ("_unbatched", step_ms_unbatched), ("_cpu", cpu_ms[True]),
+                             ("_cpu_unbatched", cpu_ms[False])):
+                out[f"cost_ratio{name}"] = {n: ms[n] / ms[1] for n in counts}
+                out[f"added_object_ratio{name}"] = {n: (ms[n] - ms[1]) / (n - 1) / ms[1] for n in counts if n > 1}
         out["fps"] = {n: 1000.0 / ms for n, ms in step_ms.items()}
 
         # Memory growth per 1,000 frames, pruned and unpruned (one object).
@@ -225,7 +249,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--config", default="tiny", choices=["tiny", *REAL_BACKBONES])
     p.add_argument("--image-size", type=int, default=None, help="model input size (64 tiny, 1024 real)")
     p.add_argument("--frames", type=int, default=30, help="timed frames per object count")
-    p.add_argument("--objects", default="1,2,4", help="object counts to time")
+    p.add_argument("--objects", default="1,2,4,8", help="object counts to time")
     p.add_argument("--memory-frames", type=int, default=0, help="frames for the memory-growth runs")
     p.add_argument("--catch-up-frames", type=int, default=0)
     p.add_argument("--no-onnx", action="store_true")

@@ -26,11 +26,18 @@ How SAM2 maps onto the `Tracker` interface:
 - The feature cache holds the encoder output of the last `feature_cache_frames` frames (about
   17 MB each for SAM2 at 1024 px in float32): keyframes prompted with several points and
   propagated over by every candidate tracklet are encoded once, not once per candidate.
+- Objects batched: a live step groups the objects whose memory banks are equally long (same
+  number of memory frames and object pointers; all of them once every object has been live for
+  max_object_pointers_in_encoder frames) and runs each group through memory attention, the mask
+  decoder and the memory encoder as one batch, writing each object's outputs back into its own
+  session. Grouping rather than padding keeps the arithmetic that of the per-object path (no
+  attention mask, no padded keys); `batch_objects=False` keeps the per-object path.
 - Confidence in [0, 1] = sigmoid(object score logit) x predicted IoU of the chosen mask: below
   0.5 whenever SAM2 itself says the object is absent.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -44,6 +51,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import Sam2VideoInferenceSession, Sam2VideoModel
+from transformers.models.sam2_video.modeling_sam2_video import NO_OBJ_SCORE
 from transformers.utils import cached_file
 
 from steerseg_ros.buffer import Frame
@@ -66,6 +74,9 @@ MODEL_ALIASES = {
 }
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 ENCODERS = ("torch", "onnx", "tensorrt")
+AUTOCAST = {"none": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# What compile=True compiles: the image encoder and the modules every object step runs.
+COMPILED_MODULES = ("vision_encoder", "memory_attention", "mask_decoder", "memory_encoder")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Each session holds one object; its id inside the session is arbitrary.
@@ -93,12 +104,26 @@ class Sam2TrackerConfig:
         "help": "image features kept for reuse, by frame (keyframes prompted several times, catch-up "
                 "reaching the live frame)"})
     mask_threshold: float = field(default=0.0, metadata={"help": "mask logit threshold"})
+    autocast: str = field(default="none", metadata={
+        "help": "mixed precision for SAM2's steps (torch.autocast): none, bfloat16 or float16; weights stay "
+                "in dtype. On a GPU bfloat16 is the usual choice; on a CPU bfloat16 runs where the CPU has it"})
+    compile: bool = field(default=False, metadata={
+        "help": "torch.compile the image encoder, memory attention, mask decoder and memory encoder; they are "
+                "compiled and warmed up when the tracker is built (node configure), not on the camera path"})
+    compile_backend: str = field(default="inductor", metadata={
+        "help": "torch.compile backend: inductor (generated kernels; minutes to build on a small CPU), "
+                "cudagraphs, aot_eager or eager (traced graphs run eagerly: checks the tracing, no speed-up)"})
+    batch_objects: bool = field(default=True, metadata={
+        "help": "step all live objects through memory attention, mask decoder and memory encoder as one "
+                "batch per group of objects with equally long memories; false runs them one by one"})
 
     def validate(self) -> None:
         if not self.model.strip():
             raise ValueError("model must name a SAM2 checkpoint (hub id or folder)")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if self.autocast not in AUTOCAST:
+            raise ValueError(f"autocast must be one of {list(AUTOCAST)}, got {self.autocast!r}")
         if self.encoder not in ENCODERS:
             raise ValueError(f"encoder must be one of {list(ENCODERS)}, got {self.encoder!r}")
         if self.encoder != "torch" and not self.encoder_file:
@@ -202,6 +227,48 @@ class Sam2Tracker(Tracker):
         self._live: dict[int, Sam2ObjectState] = {}
         self._live_lock = threading.RLock()
         self.stats: Counter = Counter()
+        self.autocast_dtype = AUTOCAST[self.config.autocast]
+        if self.config.compile:
+            self._compile()
+
+    # ---- GPU paths: autocast, compile ------------------------------------------------------------
+    def _precision(self):
+        """The autocast context of a model call (a no-op without autocast)."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+    def _compile(self) -> None:
+        """Compile the per-step modules' forward (hooks stay outside the graph) with dynamic
+        shapes (the batch of objects and the memory length vary), then warm them up on a
+        synthetic clip: compilation takes seconds to minutes and must not hit the first live
+        frames."""
+        for name in COMPILED_MODULES:
+            module = getattr(self.model, name)
+            module.forward = torch.compile(module.forward, dynamic=True, backend=self.config.compile_backend)
+        self.warm_up()
+
+    def warm_up(self, objects: int = 2, frames: int = 4) -> None:
+        """Step `objects` objects over a few synthetic frames at the model's input size (runs
+        every compiled or lazily initialised path once), then forget them."""
+        size = self.image_size
+        ys, xs = np.mgrid[0:size, 0:size]
+        clip = [Frame(i - frames - 1, 0, np.stack([(xs + 9 * i) % 256, ys % 256, (xs + ys) % 256], -1).astype(np.uint8))
+                for i in range(frames + 1)]
+        with self._live_lock:
+            saved, self._live = self._live, {}
+            try:
+                for k in range(objects):
+                    seed = np.zeros((size, size), bool)
+                    seed[size // 4: size // 2, k * size // (2 * objects): (k + 1) * size // (2 * objects)] = True
+                    self._live[k] = self.start(clip[0], mask=seed)
+                for frame in clip[1:]:
+                    self.step(frame)
+            finally:
+                self._live = saved
+        with self._cache_lock:
+            for frame in clip:
+                self._cache.pop(frame.seq, None)
 
     # ---- loading ---------------------------------------------------------------------------
     @staticmethod
@@ -257,7 +324,11 @@ class Sam2Tracker(Tracker):
         array = np.ascontiguousarray(image)
         if not array.flags.writeable:
             array = array.copy()  # torch.from_numpy warns about read-only memory (e.g. a ROS message buffer)
-        x = torch.from_numpy(array).permute(2, 0, 1).contiguous().to(self.device)[None]
+        x = torch.from_numpy(array)
+        if self.device.type == "cuda":
+            # Through page-locked memory: the copy to the GPU then runs asynchronously.
+            x = x.pin_memory().to(self.device, non_blocking=True)
+        x = x.permute(2, 0, 1).contiguous().to(self.device)[None]
         size = (self.image_size, self.image_size)
         if tuple(x.shape[-2:]) != size:
             if x.device.type == "cpu" and torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
@@ -314,7 +385,8 @@ class Sam2Tracker(Tracker):
                 if hit is not None and hit.image is frame.image:
                     self._cache.move_to_end(frame.seq)
                     return _FrameInput(pixel_values, hit)
-            maps = self.encoder(pixel_values)
+            with self._precision():
+                maps = self.encoder(pixel_values)
         entry = _Features(frame.image, {"vision_feats": maps, "vision_pos_embeds": self._pos})
         with self._cache_lock:
             self._cache[frame.seq] = entry
@@ -337,8 +409,9 @@ class Sam2Tracker(Tracker):
               run_mem_encoder: bool = True):
         session.cache.cache_vision_features(index, inputs.features.vision)
         self._tls.decoder = None
-        output = self.model(inference_session=session, frame=inputs.pixel_values, frame_idx=index,
-                            run_mem_encoder=run_mem_encoder)
+        with self._precision():
+            output = self.model(inference_session=session, frame=inputs.pixel_values, frame_idx=index,
+                                run_mem_encoder=run_mem_encoder)
         return output, self._tls.decoder
 
     def _run(self, session: Sam2VideoInferenceSession, index: int, frame: Frame,
@@ -356,8 +429,7 @@ class Sam2Tracker(Tracker):
             self._prune(session, index)
         with self._cache_lock:
             self.stats["object_steps"] += 1
-        presence = 1.0 / (1.0 + math.exp(-max(min(object_logit, 50.0), -50.0)))
-        return ObjectMask(mask, presence * iou)
+        return ObjectMask(mask, _presence(object_logit) * iou)
 
     def _prune(self, session: Sam2VideoInferenceSession, index: int) -> None:
         """Drop what no later step reads (see the module docstring). The next step, at index + 1,
@@ -387,6 +459,127 @@ class Sam2Tracker(Tracker):
                 # Prompts are read only on the frame they were given on.
                 session.point_inputs_per_obj[obj_idx].clear()
                 session.mask_inputs_per_obj[obj_idx].clear()
+
+    # ---- many objects, one frame (batched) -----------------------------------------------------
+    def _memory(self, session: Sam2VideoInferenceSession, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """One object's memory for the step onto `index`, as the model's memory-conditioned step
+        builds it (its own helpers): (M, 1, C) memory tokens, their position encodings, and how
+        many of them are object pointers (the last ones, which get no rotary encoding)."""
+        model, device = self.model, self.device
+        previous = model._gather_memory_frame_outputs(session, 0, index, False)
+        memories, positions = model._build_memory_attention_inputs(previous, device)
+        offsets, pointers, most = model._get_object_pointers(session, 0, index, None, device, False, True)
+        count = 0
+        if pointers:
+            tokens, encoding = model._process_object_pointers(offsets, pointers, most, 1, model.hidden_dim, device)
+            memories.append(tokens)
+            positions.append(encoding)
+            count = tokens.shape[0]
+        return torch.cat(memories, dim=0).to(self.dtype), torch.cat(positions, dim=0), count
+
+    def _decode(self, conditioned: torch.Tensor, high_res: list[torch.Tensor]):
+        """The mask decoder on B memory-conditioned feature maps without prompts, as the model's
+        tracking step runs it for one object; written out because the model's own single-frame
+        forward picks the best of several masks correctly for a batch of one only. Returns the
+        chosen low- and high-resolution mask logits (B, 1, h, w), object pointers (B, 1, C), object
+        score logits (B, 1, 1) and predicted IoUs (B, K), shaped as the per-object step stores them."""
+        model = self.model
+        batch = conditioned.shape[0]
+        multimask = model._use_multimask(False, None)
+        # No prompt: one padding point labelled -1, as the model feeds a tracked frame.
+        points = torch.zeros(batch, 1, 1, 2, dtype=conditioned.dtype, device=conditioned.device)
+        labels = -torch.ones(batch, 1, 1, dtype=torch.int32, device=conditioned.device)
+        sparse, dense = model.prompt_encoder(input_points=points, input_labels=labels, input_boxes=None,
+                                             input_masks=None)
+        image_pe = model.get_image_wide_positional_embeddings().repeat(batch, 1, 1, 1)
+        low, iou, tokens, object_logits = model.mask_decoder(
+            image_embeddings=conditioned, image_positional_embeddings=image_pe, sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense, multimask_output=multimask, high_resolution_features=high_res)
+        low, iou, tokens = low[:, 0], iou[:, 0], tokens[:, 0]  # the one prompt of each batch entry
+        present = object_logits > 0  # (B, 1, 1)
+        low = torch.where(present[..., None], low, NO_OBJ_SCORE)
+        # All candidates upsampled before choosing, as the model does: the kernel's result for one
+        # channel depends (in the last bits) on how many it processes, and a tracked object's
+        # memory carries such differences on.
+        high = F.interpolate(low.float(), size=(self.image_size, self.image_size), mode="bilinear",
+                             align_corners=False).to(low.dtype)
+        rows = torch.arange(batch, device=low.device)
+        best = iou.argmax(dim=-1) if multimask else torch.zeros(batch, dtype=torch.long, device=low.device)
+        low, high = low[rows, best][:, None], high[rows, best][:, None]
+        token = tokens[rows, best] if multimask and tokens.shape[1] > 1 else tokens[:, 0]
+        pointer = model.object_pointer_proj(token)[:, None]
+        weight = present.to(pointer.dtype)
+        pointer = weight * pointer + (1 - weight) * model.no_object_pointer
+        return low, high, pointer, object_logits, iou
+
+    def _run_batch(self, states: list[Sam2ObjectState], built: list[tuple], frame: Frame,
+                   inputs: _FrameInput) -> list[ObjectMask]:
+        """Step objects with equally long memories (`built` by `_memory`) onto `frame` as one batch
+        (their next index each), writing every object's outputs into its own session as the
+        per-object call does."""
+        model, batch = self.model, len(states)
+        feats = inputs.features.vision["vision_feats"]
+        indices = [s.index + 1 for s in states]
+        memory = torch.cat([m for m, _, _ in built], dim=1)
+        memory_pos = torch.cat([p for _, p, _ in built], dim=1)
+        top = feats[-1].expand(-1, batch, -1)
+        # (HW, 1, C) shared features -> (B, C, H, W) maps for the decoder's skip connections.
+        high_res = [x.permute(1, 2, 0).reshape(1, x.shape[2], *size).expand(batch, -1, -1, -1)
+                    for x, size in zip(feats[:-1], model.backbone_feature_sizes[:-1])]
+        conditioned = model.memory_attention(current_vision_features=top,
+                                             current_vision_position_embeddings=self._pos[-1].expand(-1, batch, -1),
+                                             memory=memory, memory_posision_embeddings=memory_pos,
+                                             num_object_pointer_tokens=built[0][2])
+        height, width = model.backbone_feature_sizes[-1]
+        conditioned = conditioned[0].transpose(1, 2).reshape(batch, model.hidden_dim, height, width)
+        low, high, pointer, object_logits, iou = self._decode(conditioned, high_res)
+        mem_features, mem_pos = model._encode_new_memory(current_vision_feats=top, pred_masks_high_res=high,
+                                                         object_score_logits=object_logits, is_mask_from_pts=False)
+        for k, (state, index) in enumerate(zip(states, indices)):
+            session = state.session
+            # What the model's own call keeps of the frame (pruning drops it again).
+            session.add_new_frame(inputs.pixel_values, index)
+            session.cache.cache_vision_features(index, inputs.features.vision)
+            # Copies, so that no object's memory keeps the whole batch's storage alive.
+            session.store_output(0, index, output_value={
+                "pred_masks": low[k:k + 1].clone(), "object_pointer": pointer[k:k + 1].clone(),
+                "high_res_masks": high[k:k + 1].clone(), "object_score_logits": object_logits[k:k + 1].clone(),
+                "maskmem_features": mem_features[:, k:k + 1].clone(), "maskmem_pos_enc": mem_pos[:, k:k + 1].clone(),
+            }, is_conditioning_frame=False)
+            session.frames_tracked_per_obj[0][index] = {"reverse": False}
+        masks = self._to_image(low[:, 0], (frame.height, frame.width))
+        # One transfer for all scores, combined as the per-object path does (in double precision).
+        logits = object_logits.reshape(-1).float().tolist()
+        best_iou = iou.float().amax(dim=-1).clamp(0, 1).tolist()
+        scores = [_presence(logit) * q for logit, q in zip(logits, best_iou)]
+        results = []
+        for k, (state, index) in enumerate(zip(states, indices)):
+            if self.config.prune_memory:
+                self._prune(state.session, index)
+            state.index = index
+            state.seq, state.result = frame.seq, ObjectMask(masks[k], scores[k])
+            results.append(state.result)
+        with self._cache_lock:
+            self.stats["object_steps"] += batch
+            self.stats["batched_steps"] += 1
+        return results
+
+    def _step_batched(self, states: dict[int, Sam2ObjectState], frame: Frame, inputs: _FrameInput) -> dict[int, ObjectMask]:
+        """Group the objects by the shape of their memory (memory tokens, object pointers) and
+        step each group as one batch."""
+        for obj_id, state in states.items():
+            if (frame.height, frame.width) != state.size:
+                raise TrackerError(f"frame {frame.seq} is {frame.width}x{frame.height}; object {obj_id} was "
+                                   f"seeded on {state.size[1]}x{state.size[0]} frames")
+        built = {obj_id: self._memory(state.session, state.index + 1) for obj_id, state in states.items()}
+        groups: dict[tuple[int, int], list[int]] = {}
+        for obj_id, (memory, _, pointers) in built.items():
+            groups.setdefault((memory.shape[0], pointers), []).append(obj_id)
+        results = {}
+        for ids in groups.values():
+            done = self._run_batch([states[i] for i in ids], [built[i] for i in ids], frame, inputs)
+            results.update(zip(ids, done))
+        return results
 
     # ---- Tracker interface -----------------------------------------------------------------------
     def segment(self, frame: Frame, points: np.ndarray, labels: np.ndarray) -> list[MaskCandidate]:
@@ -465,7 +658,7 @@ class Sam2Tracker(Tracker):
         with self._live_lock:
             if not self._live:
                 return {}
-            results, inputs = {}, None
+            results, due = {}, {}
             for obj_id in sorted(self._live):
                 state = self._live[obj_id]
                 if state.seq == frame.seq:  # attached after a catch-up that already reached this frame
@@ -473,9 +666,17 @@ class Sam2Tracker(Tracker):
                     continue
                 if frame.seq < state.seq:
                     raise TrackerError(f"live frames must come in order: frame {frame.seq} after {state.seq}")
-                inputs = inputs or self._input(frame)  # one encoder run for every object
-                results[obj_id] = self._advance(state, frame, inputs)
-            return results
+                due[obj_id] = state
+            if not due:
+                return results
+            inputs = self._input(frame)  # one encoder run for every object
+            if self.config.batch_objects:
+                with torch.inference_mode(), self._precision():
+                    results.update(self._step_batched(due, frame, inputs))
+            else:
+                for obj_id, state in due.items():
+                    results[obj_id] = self._advance(state, frame, inputs)
+            return {obj_id: results[obj_id] for obj_id in sorted(results)}
 
     @property
     def object_ids(self) -> list[int]:
@@ -500,6 +701,11 @@ class Sam2Tracker(Tracker):
         with self._cache_lock:
             cached = list(self._cache.values())
         return tensor_bytes([_session_parts(s) for s in sessions] + [f.vision for f in cached])
+
+
+def _presence(object_logit: float) -> float:
+    """SAM2's object score logit as a probability."""
+    return 1.0 / (1.0 + math.exp(-max(min(object_logit, 50.0), -50.0)))
 
 
 def _session_parts(session: Sam2VideoInferenceSession):
