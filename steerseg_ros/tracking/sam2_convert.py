@@ -114,7 +114,9 @@ def meta_config_from_hf(config) -> dict:
                       "global_att_blocks": list(backbone.global_attention_blocks),
                       "window_pos_embed_bkg_spatial_size": list(backbone.window_positional_embedding_background_size),
                       "window_spec": list(backbone.window_size_per_stage), "q_pool": backbone.num_query_pool_stages,
-                      "q_stride": list(backbone.query_stride), "dim_mul": dim_mul, "head_mul": head_mul},
+                      "dim_mul": dim_mul, "head_mul": head_mul,
+                      # Hiera hands q_stride to MaxPool2d, which takes no OmegaConf list: plain lists.
+                      "q_stride": list(backbone.query_stride), "_convert_": "all"},
             "neck": {"_target_": "sam2.modeling.backbones.image_encoder.FpnNeck", "position_encoding": sine(vision.fpn_hidden_size),
                      "d_model": vision.fpn_hidden_size, "backbone_channel_list": list(vision.backbone_channel_list),
                      "fpn_top_down_levels": list(vision.fpn_top_down_levels), "fpn_interp_model": "nearest"},
