@@ -12,9 +12,10 @@ left False), so the pointer comes from the single-mask output token; transformer
 `_single_frame_forward` without the argument, whose default is True, and takes the pointer of the
 best of three candidate masks. The SAM 2 paper predicts several masks only for ambiguous prompts
 (a single click); a mask is not one, and the authors' code decides such details: Meta's is the
-reference. The pointer feeds every later frame's memory attention, so masks drift apart (IoU
-down to 0.97 per frame on the parity clip). The correction passes multimask_output=False to that
-one decoder call; afterwards the two implementations agree exactly there too.
+reference. The pointer feeds every later frame's memory attention, so masks drift apart: per-frame
+IoU down to 0.970 over 30 DAVIS frames (camel, a random tiny model at 64 px with random_sam2's
+scales), against 1.000 with the correction. The correction passes multimask_output=False to that
+one decoder call; the pointers then agree to float rounding (9e-8, values up to 0.4).
 """
 from __future__ import annotations
 
