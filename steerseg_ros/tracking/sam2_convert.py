@@ -336,6 +336,11 @@ def hf_to_meta_state_dict(state: dict[str, torch.Tensor], meta_keys: list[str]) 
     """Sam2VideoModel's state dict -> Meta's, for a Meta model whose keys are `meta_keys` (the
     inverse of meta_to_hf_state_dict, built from it so that the two cannot drift apart)."""
     layers = _downsampler_layers(meta_keys)
+    image_pe, point_pe = (state.get(k) for k in ("shared_image_embedding.positional_embedding",
+                                                 "prompt_encoder.shared_embedding.positional_embedding"))
+    if image_pe is not None and point_pe is not None and not torch.equal(image_pe, point_pe):
+        raise ValueError("this transformers checkpoint has two different random Fourier matrices (shared_image_embedding "
+                         "and prompt_encoder.shared_embedding); Meta's layout has one (every converted SAM2 has them equal)")
     out: dict[str, torch.Tensor] = {}
     point_keys = sorted((k for k in meta_keys if re.fullmatch(r"sam_prompt_encoder\.point_embeddings\.\d+\.weight", k)),
                         key=lambda k: int(k.split(".")[2]))
