@@ -6,7 +6,9 @@ Each section calls the benchmark its stage owns and flattens the result into fig
 - grounding (grounding/vlm_bench.py): whole grounding latency per mode (decaf, steerseg) on 8 and
   16 keyframes of 854x480.
 - sam2 (tools/bench_sam2.py): SAM2 step time for 1/2/4 objects, its parts, memory growth per
-  1,000 frames with and without pruning, catch-up time per buffered frame.
+  1,000 frames with and without pruning, catch-up time per buffered frame; then
+  (tools/bench_sam2_meta.py) transformers' and Meta's SAM2 side by side on the same weights: step
+  time for 1/2/4 objects and memory over 1,000 frames, and Meta's compiled mode on CUDA.
 - tracker (tools/bench_tracker.py): the built-in tracker's J&F on DAVIS 2016 and its step time at
   854x480; goal: <= 30 ms per frame.
 
@@ -91,7 +93,25 @@ def sam2(args: argparse.Namespace) -> dict[str, Any]:
                              frame_size=(480, 854), device=args.device, onnx=not args.sam2_no_onnx)
         figures.pop("load_average", None)  # the machine record has it
         out.update(flatten(figures, config))
+        out.update(_sam2_backends(args, config))
     return out
+
+
+def _sam2_backends(args: argparse.Namespace, config: str) -> dict[str, Any]:
+    """transformers' and Meta's SAM2 side by side on the same shapes (tools/bench_sam2_meta.py),
+    when Meta's sam2 is installed."""
+    import importlib.util
+
+    if args.sam2_no_meta:
+        return {}
+    if importlib.util.find_spec("sam2") is None:
+        return {f"{config}.backends": "not measured: Meta's sam2 is not installed (scripts/setup_env.sh installs it)"}
+    from steerseg_ros.tools.bench_sam2_meta import bench_backends
+
+    figures = bench_backends(config, frames=args.sam2_frames, memory_frames=args.sam2_memory_frames,
+                             frame_size=(480, 854), device=args.device)
+    figures.pop("load_average", None)
+    return flatten(figures, f"{config}.backends")
 
 
 @section("tracker")
@@ -133,6 +153,8 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--sam2-memory-frames", type=int, default=0,
                        help="frames of each memory-growth run; 0: 10 x --sam2-frames tiny, 40 real")
     group.add_argument("--sam2-no-onnx", action="store_true", help="skip the ONNX encoder comparison")
+    group.add_argument("--sam2-no-meta", action="store_true",
+                       help="skip the side-by-side run of transformers' and Meta's SAM2 (and Meta's compiled mode on CUDA)")
     group.add_argument("--tracker-sequences", default=None,
                        help="DAVIS sequences for the tracker: a count (the first N) or comma-separated names; "
                             "None: all")
