@@ -36,21 +36,29 @@ def _shapes(config: str, image_size: Optional[int]):
     return meta_compatible(tiny_config(image_size or 64)) if config == "tiny" else real_config(config, image_size or 1024)
 
 
-def _step_ms(tracker, video, masks, objects: Sequence[int]) -> dict[int, float]:
-    out = {}
+def _step_ms(trackers: dict, video, masks, objects: Sequence[int]) -> dict[str, dict[int, float]]:
+    """Median step time per backend and object count. The backends step the same frames in turn
+    (frame by frame, alternating which goes first), so that a shared machine's load changes hit
+    them alike."""
+    out: dict[str, dict[int, float]] = {name: {} for name in trackers}
     for n in objects:
+        for tracker in trackers.values():
+            tracker.reset()
+            for k in range(n):
+                tracker.attach(k + 1, tracker.start(video[0], mask=masks[k]))
+            for f in video[1:3]:  # warm-up (and, compiled, the first compilations)
+                tracker.step(f)
+        times: dict[str, list[float]] = {name: [] for name in trackers}
+        for i, f in enumerate(video[3:]):
+            order = list(trackers) if i % 2 == 0 else list(reversed(trackers))
+            for name in order:
+                start = time.perf_counter()
+                trackers[name].step(f)
+                times[name].append(1000 * (time.perf_counter() - start))
+        for name in trackers:
+            out[name][n] = float(np.median(times[name]))
+    for tracker in trackers.values():
         tracker.reset()
-        for k in range(n):
-            tracker.attach(k + 1, tracker.start(video[0], mask=masks[k]))
-        for f in video[1:3]:  # warm-up (and, compiled, the first compilations)
-            tracker.step(f)
-        times = []
-        for f in video[3:]:
-            start = time.perf_counter()
-            tracker.step(f)
-            times.append(1000 * (time.perf_counter() - start))
-        out[n] = float(np.median(times))
-    tracker.reset()
     return out
 
 
@@ -116,10 +124,11 @@ def bench_backends(config: str = "tiny", image_size: Optional[int] = None, frame
         video = synthetic_frames(frames + 3, height, width)
         masks = seed_masks(max(objects), height, width)
         small = (height // 4, width // 4) if config == "tiny" else (height, width)
+        trackers = {name: make() for name, make in makers.items()}
+        for name, figures in _step_ms(trackers, video, masks, objects).items():
+            out[name] = {"step_ms": figures}
+            trackers[name].close()
         for name, make in makers.items():
-            tracker = make()
-            out[name] = {"step_ms": _step_ms(tracker, video, masks, objects)}
-            tracker.close()
             out[name]["memory"] = _memory(make, memory_frames, *small)
         for n in objects:
             out.setdefault("meta_over_transformers", {})[f"step_ms.{n}"] = \
