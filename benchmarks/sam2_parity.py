@@ -2,13 +2,13 @@
 
 For each random seed: a random checkpoint in Meta's layout (tiny shapes at --size px, with the
 given initial-value scales, see sam2_convert.random_meta_checkpoint) converted to transformers',
-both backends tracking the first --frames frames of a DAVIS sequence (halved) from the
+both backends tracking the first --frames frames of a DAVIS sequence (halved unless --half 0) from the
 first-frame mask and from points, with one and two objects, as test/test_sam2_meta_parity.py
 does. Prints per case the lowest per-frame mask IoU between the two and the largest
 mask-decoder logit difference, for the transformers backend as it runs (with the mask-prompt
 correction of tracking/sam2_reference.py) and, with --uncorrected, without it.
 
-    python benchmarks/sam2_parity.py [--davis DIR] [--sequence camel] [--size 128] [--frames 30]
+    python benchmarks/sam2_parity.py [--davis DIR] [--sequence camel] [--size 128] [--frames 30] [--half 1]
         [--seeds 0,1,2,3] [--memory-scale 10] [--attention-scale 1] [--hypernetwork-scale 20]
         [--uncorrected]
 """
@@ -31,6 +31,7 @@ def main() -> int:
     p.add_argument("--sequence", default="camel")
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--frames", type=int, default=30)
+    p.add_argument("--half", type=int, default=1, help="1: frames at half size (as the test); 0: full size")
     p.add_argument("--seeds", default="0,1,2,3")
     p.add_argument("--memory-scale", type=float, default=10.0)
     p.add_argument("--attention-scale", type=float, default=1.0)
@@ -50,7 +51,8 @@ def main() -> int:
     folder = a.davis / "JPEGImages" / "480p" / a.sequence
     names = sorted(x.stem for x in folder.glob("*.jpg"))[: a.frames]
     images = [cv2.cvtColor(cv2.imread(str(folder / f"{n}.jpg")), cv2.COLOR_BGR2RGB) for n in names]
-    images = [cv2.resize(im, (im.shape[1] // 2, im.shape[0] // 2), interpolation=cv2.INTER_AREA) for im in images]
+    if a.half:
+        images = [cv2.resize(im, (im.shape[1] // 2, im.shape[0] // 2), interpolation=cv2.INTER_AREA) for im in images]
     mask0 = cv2.imread(str(a.davis / "Annotations" / "480p" / a.sequence / f"{names[0]}.png"), cv2.IMREAD_GRAYSCALE) > 127
     mask0 = cv2.resize(mask0.astype(np.uint8), images[0].shape[1::-1], interpolation=cv2.INTER_NEAREST) > 0
     frames = [Frame(i, i, im) for i, im in enumerate(images)]

@@ -12,10 +12,12 @@ left False), so the pointer comes from the single-mask output token; transformer
 `_single_frame_forward` without the argument, whose default is True, and takes the pointer of the
 best of three candidate masks. The SAM 2 paper predicts several masks only for ambiguous prompts
 (a single click); a mask is not one, and the authors' code decides such details: Meta's is the
-reference. The pointer feeds every later frame's memory attention, so masks drift apart: per-frame
-IoU down to 0.970 over 30 DAVIS frames (camel, a random tiny model at 64 px with random_sam2's
-scales), against 1.000 with the correction. The correction passes multimask_output=False to that
-one decoder call; the pointers then agree to float rounding (9e-8, values up to 0.4).
+reference. The pointer feeds every later frame's memory attention, so masks can drift apart:
+per-frame IoU down to 0.970 over 30 DAVIS frames against 1.000 with the correction
+(`benchmarks/sam2_parity.py --size 64 --half 0 --memory-scale 30 --attention-scale 30
+--uncorrected`; on other random models and clips the effect is smaller or none). The correction
+passes multimask_output=False to that one decoder call; the seed pointers then agree to float
+rounding (9e-8, values up to 0.4; uncorrected 0.077).
 """
 from __future__ import annotations
 
