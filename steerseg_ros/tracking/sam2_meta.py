@@ -43,7 +43,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import sys
 import threading
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
