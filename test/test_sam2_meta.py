@@ -260,3 +260,14 @@ def test_published_configs_and_weight_names_map_onto_each_other(name, packaged):
     assert all(mapped[k].shape == expected[k].shape for k in expected)
     assert sam2_convert.meta_config_from_hf(converted)["model"]["image_encoder"]["trunk"]["stages"] == \
         meta_config["model"]["image_encoder"]["trunk"]["stages"]
+
+
+def test_benchmark_reports_both_backends_side_by_side():
+    from steerseg_ros.tools.bench_sam2_meta import bench_backends
+
+    figures = bench_backends("tiny", frames=2, objects=(1, 2), memory_frames=30, frame_size=(96, 128), device="cpu")
+    for name in ("sam2", "sam2_meta"):
+        assert sorted(figures[name]["step_ms"]) == [1, 2] and all(v > 0 for v in figures[name]["step_ms"].values())
+        assert figures[name]["memory"]["tracker_bytes_per_1000_frames"] == 0  # pruned: flat
+    assert sorted(figures["meta_over_transformers"]) == ["step_ms.1", "step_ms.2"]
+    assert "CUDA" in figures["sam2_meta_compiled"]
