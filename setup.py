@@ -15,6 +15,7 @@ TOOLS = {
     "steerseg-tiny-models": "steerseg_ros.tools.tiny_models:main",
     "steerseg-train-prompts": "steerseg_ros.tools.train_prompts:main",
     "steerseg-synthetic-rgbd": "steerseg_ros.tools.synthetic_rgbd:main",
+    "steerseg-sam2-convert": "steerseg_ros.tools.sam2_convert:main",
 }
 
 setup(
@@ -30,6 +31,9 @@ setup(
         "export": ["onnx", "onnxscript", "onnxruntime"],
         "eval": ["matplotlib", "pycocotools"],
         "bags": ["rosbags==0.11.9"],
+        # Meta's sam2 itself (tracker.backend sam2_meta) must be installed on its own, without its
+        # dependencies (they pull CUDA torch and torchvision): see requirements/sam2_meta_nodeps.txt.
+        "sam2_meta": ["hydra-core==1.3.8", "iopath==0.1.10"],
     },
     entry_points={"console_scripts": [f"{name}={target}" for name, target in TOOLS.items()]},
 )

@@ -108,7 +108,7 @@ def generate_launch_description():
         DeclareLaunchArgument("grounder", default_value="builtin",
                               description="Grounding backend: builtin, decaf or steerseg"),
         DeclareLaunchArgument("tracker", default_value="builtin",
-                              description="Tracking backend: builtin or sam2"),
+                              description="Tracking backend: builtin, sam2 (transformers) or sam2_meta (Meta's sam2)"),
         DeclareLaunchArgument("autostart", default_value="true",
                               description="Configure and activate the node at start-up"),
         DeclareLaunchArgument("rviz", default_value="false",

@@ -43,6 +43,12 @@ if [ "$(cat "$VENV/.steerseg-deps" 2>/dev/null)" != "$stamp" ]; then
   quiet_pip torch==2.13.0
   log "installing ROS 2 Kilted, transformers and the rest"
   quiet_pip -r "$REQ/ros.txt" -r "$REQ/python.txt"
+  # Meta's sam2 (tracker.backend sam2_meta, an optional extra; the tests use it): its runtime
+  # imports normally, then the package itself without its declared dependencies (CUDA torch,
+  # torchvision) and without its CUDA extension, built against the torch installed above.
+  log "installing Meta's sam2 (optional extra)"
+  quiet_pip -r "$REQ/sam2_meta.txt"
+  SAM2_BUILD_CUDA=0 quiet_pip --no-deps --no-build-isolation -r "$REQ/sam2_meta_nodeps.txt"
   # Some wheels' CMake exports name include folders of the container they were built in;
   # CMake's generate step fails on them until they point at this Python and numpy.
   pyinc=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['include'])")

@@ -7,7 +7,9 @@ Each section calls the benchmark its stage owns and flattens the result into fig
   16 keyframes of 854x480.
 - sam2 (tools/bench_sam2.py): SAM2 step time for 1/2/4/8 objects (batched and one by one) and
   the per-added-object cost ratio (goal <= 0.4), its parts, memory growth per 1,000 frames with
-  and without pruning, catch-up time per buffered frame.
+  and without pruning, catch-up time per buffered frame; then (tools/bench_sam2_meta.py)
+  transformers' and Meta's SAM2 side by side on the same weights: step time for 1/2/4 objects
+  and memory over 1,000 frames, and Meta's compiled mode on CUDA.
 - tracker (tools/bench_tracker.py): the built-in tracker's J&F on DAVIS 2016 and its step time at
   854x480; goal: <= 30 ms per frame.
 
@@ -94,7 +96,25 @@ def sam2(args: argparse.Namespace) -> dict[str, Any]:
                              onnx=not args.sam2_no_onnx, threads=args.sam2_threads)
         figures.pop("load_average", None)  # the machine record has it
         out.update(flatten(figures, config))
+        out.update(_sam2_backends(args, config))
     return out
+
+
+def _sam2_backends(args: argparse.Namespace, config: str) -> dict[str, Any]:
+    """transformers' and Meta's SAM2 side by side on the same shapes (tools/bench_sam2_meta.py),
+    when Meta's sam2 is installed."""
+    import importlib.util
+
+    if args.sam2_no_meta:
+        return {}
+    if importlib.util.find_spec("sam2") is None:
+        return {f"{config}.backends": "not measured: Meta's sam2 is not installed (scripts/setup_env.sh installs it)"}
+    from steerseg_ros.tools.bench_sam2_meta import bench_backends
+
+    figures = bench_backends(config, frames=args.sam2_frames, memory_frames=args.sam2_memory_frames,
+                             frame_size=(480, 854), device=args.device)
+    figures.pop("load_average", None)
+    return flatten(figures, f"{config}.backends")
 
 
 @section("tracker")
@@ -142,6 +162,8 @@ def add_options(parser: argparse.ArgumentParser) -> None:
                        help="torch threads for the sam2 section (0: torch's default); 1 makes its CPU-time "
                             "figures (step_cpu_ms, *_cpu ratios) steady on a shared machine")
     group.add_argument("--sam2-no-onnx", action="store_true", help="skip the ONNX encoder comparison")
+    group.add_argument("--sam2-no-meta", action="store_true",
+                       help="skip the side-by-side run of transformers' and Meta's SAM2 (and Meta's compiled mode on CUDA)")
     group.add_argument("--tracker-sequences", default=None,
                        help="DAVIS sequences for the tracker: a count (the first N) or comma-separated names; "
                             "None: all")

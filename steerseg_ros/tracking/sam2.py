@@ -58,6 +58,7 @@ from steerseg_ros.buffer import Frame
 from steerseg_ros.grounding.base import ModelUnavailableError
 from steerseg_ros.tracking.base import MaskCandidate, ObjectMask, ObjectState, Tracker, TrackerError
 from steerseg_ros.tracking.sam2_encoder import make_encoder, position_encodings
+from steerseg_ros.tracking.sam2_reference import match_reference
 
 log = logging.getLogger("steerseg_ros.tracking.sam2")
 
@@ -166,7 +167,8 @@ def load_model(name: str, dtype: torch.dtype = torch.float32, device: torch.devi
         model = Sam2VideoModel.from_pretrained(name, dtype=dtype, local_files_only=local_files_only)
     except OSError as e:
         raise ModelUnavailableError(missing_weights_message(name, e)) from e
-    return model.to(device).eval()
+    # Mask prompts as Meta's reference code treats them (tracking/sam2_reference.py).
+    return match_reference(model.to(device).eval())
 
 
 class Sam2ObjectState(ObjectState):
