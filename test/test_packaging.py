@@ -41,7 +41,7 @@ def test_every_setup_py_tool_is_also_a_colcon_launcher():
     """A ROS user (colcon) and a pip user get the same commands."""
     import re
 
-    setup_tools = set(re.findall(r'"(steerseg-[a-z-]+)": "steerseg_ros\.tools\.(\w+):main"', (REPO / "setup.py").read_text()))
+    setup_tools = set(re.findall(r'"(steerseg-[a-z0-9-]+)": "steerseg_ros\.tools\.(\w+):main"', (REPO / "setup.py").read_text()))
     cmake = re.search(r"set\(STEERSEG_TOOLS ([^)]*)\)", (REPO / "CMakeLists.txt").read_text()).group(1).split()
     assert setup_tools and setup_tools == {("steerseg-" + t.replace("_", "-"), t) for t in cmake}
     for _, module in setup_tools:

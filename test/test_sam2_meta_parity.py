@@ -58,7 +58,9 @@ def meta_tracker(pt) -> MetaSam2Tracker:
 
 
 def hf_tracker(folder) -> Sam2Tracker:
-    return Sam2Tracker(Sam2TrackerConfig(model=str(folder), device="cpu", local_files_only=True))
+    # The per-object path: the decoder calls then pair one to one with Meta's (the batched path
+    # equals the per-object one, test_sam2_batched.py).
+    return Sam2Tracker(Sam2TrackerConfig(model=str(folder), device="cpu", local_files_only=True, batch_objects=False))
 
 
 def prompts(kind: str, objects: int, mask0: np.ndarray) -> list[dict]:

@@ -24,6 +24,7 @@ from sensor_msgs.msg import CameraInfo, Image
 
 from steerseg_ros import depth as depth3d
 from steerseg_ros.buffer import NS_PER_S
+from steerseg_ros.config_checks import check_finite
 from steerseg_ros.pipeline import TrackState, TrackView
 from steerseg_ros.ros.image_conversion import ImageConversionError, depth_image_to_array
 
@@ -54,6 +55,7 @@ class DepthConfig:
         "downsampled evenly from the object's depth points. Takes effect at the next activate.")})
 
     def validate(self) -> None:
+        check_finite(self, "depth.")
         if self.qos not in ("sensor_data", "reliable"):
             raise ValueError(f"depth.qos must be sensor_data or reliable, got {self.qos!r}")
         if not (np.isfinite(self.pairing_tolerance_s) and self.pairing_tolerance_s >= 0):

@@ -29,6 +29,7 @@ from rclpy.parameter import Parameter
 from steerseg_ros import backends
 from steerseg_ros.action import Ground
 from steerseg_ros.buffer import Frame
+from steerseg_ros.config_checks import check_finite
 from steerseg_ros.grounding.base import GroundingError, ModelUnavailableError
 from steerseg_ros.ros import main_loop, parameters
 from steerseg_ros.ros.image_conversion import ImageConversionError, compressed_to_rgb
@@ -55,12 +56,12 @@ class GrounderNodeConfig:
         "Publish /diagnostics this often (seconds); 0: never. Takes effect at the next configure.")})
 
     def validate(self) -> None:
+        check_finite(self)
         if self.max_keyframes < 1:
             raise ValueError(f"max_keyframes must be >= 1, got {self.max_keyframes}")
         for name in ("max_request_mb", "delay_s", "stats_period_s"):
-            value = getattr(self, name)
-            if not (value == value and abs(value) != float("inf")) or value < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.max_request_mb <= 0:
             raise ValueError(f"max_request_mb must be > 0, got {self.max_request_mb}")
 

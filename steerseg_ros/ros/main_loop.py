@@ -1,12 +1,16 @@
 """The process main loop of the package's lifecycle nodes (`steerseg_node`, `steerseg_grounder`).
 
-Owns how a node process starts and ends: SIGINT and SIGTERM both end it with exit code 0 once the
-node has stopped its own threads, and the rclpy context goes down last. rclpy's own signal
-handler would shut the context down at once, while a node's thread may still be publishing
-("publisher's context is invalid"), and it leaves SIGTERM to kill the process mid-step.
+Owns how a node process starts and ends, and its allocator setting (flat memory over long
+runs). SIGINT and SIGTERM both end it with exit code 0 once the node has stopped its own
+threads, and the rclpy context goes down last. rclpy's own signal handler would shut the context
+down at once, while a node's thread may still be publishing ("publisher's context is invalid"),
+and it leaves SIGTERM to kill the process mid-step.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import os
 import signal
 import threading
 from typing import Callable, Optional
@@ -17,10 +21,32 @@ from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.signals import SignalHandlerOptions
 
 
+# glibc raises its mmap threshold to the largest block freed so far (up to 32 MiB), after which
+# every camera-frame buffer (about 1.2 MB at 854x480) comes from the heap, whose freed pages are
+# rarely given back: resident memory then creeps up by tens of MB over hours (measured: +16 to
+# +23 MB over 10,000 frames) though nothing leaks. A fixed threshold keeps such buffers in their
+# own mappings, returned to the system when freed (measured: -0.8 MB). No Python API sets it.
+MMAP_THRESHOLD_BYTES = 256 * 1024
+M_MMAP_THRESHOLD = -3  # from glibc's malloc.h
+
+
+def fix_mmap_threshold() -> bool:
+    """Fix glibc's mmap threshold (see above), unless MALLOC_MMAP_THRESHOLD_ is set; False where
+    the C library is not glibc."""
+    if os.environ.get("MALLOC_MMAP_THRESHOLD_"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+    except (OSError, AttributeError):
+        return False
+
+
 def run(make_node: Callable[[], LifecycleNode], make_executor: Callable[[], Executor],
         args: Optional[list[str]] = None) -> int:
     """Create the node, configure and activate it when its `autostart` parameter says so, spin
     until SIGINT or SIGTERM, then close it (`node.close()`) and shut down. Returns 0."""
+    fix_mmap_threshold()
     stop = threading.Event()
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}

@@ -24,6 +24,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from steerseg_ros.buffer import Frame
+from steerseg_ros.config_checks import check_finite
 from steerseg_ros.grounding.base import Grounder, GroundingError, GroundingResult, ModelUnavailableError
 
 log = logging.getLogger("steerseg_ros.remote_grounder")
@@ -48,6 +49,7 @@ class RemoteGrounderConfig:
     jpeg_quality: int = field(default=90, metadata={"help": "JPEG quality of the keyframes sent (1-100)."})
 
     def validate(self) -> None:
+        check_finite(self)
         if not self.action.strip():
             raise ValueError("action must not be empty")
         for name in ("timeout_s", "server_wait_s"):

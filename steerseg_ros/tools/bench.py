@@ -11,7 +11,8 @@ Sections (`--sections`, comma-separated; default all but soak) and the goals the
   and without (nobody subscribes); goals: <= 5% of the step drawn, <= 2% undrawn.
 - grounding_rate: the node as its own process over DDS, fed a camera at a fixed rate, with a
   command re-grounded periodically: the rate of published masks while a grounding runs, as a
-  share of the rate while none runs; goal: >= 90%. For each of `--grounding-setups`:
+  share of the rate while none runs; goal: >= 90%. For each of `--grounding-backends` (builtin;
+  tiny: a tiny random Qwen2.5-VL with DecAF) and each of `--grounding-setups`:
   in_process (the tracker node grounds in a thread) and two_nodes (a grounder node in its own
   process answers the tracker node's Ground requests: also the bytes and milliseconds per
   request); and the time from the command to the first mask of the target.
@@ -317,10 +318,14 @@ class NodeRun:
         self.workdir = Path(args.workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         params_file = self.workdir / f"{tag}_params_{self.domain}.yaml"
-        params_file.write_text(yaml.safe_dump({"/**/steerseg": {"ros__parameters": {
-            "autostart": True, "image_qos": "reliable", "stats_period_s": 1.0,
-            "grounder.backend": "remote" if grounder_node else args.grounder, "tracker.backend": args.tracker,
-            **params}}}))
+        node_params = {"autostart": True, "image_qos": "reliable", "stats_period_s": 1.0,
+                       "grounder.backend": args.grounder, "tracker.backend": args.tracker, **params}
+        # With a grounder node, the grounder's settings are its; the tracker node grounds through it.
+        grounder_params = {k: v for k, v in node_params.items() if k.startswith("grounder.")}
+        if grounder_node:
+            node_params = {**{k: v for k, v in node_params.items() if k not in grounder_params},
+                           "grounder.backend": "remote"}
+        params_file.write_text(yaml.safe_dump({"/**/steerseg": {"ros__parameters": node_params}}))
         self.log_path = self.workdir / f"{tag}_node_{self.domain}.log"
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen([sys.executable, "-m", "steerseg_ros.ros.node", "--ros-args",
@@ -330,7 +335,7 @@ class NodeRun:
         if grounder_node:
             grounder_file = self.workdir / f"bench_grounder_params_{self.domain}.yaml"
             grounder_file.write_text(yaml.safe_dump({"/**/steerseg_grounder": {"ros__parameters": {
-                "autostart": True, "grounder.backend": args.grounder}}}))
+                "autostart": True, **grounder_params}}}))
             self._grounder_log = open(self.workdir / f"bench_grounder_{self.domain}.log", "wb")
             self.grounder = subprocess.Popen([sys.executable, "-m", "steerseg_ros.ros.grounder_node", "--ros-args",
                                               "--params-file", str(grounder_file)], env=env, stdout=self._grounder_log,
@@ -517,20 +522,33 @@ def depth3d_node(args: argparse.Namespace) -> dict[str, Any]:
 @section("grounding_rate", requires=("rclpy",))
 def grounding_rate(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for setup in [x.strip() for x in args.grounding_setups.split(",") if x.strip()]:
-        if setup not in ("in_process", "two_nodes"):
-            raise ValueError(f"unknown grounding setup {setup!r}: in_process or two_nodes")
-        out[setup] = _grounding_rate(args, grounder_node=setup == "two_nodes")
+    for kind in [k.strip() for k in args.grounding_backends.split(",") if k.strip()]:
+        if kind == "builtin":
+            params: dict[str, Any] = {"grounder.backend": "builtin"}
+        elif kind == "tiny":
+            # The tiny random Qwen2.5-VL grounder (DecAF) with the built-in tracker: the cost of a
+            # VLM grounding beside the tracking, on this machine's scale.
+            tiny = tiny_model_params(Path(args.workdir) / "tiny_models")
+            params = {k: v for k, v in tiny.items() if k.startswith(("grounder.", "pipeline."))}
+        else:
+            raise ValueError(f"--grounding-backends: unknown kind {kind!r} (builtin, tiny)")
+        for setup in [x.strip() for x in args.grounding_setups.split(",") if x.strip()]:
+            if setup not in ("in_process", "two_nodes"):
+                raise ValueError(f"unknown grounding setup {setup!r}: in_process or two_nodes")
+            out[f"{kind}.{setup}"] = _grounding_rate(args, params, grounder_node=setup == "two_nodes")
+            print(f"[bench] grounding_rate {kind} {setup}: {json.dumps(out[f'{kind}.{setup}'])}", file=sys.stderr,
+                  flush=True)
     return out
 
 
-def _grounding_rate(args: argparse.Namespace, grounder_node: bool) -> dict[str, Any]:
+def _grounding_rate(args: argparse.Namespace, params: dict[str, Any], grounder_node: bool) -> dict[str, Any]:
     from std_msgs.msg import String
 
     from steerseg_ros.pipeline import TrackState
 
     _, images, _ = load_sequence(args.data, args.sequence, args.frames)
-    run = NodeRun(args, {"pipeline.regrounding_period_s": args.regrounding_period}, grounder_node=grounder_node)
+    run = NodeRun(args, {"pipeline.regrounding_period_s": args.regrounding_period, **params},
+                  tag="two_nodes" if grounder_node else "in_process", grounder_node=grounder_node)
     try:
         run.wait_up()
         camera = Camera(run, images, args.camera_rate).start()
@@ -643,7 +661,7 @@ def tiny_model_params(folder: Path) -> dict[str, Any]:
     if not (sam2 / "config.json").is_file():
         save_random_sam2(sam2, tiny_config(128))
     return {"grounder.backend": "decaf", "grounder.model": str(vlm), "grounder.video_tokens_per_pair": 24,
-            "grounder.cot_tokens": 6, "tracker.backend": "sam2", "tracker.model": str(sam2),
+            "grounder.cot_tokens": 6, "grounder.answer_tokens": 6, "tracker.backend": "sam2", "tracker.model": str(sam2),
             "tracker.device": "cpu", "pipeline.keyframes.count": 4}
 
 
@@ -758,6 +776,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tracker", default="builtin", help="tracker backend of the node sections")
     parser.add_argument("--camera-rate", type=float, default=30.0, help="frames per second fed to the node")
     parser.add_argument("--duration", type=float, default=40.0, help="seconds of camera for grounding_rate")
+    parser.add_argument("--grounding-backends", default="builtin,tiny",
+                        help="grounding_rate: builtin (the built-in grounder) and/or tiny (a tiny random "
+                             "Qwen2.5-VL, DecAF)")
     parser.add_argument("--grounding-setups", default="in_process,two_nodes",
                         help="grounding_rate: in_process (grounding in a thread of the tracker node) and/or "
                              "two_nodes (a grounder node in its own process)")

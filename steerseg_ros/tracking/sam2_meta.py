@@ -244,8 +244,12 @@ class MetaSam2Tracker(Tracker):
         self.autocast = AUTOCAST[self.config.dtype]
         self.model = load_meta_model(self.config.checkpoint, self.config.model_config, self.device, self.config.compile)
         self.image_size = int(self.model.image_size)
-        as_tensor = lambda v: torch.tensor(v, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)  # noqa: E731
-        # Meta's load_video_frames normalises with ImageNet's mean and std.
+        # ImageNet's mean and std, as Meta's load_video_frames normalises; in the fused form the
+        # borrowed Sam2Tracker._preprocess takes (pixels in 0..255: each constant times 255, as
+        # transformers' processor folds its rescale factor in), so that both backends see the same
+        # pixel values bit for bit. Meta's own (x/255 - mean)/std differs by one float rounding.
+        as_tensor = lambda v: (torch.tensor(v, dtype=torch.float32, device=self.device)  # noqa: E731
+                               * 255.0).view(1, 3, 1, 1)
         self.mean, self.std = as_tensor(IMAGENET_MEAN), as_tensor(IMAGENET_STD)
         self.memory_frames = max(self.model.num_maskmem - 1, 0)
         self.pointer_frames = max(self.model.max_obj_ptrs_in_encoder - 1, 0)
@@ -267,6 +271,8 @@ class MetaSam2Tracker(Tracker):
         if self.autocast is None:
             return torch.autocast(self.device.type, enabled=False)
         return torch.autocast(self.device.type, dtype=self.autocast)
+
+    _precision = _autocast  # the name the borrowed Sam2Tracker._input calls
 
     def encoder(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
         """Pixel values -> the (H*W, 1, C) feature maps the tracking step reads, finest first
