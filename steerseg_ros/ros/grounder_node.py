@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.executors import MultiThreadedExecutor
@@ -33,7 +33,7 @@ from steerseg_ros.config_checks import check_finite
 from steerseg_ros.grounding.base import GroundingError, ModelUnavailableError
 from steerseg_ros.ros import main_loop, parameters
 from steerseg_ros.ros.image_conversion import ImageConversionError, compressed_to_rgb
-from steerseg_ros.ros.messages import grounding_to_ground_result, stamp_to_ns
+from steerseg_ros.ros.messages import grounding_to_ground_result, publish_status, stamp_to_ns
 from steerseg_ros.ros.node import RosLogHandler, backend_specs
 
 NODE_NAME = "steerseg_grounder"
@@ -305,21 +305,12 @@ class GrounderNode(LifecycleNode):
             return dict(self._counts)
 
     def _publish_diagnostics(self) -> None:
-        status = DiagnosticStatus(name=f"{self.get_name()}: grounding", hardware_id=self.get_fully_qualified_name())
-        counts = self.counters()
         if self._error is not None:
-            status.level, status.message = DiagnosticStatus.ERROR, self._error
+            level, message = DiagnosticStatus.ERROR, self._error
         else:
-            status.level, status.message = DiagnosticStatus.OK, self._lifecycle
-        values = {"lifecycle": self._lifecycle, "grounder": self._backend, **self._last,
-                  **{k: str(v) for k, v in counts.items()}}
-        status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
-        array = DiagnosticArray(status=[status])
-        array.header.stamp = self.get_clock().now().to_msg()
-        try:
-            self._pub_diagnostics.publish(array)
-        except Exception:  # during shutdown
-            pass
+            level, message = DiagnosticStatus.OK, self._lifecycle
+        values = {"lifecycle": self._lifecycle, "grounder": self._backend, **self._last, **self.counters()}
+        publish_status(self, self._pub_diagnostics, "grounding", level, message, values)
 
     @property
     def autostart(self) -> bool:

@@ -155,6 +155,23 @@ def points_to_cloud(points_by_id: Mapping[int, np.ndarray], header: Header) -> P
     return msg
 
 
+# ---- diagnostics ----------------------------------------------------------------------------
+def publish_status(node, publisher, what: str, level: int, message: str, values: dict) -> None:
+    """One DiagnosticStatus ("<node name>: <what>", the node's full name as hardware_id) with
+    `values` as strings, stamped now, on `publisher`; quietly nothing while the node shuts down."""
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+    status = DiagnosticStatus(name=f"{node.get_name()}: {what}", hardware_id=node.get_fully_qualified_name(),
+                              level=level, message=message,
+                              values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
+    array = DiagnosticArray(status=[status])
+    array.header.stamp = node.get_clock().now().to_msg()
+    try:
+        publisher.publish(array)
+    except Exception:  # the context is going down
+        pass
+
+
 # ---- grounding ------------------------------------------------------------------------------
 def grounding_to_msg(result: GroundingResult) -> GroundingResultMsg:
     """The grounding result; header.stamp is the newest keyframe's stamp (its frame_id too).

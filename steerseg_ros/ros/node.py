@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import numpy as np
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
@@ -59,8 +59,8 @@ from steerseg_ros.ros.depth_input import DepthConfig, DepthInput, Frame3D
 from steerseg_ros.ros.image_conversion import (ImageBuffer, ImageConversionError, array_to_image, compressed_to_rgb,
                                                image_to_array, image_to_rgb)
 from steerseg_ros.ros.messages import (MarkerConfig, active_target, grounding_to_msg, header_at,
-                                       points_to_cloud, stamp_to_ns, target_point_msg, tracks_to_markers,
-                                       tracks_to_msg)
+                                       points_to_cloud, publish_status, stamp_to_ns, target_point_msg,
+                                       tracks_to_markers, tracks_to_msg)
 
 NODE_NAME = "steerseg"
 # Relative topic names (remappable): what the node subscribes and publishes. /diagnostics is
@@ -1020,18 +1020,17 @@ class SteerSegNode(LifecycleNode):
 
     def _publish_diagnostics(self, counts: Optional[dict] = None) -> None:
         counts = self.counters() if counts is None else counts
-        status = DiagnosticStatus(name=f"{self.get_name()}: pipeline", hardware_id=self.get_fully_qualified_name())
         bad = sum(v for k, v in counts.items() if k.startswith("rejected.")) + counts.get("internal_errors", 0)
         self._bad_history.append(bad)
         recent = bad - self._bad_history[0]
         if self._error is not None:
-            status.level, status.message = DiagnosticStatus.ERROR, self._error
+            level, message = DiagnosticStatus.ERROR, self._error
         elif recent:
-            status.level, status.message = DiagnosticStatus.WARN, (
+            level, message = DiagnosticStatus.WARN, (
                 f"{self._lifecycle}; {recent} input(s) rejected or failed in the last "
                 f"{len(self._bad_history) - 1} stats period(s)")
         else:
-            status.level, status.message = DiagnosticStatus.OK, self._lifecycle
+            level, message = DiagnosticStatus.OK, self._lifecycle
         values = {"lifecycle": self._lifecycle, "rejected_recently": recent,
                   "grounder": self._backend_names["grounder"], "tracker": self._backend_names["tracker"]}
         if self._pipeline is not None:
@@ -1047,14 +1046,8 @@ class SteerSegNode(LifecycleNode):
         depth_times = list(self._depth_times)
         if depth_times:
             values["ms_3d_per_frame"] = f"{1e3 * float(np.mean(depth_times)):.2f}"
-        values.update({k: str(v) for k, v in counts.items()})
-        status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
-        array = DiagnosticArray(status=[status])
-        array.header.stamp = self.get_clock().now().to_msg()
-        try:
-            self._pub_diagnostics.publish(array)
-        except Exception:  # during shutdown
-            pass
+        values.update(counts)
+        publish_status(self, self._pub_diagnostics, "pipeline", level, message, values)
 
     @property
     def autostart(self) -> bool:
