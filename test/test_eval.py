@@ -383,6 +383,10 @@ def test_model_backends_run_through_steerseg_eval(davis_root, tmp_path, caplog, 
     names, _, _ = load_davis(davis_root, "blackswan", count=8)
     masks = [read_mask(out / "masks" / "blackswan" / "0" / f"{n}.png") for n in names]
     assert all(m.shape == (480, 854) for m in masks)
-    log = caplog.text
-    assert "new track" in log or "found no target" in log or "target(s) chosen" in log
-    assert "failed" not in log
+    # Every grounding ran and ended (with a target or none), as the results table records it:
+    # the log is not the record here (another test module's logging setup can hide INFO lines).
+    with open(out / "per_expression.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    assert int(row["groundings"]) >= 1 and int(row["grounding_failures"]) == 0, row
+    assert row["error"] == ""
+    assert "failed" not in caplog.text
