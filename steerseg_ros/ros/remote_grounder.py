@@ -100,6 +100,10 @@ class RemoteGrounder(Grounder):
         self._last: dict[str, Any] = {"request_bytes": 0, "latency_s": float("nan"), "error": ""}
         self._thread = threading.Thread(target=self._spin, name="steerseg-grounding-client", daemon=True)
         self._thread.start()
+        # A node that exits while a grounding waits here does not close its grounder (it would
+        # close it under the waiting thread): stop spinning when the context goes down instead,
+        # or the process aborts at exit with this thread inside rcl's wait.
+        rclpy.get_default_context().on_shutdown(self._stop_spinning)
         log.info("grounding on the grounder node's action %s", self.action_name)
 
     @property
@@ -109,6 +113,13 @@ class RemoteGrounder(Grounder):
             return name
         ns = (self.config.namespace or "/").rstrip("/")
         return f"{ns}/{name}"
+
+    def _stop_spinning(self) -> None:
+        try:
+            self._executor.shutdown(timeout_sec=2.0)
+        except Exception:  # already shut down
+            pass
+        self._thread.join(timeout=2.0)
 
     def _spin(self) -> None:
         from rclpy.executors import ExternalShutdownException
