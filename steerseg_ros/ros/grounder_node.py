@@ -93,11 +93,7 @@ def write_default_params(path: str, grounder: str = "builtin") -> None:
 class GrounderNode(LifecycleNode):
     def __init__(self, node_name: str = NODE_NAME, **kwargs):
         super().__init__(node_name, **kwargs)
-        self._log_handler = RosLogHandler(self.get_logger())
-        core_logger = logging.getLogger("steerseg_ros")
-        core_logger.addHandler(self._log_handler)
-        if core_logger.level == logging.NOTSET:
-            core_logger.setLevel(logging.INFO)
+        self._log_handler = RosLogHandler.attach(self.get_logger())
         self._counts: collections.Counter = collections.Counter()
         self._counts_lock = threading.Lock()
         self._model_lock = threading.Lock()

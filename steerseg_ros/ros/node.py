@@ -264,6 +264,17 @@ class LatestMailbox:
 class RosLogHandler(logging.Handler):
     """Forwards Python log records to an rclpy logger at the matching severity."""
 
+    @classmethod
+    def attach(cls, ros_logger) -> "RosLogHandler":
+        """A handler forwarding the core's loggers ("steerseg_ros.*", INFO and up unless set
+        otherwise) to `ros_logger`; remove it from logging.getLogger("steerseg_ros") at close."""
+        handler = cls(ros_logger)
+        core_logger = logging.getLogger("steerseg_ros")
+        core_logger.addHandler(handler)
+        if core_logger.level == logging.NOTSET:
+            core_logger.setLevel(logging.INFO)
+        return handler
+
     def __init__(self, ros_logger):
         super().__init__()
         self._ros_logger = ros_logger
@@ -324,11 +335,7 @@ class SteerSegNode(LifecycleNode):
 
     def __init__(self, node_name: str = NODE_NAME, **kwargs):
         super().__init__(node_name, **kwargs)
-        self._log_handler = RosLogHandler(self.get_logger())
-        core_logger = logging.getLogger("steerseg_ros")
-        core_logger.addHandler(self._log_handler)
-        if core_logger.level == logging.NOTSET:
-            core_logger.setLevel(logging.INFO)
+        self._log_handler = RosLogHandler.attach(self.get_logger())
 
         self._counts: collections.Counter = collections.Counter()
         self._counts_lock = threading.Lock()
