@@ -58,8 +58,8 @@ def context():
 def make_node(context):
     nodes = []
 
-    def make(**overrides):
-        node = SteerSegNode(context=context,
+    def make(node_name: str = "steerseg", **overrides):
+        node = SteerSegNode(node_name, context=context,
                             parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
         nodes.append(node)
         return node
@@ -148,7 +148,10 @@ def test_a_backend_that_fails_to_load_leaves_the_node_unconfigured_saying_why(ma
 
 
 def test_publishers_exist_only_while_active_and_the_lifecycle_repeats(make_node):
-    node = make_node(**{"stats_period_s": 0.0})
+    # A name of its own: the graph looks publishers up by node name, and the earlier tests' nodes
+    # (all named "steerseg", destroyed but not yet forgotten by discovery) answered in their stead
+    # in one CI run, listing only two of this node's topics.
+    node = make_node("steerseg_lifecycle_publishers", **{"stats_period_s": 0.0})
     topics = {f"/{t}" for t in PUBLICATIONS}
 
     def published():
