@@ -74,7 +74,8 @@ class DiskTracker(Tracker):
         return ObjectState(frame.seq, ObjectMask(mask if mask is not None else disk(*points[0]), 1.0))
 
     def advance(self, state, frame):
-        self.advanced.append((id(state), frame.seq))
+        # The state itself is kept, so that its id() is never reused by a later one.
+        self.advanced.append((id(state), frame.seq, state))
         return ObjectMask(state.result.mask, self.score)
 
     def attach(self, obj_id, state):
@@ -356,7 +357,7 @@ def test_masks_keep_flowing_while_grounding_runs_and_catch_up_lands_on_the_live_
     # The re-grounded object was caught up through every buffered frame after its keyframe,
     # up to the live frame, before it was attached.
     attached = tracker.live[1]
-    assert [seq for sid, seq in tracker.advanced if sid == id(attached)] == list(range(keyframe_seq + 1, live + 1))
+    assert [seq for sid, seq, _ in tracker.advanced if sid == id(attached)] == list(range(keyframe_seq + 1, live + 1))
     assert attached.seq == live
     grounder.gate = None
     assert [t.id for t in feed().tracks] == [1]
@@ -382,7 +383,7 @@ def test_catch_up_goes_through_at_most_the_cap_evenly_and_ends_on_the_live_frame
     feed()
     seed_seq = grounder.calls[-1][1][0]
     attached = tracker.live[1]
-    path = [seq for sid, seq in tracker.advanced if sid == id(attached)]
+    path = [seq for sid, seq, _ in tracker.advanced if sid == id(attached)]
     assert len(path) == 5 and path[-1] == 40 == attached.seq
     assert path == sorted(path) and path[0] > seed_seq
     assert p.stats["catch_up_frames_skipped"] == 40 - seed_seq - 5
@@ -391,7 +392,7 @@ def test_catch_up_goes_through_at_most_the_cap_evenly_and_ends_on_the_live_frame
 def test_a_catch_up_slower_than_the_camera_still_ends_and_attaches_the_track(setup):
     """The worker chases the live frame while the camera thread keeps stepping; when catching
     up one frame takes longer than a camera frame lasts, the chase stops and the rest is done
-    under the lock, through at most max_catch_up_frames frames: the track still starts."""
+    under the lock, through at most max_catch_up_frames frames in all: the track still starts."""
     grounder, tracker, make = setup
     p, feed = make(asynchronous=True, buffer_size=64, max_catch_up_frames=8)
     slow = tracker.advance
@@ -409,6 +410,12 @@ def test_a_catch_up_slower_than_the_camera_still_ends_and_attaches_the_track(set
     assert p.state == PipelineState.TRACKING
     assert p.stats["catch_up_chases_stopped"] >= 1
     assert tracker.live[1].seq == p.buffer.latest().seq
+    # The chase and the final pass together stayed within the cap (one more frame when the live
+    # frame moved on after the budget was spent): a chase that went on round after round took
+    # the cores from the live tracking beside it for seconds after every grounding.
+    path = [seq for sid, seq, _ in tracker.advanced if sid == id(tracker.live[1])]
+    assert 1 <= len(path) <= 8 + 1, path
+    assert p.stats["catch_up_frames"] <= 8 + 1
 
 
 def test_track_history_stays_bounded(setup):
@@ -487,11 +494,11 @@ def test_a_restart_during_catch_up_is_counted_and_does_not_advise_raising_buffer
     gate, entered = threading.Event(), threading.Event()
     catch_up = p._catch_up
 
-    def gated_catch_up(state, upto):
+    def gated_catch_up(state, upto, budget, **kwargs):
         if upto is None:  # the worker's chase, after it checked that the command still holds
             entered.set()
             assert gate.wait(10)
-        return catch_up(state, upto)
+        return catch_up(state, upto, budget, **kwargs)
 
     p._catch_up = gated_catch_up
     try:
@@ -514,9 +521,76 @@ def test_a_restart_during_catch_up_is_counted_and_does_not_advise_raising_buffer
         assert "raise buffer_size" not in caplog.text
         assert p.stats["catch_up_gaps"] == 0
         # the object of the old stream was not carried on over the new stream's frames
-        assert all(seq < first_new_seq for _, seq in tracker.advanced), tracker.advanced
+        assert all(seq < first_new_seq for _, seq, _ in tracker.advanced), tracker.advanced
         assert p.stats["size_changes" if change == "size" else "time_resets"] == 1
         assert p.stats["grounding_failures"] == 0
     finally:
         gate.set()
         p.close()
+
+
+class RecordingEvent(threading.Event):
+    """The worker's pause: records each pause it is asked for and returns at once."""
+
+    def __init__(self):
+        super().__init__()
+        self.pauses = []
+
+    def wait(self, timeout=None):
+        self.pauses.append(timeout)
+        return False
+
+
+def test_the_worker_pauses_between_its_tracker_steps_only_while_tracks_are_live(setup, monkeypatch):
+    """With worker_duty 0.25 the grounding worker's tracker steps (candidate tracklets, the
+    catch-up chase) take at most a quarter of the time while something is tracked: after a step
+    that took t it pauses 3 t, so the live tracking beside it keeps the interpreter and the cores.
+    The first grounding, with nothing tracked yet, does not pause (the user waits for its first
+    mask), and neither do offline runs (asynchronous false)."""
+    import steerseg_ros.pipeline as pipeline_module
+
+    grounder, tracker, make = setup
+    clock = {"now": 0.0}
+    monkeypatch.setattr(pipeline_module.time, "perf_counter", lambda: clock["now"])
+    real_segment, real_advance = tracker.segment, tracker.advance
+
+    def segment(*args, **kwargs):
+        clock["now"] += 0.04  # every tracker call "takes" 40 ms on the fake clock
+        return real_segment(*args, **kwargs)
+
+    def advance(*args, **kwargs):
+        clock["now"] += 0.04
+        return real_advance(*args, **kwargs)
+
+    tracker.segment, tracker.advance = segment, advance
+    p, feed = make(asynchronous=True, regrounding_period_s=0.5, worker_duty=0.25)
+    pauses = p._paced._stop = RecordingEvent()
+    p.set_command("the cup")
+    deadline = time.monotonic() + 20
+    feed(3)
+    while p.state != PipelineState.TRACKING and time.monotonic() < deadline:
+        feed()
+        time.sleep(0.01)
+    assert p.state == PipelineState.TRACKING
+    assert pauses.pauses == []  # the first grounding ran unpaced
+    groundings = p.stats["groundings"]
+    while (p.stats["groundings"] == groundings or p.grounding_running()) and time.monotonic() < deadline:
+        feed()
+        time.sleep(0.01)
+    assert p.stats["groundings"] > groundings
+    # (start() took no time on the fake clock: a pause of 0 after it)
+    stepped = [pause for pause in pauses.pauses if pause > 0]
+    assert stepped and all(pause == pytest.approx(3 * 0.04) for pause in stepped), pauses.pauses
+
+    # Offline (inline grounding): never paced, whatever worker_duty says.
+    offline, feed_offline = make(worker_duty=0.25, regrounding_period_s=0.5)
+    offline_pauses = offline._paced._stop = RecordingEvent()
+    offline.set_command("the cup")
+    feed_offline(20)
+    assert offline.stats["groundings"] >= 2 and offline_pauses.pauses == []
+
+
+def test_worker_duty_must_be_a_share():
+    for bad in (0.0, -0.5, 1.5):
+        with pytest.raises(ValueError, match="worker_duty"):
+            config(worker_duty=bad).validate()
