@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -54,9 +55,16 @@ class GrounderNodeConfig:
         "and rehearsals. 0 in use.")})
     stats_period_s: float = field(default=5.0, metadata={"help": (
         "Publish /diagnostics this often (seconds); 0: never. Takes effect at the next configure.")})
+    nice: int = field(default=10, metadata={"help": (
+        "Scheduling niceness (0-19) this process takes at configure, for all its threads: on a "
+        "machine it shares with the tracker node, the tracker gets the cores first and masks keep "
+        "their rate while a grounding runs (the grounding takes longer instead). 0 on a machine of "
+        "its own. It only ever goes up (lowering it needs privileges).")})
 
     def validate(self) -> None:
         check_finite(self)
+        if not 0 <= self.nice <= 19:
+            raise ValueError(f"nice must be in [0, 19], got {self.nice}")
         if self.max_keyframes < 1:
             raise ValueError(f"max_keyframes must be >= 1, got {self.max_keyframes}")
         for name in ("max_request_mb", "delay_s", "stats_period_s"):
@@ -64,6 +72,29 @@ class GrounderNodeConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.max_request_mb <= 0:
             raise ValueError(f"max_request_mb must be > 0, got {self.max_request_mb}")
+
+
+def lower_priority(nice: int) -> int:
+    """Give every thread of this process at least niceness `nice`; returns the niceness now.
+
+    On Linux a niceness belongs to a thread, not to the process (os.nice and setpriority change
+    the calling thread only), and a new thread inherits its creator's. So the threads that exist
+    (DDS, executor) are set one by one from /proc/self/task, and those made later (the executor's
+    workers, torch's and OpenCV's pools) inherit it from them. Elsewhere only the calling thread
+    changes."""
+    if nice <= 0:
+        return os.getpriority(os.PRIO_PROCESS, 0)
+    try:
+        threads = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        threads = [0]
+    for tid in threads:
+        try:
+            if os.getpriority(os.PRIO_PROCESS, tid) < nice:
+                os.setpriority(os.PRIO_PROCESS, tid, nice)
+        except OSError:  # the thread ended meanwhile
+            pass
+    return os.getpriority(os.PRIO_PROCESS, 0)
 
 
 def grounder_backends() -> list[str]:
@@ -103,6 +134,7 @@ class GrounderNode(LifecycleNode):
         self._error: Optional[str] = None
         self._lifecycle = "unconfigured"
         self._last: dict[str, Any] = {}
+        self._niceness = os.getpriority(os.PRIO_PROCESS, 0)
         self._group = ReentrantCallbackGroup()
 
         for spec in static_specs():
@@ -169,8 +201,10 @@ class GrounderNode(LifecycleNode):
         if not self._declare_backend(name):
             raise RuntimeError(self._error)
         options = {spec.path[0]: self.get_parameter(spec.name).value for spec in backend_specs("grounder", name)}
+        niceness = lower_priority(self._config.nice)
         self._grounder = backends.make_grounder(name, options)
         self._backend = name
+        self._niceness = niceness
         self._start_timer()
         self._lifecycle = "inactive"
         self.get_logger().info(f"configured: grounder {name!r}")
@@ -305,7 +339,7 @@ class GrounderNode(LifecycleNode):
             level, message = DiagnosticStatus.ERROR, self._error
         else:
             level, message = DiagnosticStatus.OK, self._lifecycle
-        values = {"lifecycle": self._lifecycle, "grounder": self._backend, **self._last, **self.counters()}
+        values = {"lifecycle": self._lifecycle, "grounder": self._backend, "niceness": self._niceness, **self._last, **self.counters()}
         publish_status(self, self._pub_diagnostics, "grounding", level, message, values)
 
     @property
