@@ -73,6 +73,15 @@ def _score(recorder, manifest, names, gts) -> metrics.ObjectScore:
     return metrics.score_object("seq", 1, preds, truth)
 
 
+def _niceness(pid: int, tid: str):
+    """A thread's niceness from /proc (field 19 of its stat line), None when it has ended."""
+    try:
+        stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[16])
+
+
 def _live_ids(recorder) -> set[int]:
     with recorder.lock:
         return {t.id for m in recorder.tracks for t in m.tracks if t.state in (TrackState.TRACKING, TrackState.REGROUNDING)}
@@ -101,6 +110,11 @@ def test_two_processes_track_as_well_as_one(tmp_path, domain, recorder, davis_ro
             tmp_path, domain, recorder, {"stats_period_s": 0.1, "grounder": remote(image_format="png")}, frames, play,
             RATE, hold_while_grounding=True)
         grounder_log = grounder.text()
+        # On the machine it shares with the tracker the grounder yields the cores: every thread of
+        # its process (DDS, executor, the model's pools) runs at niceness 10 (the default `nice`).
+        niceness = {tid.name: _niceness(grounder.popen.pid, tid.name)
+                    for tid in Path(f"/proc/{grounder.popen.pid}/task").iterdir()}
+        assert niceness and all(n == 10 for n in niceness.values() if n is not None), niceness
     finally:
         assert grounder.stop() == 0, grounder.text()[-3000:]
     two = _score(recorder, manifest, names, gts)
