@@ -14,6 +14,11 @@ tracks, grounding results and RViz markers out.
 `grounder` names the grounding backend wherever grounding runs; the grounder node reads
 `grounder_params_file` (its model settings).
 
+With drawer:=true (the default) the drawing node `steerseg_drawer` runs beside the tracker node
+(modes all, tracker and single), in its own process: it draws `overlay` and `markers` from the
+camera image, `mask` and `tracks`, and the tracker node publishes neither (its `draw` is set
+false). With drawer:=false the tracker node draws them itself, when something subscribes.
+
 With an RGB-D camera, also depth_topic (depth registered to the colour image) and
 camera_info_topic (the colour camera's CameraInfo); the README lists them for the usual drivers.
 
@@ -109,6 +114,13 @@ def generate_launch_description():
                               description="Grounding backend: builtin, decaf or steerseg"),
         DeclareLaunchArgument("tracker", default_value="builtin",
                               description="Tracking backend: builtin, sam2 (transformers) or sam2_meta (Meta's sam2)"),
+        DeclareLaunchArgument("drawer", default_value="true", choices=["true", "false"],
+                              description="Start the drawing node (overlay and markers in their own "
+                                          "process); false: the tracker node draws them itself"),
+        DeclareLaunchArgument("drawer_params_file",
+                              default_value=os.path.join(share, "config", "drawer.yaml"),
+                              description="Parameters file of the drawing node (its section is "
+                                          "/**/steerseg_drawer)"),
         DeclareLaunchArgument("autostart", default_value="true",
                               description="Configure and activate the node at start-up"),
         DeclareLaunchArgument("rviz", default_value="false",
@@ -117,6 +129,8 @@ def generate_launch_description():
 
     def nodes(context):
         mode = LaunchConfiguration("nodes").perform(context)
+        drawer = LaunchConfiguration("drawer").perform(context) == "true" and mode != "grounder"
+        camera = [("image", camera_topic), ("image/compressed", [camera_topic, "/compressed"])]
         entities = []
         if mode in ("all", "tracker", "single"):
             tracker = LifecycleNode(
@@ -128,10 +142,9 @@ def generate_launch_description():
                 # The backend arguments come after the file, so they override it.
                 parameters=[params_file, {
                     "grounder.backend": LaunchConfiguration("grounder") if mode == "single" else "remote",
-                    "tracker.backend": LaunchConfiguration("tracker")}],
-                remappings=[
-                    ("image", camera_topic),
-                    ("image/compressed", [camera_topic, "/compressed"]),
+                    "tracker.backend": LaunchConfiguration("tracker"),
+                    "draw": not drawer}],
+                remappings=camera + [
                     ("command", command_topic),
                     ("depth", depth_topic),
                     ("camera_info", camera_info_topic),
@@ -149,6 +162,17 @@ def generate_launch_description():
                             {"grounder.backend": LaunchConfiguration("grounder")}],
             )
             entities += lifecycle_startup(grounder, autostart)
+        if drawer:
+            drawing = LifecycleNode(
+                package="steerseg_ros",
+                executable="steerseg_drawer",
+                name="steerseg_drawer",
+                namespace=namespace,
+                output="screen",
+                parameters=[LaunchConfiguration("drawer_params_file")],
+                remappings=camera,
+            )
+            entities += lifecycle_startup(drawing, autostart)
         return entities
 
     rviz = OpaqueFunction(function=_rviz, args=[os.path.join(share, "config", "steerseg.rviz")],

@@ -237,6 +237,15 @@ def test_default_arguments(env, tmp_path, recorder):
 
         hz = masks_arrive(env, tmp_path, recorder, "/camera/image_raw", "/mask")
         assert "average rate:" in hz, f"no masks on /mask:\n{hz[-2000:]}\n{launch.text()[-3000:]}"
+        # The drawing node runs beside them and draws the overlay (from the camera, /mask and
+        # /tracks, once something watches /overlay); the tracker node publishes no overlay itself.
+        assert lifecycle_state(env, "/steerseg_drawer", "active").startswith("active"), launch.text()[-3000:]
+        hz = masks_arrive(env, tmp_path, recorder, "/camera/image_raw", "/overlay")
+        assert "average rate:" in hz, f"no overlay on /overlay:\n{hz[-2000:]}\n{launch.text()[-3000:]}"
+        overlay_publishers = wait_for_cli(env, ("topic", "info", "--no-daemon", "--verbose", "/overlay"),
+                                          lambda out: "Node name: steerseg_drawer" in out)
+        assert "Node name: steerseg_drawer" in overlay_publishers and "Publisher count: 1" in overlay_publishers, \
+            overlay_publishers
 
         described = ros2(env, "param", "describe", "--no-daemon", "--timeout", "30", "/steerseg", "stats_period_s")
         assert described.returncode == 0, described.stderr
@@ -260,7 +269,7 @@ def test_remapped_topics_namespace_and_lifecycle_set(env, tmp_path, recorder):
         assert node in nodes(env, node).split(), launch.text()[-3000:]
         state = lifecycle_state(env, node, "unconfigured")
         assert state.startswith("unconfigured"), f"autostart:=false should leave it unconfigured: {state}"
-        for name in (node, "/robot1/steerseg_grounder"):
+        for name in (node, "/robot1/steerseg_grounder", "/robot1/steerseg_drawer"):
             for transition in ("configure", "activate"):
                 result = lifecycle_set(env, name, transition)
                 assert "Transitioning successful" in result, f"{name} {transition}: {result}"

@@ -294,8 +294,9 @@ def _colour(track_id: int, alpha: float = 1.0) -> ColorRGBA:
     return ColorRGBA(r=r / 255.0, g=g / 255.0, b=b / 255.0, a=alpha)
 
 
-def _label_text(view: TrackView) -> str:
-    return f"#{view.id} {view.label} {view.score:.2f}".replace("  ", " ")
+def _label_text(track: Any) -> str:
+    """'#id label score', as the overlay writes it (a Track message or a TrackView)."""
+    return f"#{track.id} {track.label} {track.score:.2f}".replace("  ", " ")
 
 
 def object_markers_3d(track_id: int, text: str, obj: Any, header: Header, alpha: float = 1.0,
@@ -328,12 +329,38 @@ def object_markers_3d(track_id: int, text: str, obj: Any, header: Header, alpha:
 def tracks_to_markers(views: Sequence[TrackView], header: Header, image_size: tuple[int, int],
                       config: Optional[MarkerConfig] = None, objects: Optional[Mapping[int, Any]] = None,
                       camera_header: Optional[Header] = None) -> MarkerArray:
-    """Markers for the live tracks on one frame, after a DELETEALL that clears the previous
-    frame's (so ended tracks disappear). image_size: (width, height). A track with a valid 3D
-    estimate in `objects` gets 3D markers in `camera_header`'s frame; the others get the
-    image-plane markers in `header`'s."""
+    """Markers for the given tracks on one frame (see markers_from_tracks); `objects` maps track
+    id -> Object3D in `camera_header`'s frame."""
+    frame_id = camera_header.frame_id if camera_header is not None else ""
+    msg = tracks_to_msg(views, header, objects if camera_header is not None else None, frame_id)
+    return markers_from_tracks(msg.tracks, header, image_size, config)
+
+
+def drawn_tracks(tracks: Iterable[Track]) -> list[Track]:
+    """The tracks the overlay and markers show: those with a confident mask on the frame
+    (TRACKING or REGROUNDING), the ones the label mask holds."""
+    return [t for t in tracks if t.state in (Track.STATE_TRACKING, Track.STATE_REGROUNDING)]
+
+
+@dataclass
+class _Box3D:
+    position: tuple
+    extent_min: tuple
+    extent_max: tuple
+
+
+def _point(p: Point) -> tuple[float, float, float]:
+    return float(p.x), float(p.y), float(p.z)
+
+
+def markers_from_tracks(tracks: Sequence[Track], header: Header, image_size: tuple[int, int],
+                        config: Optional[MarkerConfig] = None) -> MarkerArray:
+    """Markers for `tracks` (Track messages: what the tracker node publishes, so the tracker node
+    and the drawing node draw the same) on one frame, after a DELETEALL that clears the previous
+    frame's (so ended tracks disappear). image_size: (width, height). A track with a 3D position
+    gets 3D markers in its position_frame_id; the others get the image-plane markers in
+    `header`'s frame."""
     config = config or MarkerConfig()
-    objects = objects or {}
     width, height = image_size
     s = config.metres_per_pixel
 
@@ -341,34 +368,34 @@ def tracks_to_markers(views: Sequence[TrackView], header: Header, image_size: tu
         return Point(x=(u - width / 2.0) * s, y=(v - height / 2.0) * s, z=config.distance)
 
     markers = [Marker(header=header, ns=MARKER_NAMESPACE, action=Marker.DELETEALL)]
-    for view in views:
-        if view.state == TrackState.REPLACED or view.mask is None:
+    for t in tracks:
+        if t.state == Track.STATE_REPLACED or not t.mask_area:
             continue
-        area, (x, y, w, h), (cx, cy) = view.geometry()
-        if not area:
+        alpha = 0.4 if t.state == Track.STATE_LOST else 1.0
+        text = _label_text(t)
+        if t.has_position:
+            box3d = _Box3D(_point(t.position), _point(t.extent_min), _point(t.extent_max))
+            markers += object_markers_3d(t.id, text, box3d, Header(stamp=header.stamp, frame_id=t.position_frame_id),
+                                         alpha, config.text_height)
             continue
-        alpha = 0.4 if view.state == TrackState.LOST else 1.0
-        obj = objects.get(view.id)
-        if obj is not None and obj.valid and camera_header is not None:
-            markers += object_markers_3d(view.id, _label_text(view), obj, camera_header, alpha, config.text_height)
-            continue
-        colour = _colour(view.id, alpha)
+        x, y, w, h = t.bbox.x_offset, t.bbox.y_offset, t.bbox.width, t.bbox.height
+        colour = _colour(t.id, alpha)
         base = dict(header=header, ns=MARKER_NAMESPACE, action=Marker.ADD, lifetime=Duration())
-        box = Marker(id=view.id * 3, type=Marker.LINE_STRIP, color=colour, **base)
+        box = Marker(id=t.id * 3, type=Marker.LINE_STRIP, color=colour, **base)
         box.pose.orientation.w = 1.0
         box.scale.x = 2.0 * s  # a line two pixels wide
         box.points = [to_point(x, y), to_point(x + w, y), to_point(x + w, y + h), to_point(x, y + h), to_point(x, y)]
-        centre = Marker(id=view.id * 3 + 1, type=Marker.SPHERE, color=colour, **base)
-        centre.pose.position = to_point(cx, cy)
+        centre = Marker(id=t.id * 3 + 1, type=Marker.SPHERE, color=colour, **base)
+        centre.pose.position = to_point(t.centroid.x, t.centroid.y)
         centre.pose.orientation.w = 1.0
         centre.scale.x = centre.scale.y = centre.scale.z = max(8.0 * s, 0.01)
-        text = Marker(id=view.id * 3 + 2, type=Marker.TEXT_VIEW_FACING, color=colour, **base)
-        text.pose.position = to_point(x + w / 2.0, y)
-        text.pose.position.y -= config.text_height  # above the box (y points down)
-        text.pose.orientation.w = 1.0
-        text.scale.z = config.text_height
-        text.text = _label_text(view)
-        markers += [box, centre, text]
+        label = Marker(id=t.id * 3 + 2, type=Marker.TEXT_VIEW_FACING, color=colour, **base)
+        label.pose.position = to_point(x + w / 2.0, y)
+        label.pose.position.y -= config.text_height  # above the box (y points down)
+        label.pose.orientation.w = 1.0
+        label.scale.z = config.text_height
+        label.text = text
+        markers += [box, centre, label]
     return MarkerArray(markers=markers)
 
 

@@ -58,9 +58,9 @@ from steerseg_ros.ros import main_loop, parameters
 from steerseg_ros.ros.depth_input import DepthConfig, DepthInput, Frame3D
 from steerseg_ros.ros.image_conversion import (ImageBuffer, ImageConversionError, array_to_image, compressed_to_rgb,
                                                image_to_array, image_to_rgb)
-from steerseg_ros.ros.messages import (MarkerConfig, active_target, grounding_to_msg, header_at,
-                                       points_to_cloud, publish_status, stamp_to_ns, target_point_msg,
-                                       tracks_to_markers, tracks_to_msg)
+from steerseg_ros.ros.messages import (MarkerConfig, active_target, drawn_tracks, grounding_to_msg, header_at,
+                                       markers_from_tracks, points_to_cloud, publish_status, stamp_to_ns,
+                                       target_point_msg, tracks_to_msg)
 
 NODE_NAME = "steerseg"
 # Relative topic names (remappable): what the node subscribes and publishes. /diagnostics is
@@ -97,6 +97,11 @@ class NodeConfig:
     image_qos: str = field(default="sensor_data", metadata={"help": (
         "QoS of the camera subscription: sensor_data (best effort, keep last 5) or reliable "
         "(reliable, keep last 5). Takes effect at the next activate.")})
+    draw: bool = field(default=True, metadata={"help": (
+        "Draw the overlay and the markers in this node (when something subscribes to them). The "
+        "launch file sets it false when it starts the drawing node (steerseg_drawer), which draws "
+        "them in its own process from the camera image, the mask and the tracks; this node then "
+        "publishes neither. Takes effect at the next activate.")})
     overlay_alpha: float = field(default=0.5, metadata={"help": "Opacity of the mask tint in the overlay image."})
     draw_unsubscribed: bool = field(default=False, metadata={"help": (
         "Draw and publish the overlay and markers even when nothing subscribes to them (they cost "
@@ -191,18 +196,18 @@ def output_messages(output: PipelineOutput, header: Header, rgb: np.ndarray, ove
     visible = output.visible_tracks()
     objects = frame3d.objects if frame3d is not None else {}
     camera_header = header_at(stamp_to_ns(header.stamp), frame3d.frame_id) if frame3d is not None else None
-    out: list[tuple[str, Any]] = [
-        ("mask", array_to_image(output.label_image(), "mono8", header)),
-        ("tracks", tracks_to_msg(output.tracks, header, objects, frame3d.frame_id if frame3d else "")),
-    ]
+    label = output.label_image()
+    tracks = tracks_to_msg(output.tracks, header, objects, frame3d.frame_id if frame3d else "")
+    out: list[tuple[str, Any]] = [("mask", array_to_image(label, "mono8", header)), ("tracks", tracks)]
+    # Drawn from the published label mask and tracks, as the drawing node draws them.
+    drawn = drawn_tracks(tracks.tracks) if overlay or markers else []
     if overlay and overlay_buffer is not None:
-        render.overlay(rgb, visible, overlay_alpha, out=overlay_buffer.view(rgb.shape))
+        render.overlay_labels(rgb, label, drawn, overlay_alpha, out=overlay_buffer.view(rgb.shape))
         out.append(("overlay", overlay_buffer.message("bgr8", header)))
     elif overlay:
-        out.append(("overlay", array_to_image(render.overlay(rgb, visible, overlay_alpha), "bgr8", header)))
+        out.append(("overlay", array_to_image(render.overlay_labels(rgb, label, drawn, overlay_alpha), "bgr8", header)))
     if markers:
-        out.append(("markers", tracks_to_markers(visible, header, (rgb.shape[1], rgb.shape[0]), marker_config,
-                                                 objects, camera_header)))
+        out.append(("markers", markers_from_tracks(drawn, header, (rgb.shape[1], rgb.shape[0]), marker_config)))
     out += _messages_3d(visible, frame3d, camera_header, object_points)
     out += [("grounding", grounding_to_msg(result)) for result in output.groundings]
     return out
@@ -604,11 +609,12 @@ class SteerSegNode(LifecycleNode):
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self._pubs = {
             "mask": self.create_publisher(Image, "mask", images_out),
-            "overlay": self.create_publisher(Image, "overlay", images_out),
             "tracks": self.create_publisher(TrackArray, "tracks", reliable),
             "grounding": self.create_publisher(GroundingResultMsg, "grounding", latched),
-            "markers": self.create_publisher(MarkerArray, "markers", reliable),
         }
+        if config.draw:
+            self._pubs["overlay"] = self.create_publisher(Image, "overlay", images_out)
+            self._pubs["markers"] = self.create_publisher(MarkerArray, "markers", reliable)
         if config.image_qos == "sensor_data":
             camera_qos = qos_profile_sensor_data
         else:
@@ -828,10 +834,13 @@ class SteerSegNode(LifecycleNode):
         if not pubs:
             return
         draw_all = self._node_config.draw_unsubscribed
+
+        def wanted(topic: str) -> bool:
+            return topic in pubs and (draw_all or pubs[topic].get_subscription_count() > 0)
+
         messages = output_messages(
             output, header, rgb, self._node_config.overlay_alpha, self._markers,
-            overlay=draw_all or pubs["overlay"].get_subscription_count() > 0,
-            markers=draw_all or pubs["markers"].get_subscription_count() > 0,
+            overlay=wanted("overlay"), markers=wanted("markers"),
             frame3d=frame3d,
             object_points="object_points" in pubs and pubs["object_points"].get_subscription_count() > 0,
             overlay_buffer=self._overlay_buffer)
