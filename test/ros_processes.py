@@ -135,6 +135,7 @@ class Recorder:
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
+        self.spin_error = ""
         self._thread = threading.Thread(target=self._spin, daemon=True)
         self._thread.start()
 
@@ -143,8 +144,13 @@ class Recorder:
 
         try:
             self.executor.spin()
-        except (ExternalShutdownException, Exception):
+        except ExternalShutdownException:
             pass
+        except Exception as e:  # a test's callback failed: say so, or the test only sees silence
+            import traceback
+
+            self.spin_error = "".join(traceback.format_exception(e))
+            print(f"the recorder stopped spinning: {self.spin_error}", flush=True)
 
     def _on_mask(self, msg) -> None:
         from steerseg_ros.ros.image_conversion import image_to_array
@@ -252,7 +258,7 @@ def play_through_node(tmp_path: Path, domain: int, recorder: "Recorder", node_pa
         manifest = [json.loads(line) for line in manifest_path.read_text().splitlines()]
         assert manifest, "steerseg-play published nothing"
         last = manifest[-1]["stamp_ns"]
-        assert wait_until(lambda: last in recorder.masks, 60.0), "no mask for the last frame"
+        assert wait_until(lambda: last in recorder.masks, 60.0), f"no mask for the last frame {recorder.spin_error}"
         if until is not None:
             assert wait_until(until, until_timeout), f"{recorder.counters()}\n{node.text()[-3000:]}"
         counters = recorder.counters()

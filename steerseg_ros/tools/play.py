@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed-topic", default="seed_mask")
     parser.add_argument("--wait-subscribers", type=float, default=10.0,
                         help="wait up to this many seconds for a subscriber on each topic before the first frame (0: no wait)")
+    parser.add_argument("--min-subscribers", type=int, default=1,
+                        help="the number of subscribers to wait for on the camera image topic (e.g. 2: the "
+                             "tracker and the drawing node), up to --wait-subscribers seconds")
     parser.add_argument("--wait-all", action="store_true",
                         help="with --bag: wait for subscribers on depth and camera_info too, not only on the image")
     parser.add_argument("--linger", type=float, default=1.0,
@@ -86,13 +89,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _wait_for_subscribers(publishers, timeout: float) -> bool:
+def _wait_for_subscribers(publishers, timeout: float, images: int = 1) -> bool:
+    """Wait until every publisher has a subscriber, the camera image publisher (the first)
+    `images` of them (--min-subscribers)."""
+    def heard() -> bool:
+        return all(p.get_subscription_count() >= (images if i == 0 else 1) for i, p in enumerate(publishers))
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if all(p.get_subscription_count() > 0 for p in publishers):
+        if heard():
             return True
         time.sleep(0.05)
-    return all(p.get_subscription_count() > 0 for p in publishers)
+    return heard()
 
 
 class _Answers:
@@ -182,7 +190,7 @@ def play(args: argparse.Namespace, node) -> int:
         seed = ((seed > 0) * 255).astype("uint8")
 
     publishers = [p for p in (image_pub, command_pub, seed_pub) if p is not None]
-    if args.wait_subscribers > 0 and not _wait_for_subscribers(publishers, args.wait_subscribers):
+    if args.wait_subscribers > 0 and not _wait_for_subscribers(publishers, args.wait_subscribers, args.min_subscribers):
         log.warning(f"no subscriber on some topic after {args.wait_subscribers:.1f} s; publishing anyway")
     answers = _Answers(node, args.answer_topic) if args.lockstep else None
     if answers is not None and not answers.wait_for_publisher(max(args.wait_subscribers, 1.0)):
@@ -283,7 +291,7 @@ def play_bag(args: argparse.Namespace, node) -> int:
     # input still runs. --wait-all waits for depth and camera_info subscribers too.
     waited = list(pubs.values()) if args.wait_all else [pubs["colour"]]
     waited += [command_pub] if command_pub is not None else []
-    if args.wait_subscribers > 0 and not _wait_for_subscribers(waited, args.wait_subscribers):
+    if args.wait_subscribers > 0 and not _wait_for_subscribers(waited, args.wait_subscribers, args.min_subscribers):
         log.warning(f"no subscriber on some topic after {args.wait_subscribers:.1f} s; publishing anyway")
 
     scale = 1.0
