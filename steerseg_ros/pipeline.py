@@ -225,8 +225,8 @@ class PipelineOutput:
         label image and the overlay show. LOST tracks and tracks that ended here are left out."""
         return [t for t in self.tracks if t.state in (TrackState.TRACKING, TrackState.REGROUNDING)]
 
-    def label_image(self) -> np.ndarray:
-        return label_image((self.frame.height, self.frame.width), self.visible_tracks())
+    def label_image(self, out: Optional[np.ndarray] = None) -> np.ndarray:
+        return label_image((self.frame.height, self.frame.width), self.visible_tracks(), out)
 
 
 @dataclass

@@ -33,12 +33,18 @@ def colour_bgr(track_id: int) -> tuple[int, int, int]:
     return int(b * 255), int(g * 255), int(r * 255)
 
 
-def label_image(shape: tuple[int, int], tracks: Iterable[Drawable]) -> np.ndarray:
-    """HxW uint8: 0 background, each track's mask painted with its label value (in order)."""
-    out = np.zeros(shape, np.uint8)
+def label_image(shape: tuple[int, int], tracks: Iterable[Drawable], out: Optional[np.ndarray] = None) -> np.ndarray:
+    """HxW uint8: 0 background, each track's mask painted with its label value (in order).
+    `out`: an HxW uint8 array to paint into (e.g. the memory of the message that will carry it)."""
+    if out is None:
+        out = np.zeros(shape, np.uint8)
+    else:
+        if out.shape != tuple(shape) or out.dtype != np.uint8:
+            raise ValueError(f"out must be a {tuple(shape)} uint8 array, got {out.dtype} {out.shape}")
+        out.fill(0)
     for t in tracks:
         if t.mask is not None:
-            out[t.mask] = t.label_value
+            np.copyto(out, t.label_value, where=t.mask)
     return out
 
 

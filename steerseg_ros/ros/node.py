@@ -185,20 +185,26 @@ def write_default_params(path: str, grounder: str = "builtin", tracker: str = "b
 def output_messages(output: PipelineOutput, header: Header, rgb: np.ndarray, overlay_alpha: float = 0.5,
                     marker_config: Optional[MarkerConfig] = None, overlay: bool = True,
                     markers: bool = True, frame3d: Optional[Frame3D] = None,
-                    object_points: bool = False, overlay_buffer: Optional[ImageBuffer] = None) -> list[tuple[str, Any]]:
+                    object_points: bool = False, overlay_buffer: Optional[ImageBuffer] = None,
+                    mask_buffer: Optional[ImageBuffer] = None) -> list[tuple[str, Any]]:
     """The (topic, message) pairs the node publishes for one processed frame, all stamped with
     the frame's header: the label mask, the tracks, optionally the overlay and the markers, and
     the groundings that finished since the previous frame. With `frame3d` (the frame's 3D step)
     the tracks carry their 3D, the markers are drawn in 3D, and the active target goes out on
     target_point (and the tracks' points on object_points when `object_points`). With
-    `overlay_buffer` the overlay is drawn straight into that reused message memory (publish the
-    messages before the next call)."""
+    `overlay_buffer` the overlay is drawn straight into that reused message memory, and with
+    `mask_buffer` the label mask (publish the messages before the next call)."""
     visible = output.visible_tracks()
     objects = frame3d.objects if frame3d is not None else {}
     camera_header = header_at(stamp_to_ns(header.stamp), frame3d.frame_id) if frame3d is not None else None
-    label = output.label_image()
+    if mask_buffer is not None:
+        label = output.label_image(mask_buffer.view((output.frame.height, output.frame.width)))
+        mask = mask_buffer.message("mono8", header)
+    else:
+        label = output.label_image()
+        mask = array_to_image(label, "mono8", header)
     tracks = tracks_to_msg(output.tracks, header, objects, frame3d.frame_id if frame3d else "")
-    out: list[tuple[str, Any]] = [("mask", array_to_image(label, "mono8", header)), ("tracks", tracks)]
+    out: list[tuple[str, Any]] = [("mask", mask), ("tracks", tracks)]
     # Drawn from the published label mask and tracks, as the drawing node draws them.
     drawn = drawn_tracks(tracks.tracks) if overlay or markers else []
     if overlay and overlay_buffer is not None:
@@ -359,6 +365,7 @@ class SteerSegNode(LifecycleNode):
         self._params_dirty = threading.Event()
         self._pubs: dict[str, Any] = {}
         self._overlay_buffer = ImageBuffer()  # used by the processing thread only
+        self._mask_buffer = ImageBuffer()  # the same
         self._subs: list = []
         self._stats_timer = None
         self._frame_times: collections.deque[float] = collections.deque(maxlen=200)
@@ -843,7 +850,7 @@ class SteerSegNode(LifecycleNode):
             overlay=wanted("overlay"), markers=wanted("markers"),
             frame3d=frame3d,
             object_points="object_points" in pubs and pubs["object_points"].get_subscription_count() > 0,
-            overlay_buffer=self._overlay_buffer)
+            overlay_buffer=self._overlay_buffer, mask_buffer=self._mask_buffer)
         for topic, msg in messages:
             pubs[topic].publish(msg)
         self._follow_update(output, dict(messages)["tracks"])

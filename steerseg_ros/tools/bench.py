@@ -167,6 +167,7 @@ def node_overhead(args: argparse.Namespace) -> dict[str, Any]:
 
     tracker.step = timed_step
     overlay_buffer = ImageBuffer()  # as the node draws: into reused message memory
+    mask_buffer = ImageBuffer()
     parts: dict[str, list[float]] = {k: [] for k in ("convert_in", "pipeline_other", "messages", "serialise",
                                                      "messages_undrawn", "serialise_undrawn")}
     # Process CPU time too: on a shared, loaded machine wall times stretch with the load, CPU
@@ -183,13 +184,13 @@ def node_overhead(args: argparse.Namespace) -> dict[str, Any]:
             if i == 0:
                 output.tracks.append(pipeline.seed_mask(masks[0], output.frame.stamp_ns))
             step = step_times[-1] if len(step_times) > n_steps else 0.0
-            outgoing = output_messages(output, msg.header, rgb, overlay_buffer=overlay_buffer)
+            outgoing = output_messages(output, msg.header, rgb, overlay_buffer=overlay_buffer, mask_buffer=mask_buffer)
             t3 = time.perf_counter()
             for _, m in outgoing:
                 serialize_message(m)
             t4, c4 = time.perf_counter(), time.process_time()
             # What the node does when nobody subscribes to the overlay and the markers.
-            undrawn = output_messages(output, msg.header, rgb, overlay=False, markers=False)
+            undrawn = output_messages(output, msg.header, rgb, overlay=False, markers=False, mask_buffer=mask_buffer)
             t5 = time.perf_counter()
             for _, m in undrawn:
                 serialize_message(m)
