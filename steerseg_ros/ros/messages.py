@@ -15,9 +15,10 @@ image carries the same ids, labels and masks for the Image displays.
 
 With depth, a track whose 3D estimate is valid on the frame gets 3D markers instead, in the
 colour camera's optical frame (camera_info's frame_id): a translucent box (CUBE) over its 3D
-extent, a sphere at its position and the text label above the box (`object_markers_3d`, which a
-separate drawing node can call too). The 3D fields of `Track`, the `target_point` message and
-the `object_points` cloud are built here as well.
+extent, a sphere at its position and the text label above the box (`object_markers_3d`). The
+markers are made from the Track messages (`markers_from_tracks`), so that the tracker node and
+the drawing node, which has only what the tracker published, draw the same. The 3D fields of
+`Track`, the `target_point` message and the `object_points` cloud are built here as well.
 """
 from __future__ import annotations
 

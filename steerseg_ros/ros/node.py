@@ -1,5 +1,6 @@
-"""The ROS 2 node: camera frames and language commands in; label masks, overlays, tracks,
-grounding results and RViz markers out, at camera rate. With depth and camera_info (optional,
+"""The ROS 2 tracker node: camera frames and language commands in; label masks, tracks,
+grounding results (and, unless the drawing node draws them, `draw` false, overlays and RViz
+markers) out, at camera rate. With depth and camera_info (optional,
 see steerseg_ros.ros.depth_input) the tracks carry 3D, and target_point and object_points go out.
 
 Owns `SteerSegNode` (the lifecycle node `steerseg`) and `main()`: its parameters (declared from
