@@ -21,6 +21,9 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 NODE_NAME = "steerseg"
+# The state each lifecycle transition leads to when it succeeds.
+TRANSITION_GOALS = {"configure": "inactive", "activate": "active", "deactivate": "inactive",
+                    "cleanup": "unconfigured", "shutdown": "finalized"}
 
 
 def random_domain_id() -> int:
@@ -212,8 +215,30 @@ class Recorder:
             done = threading.Event()
             future.add_done_callback(lambda _f: done.set())
             if not done.wait(timeout):
-                return False
+                # Fast DDS may drop a service response when the client's response reader is not
+                # matched yet ("failed to send response (timeout)", seen in CI): the transition
+                # happened all the same. The node's state says whether it did.
+                return self.state(timeout=15.0) == TRANSITION_GOALS.get(transition)
             return bool(future.result().success)
+        finally:
+            self.node.destroy_client(client)
+
+    def state(self, timeout: float = 15.0) -> Optional[str]:
+        """The node's lifecycle state label ("unconfigured", "inactive", "active", ...), or None."""
+        from lifecycle_msgs.srv import GetState
+
+        client = self.node.create_client(GetState, f"/{NODE_NAME}/get_state")
+        try:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if not client.wait_for_service(timeout_sec=max(0.1, deadline - time.monotonic())):
+                    return None
+                future = client.call_async(GetState.Request())
+                done = threading.Event()
+                future.add_done_callback(lambda _f: done.set())
+                if done.wait(min(3.0, max(0.1, deadline - time.monotonic()))):
+                    return future.result().current_state.label
+            return None
         finally:
             self.node.destroy_client(client)
 

@@ -231,7 +231,7 @@ def test_default_arguments(env, tmp_path, recorder):
         assert lifecycle_state(env, "/steerseg_grounder", "active").startswith("active")
         backend = ros2(env, "param", "get", "--no-daemon", "--timeout", "30", "/steerseg", "grounder.backend")
         assert backend.stdout.strip() == "String value is: remote", backend.stdout + backend.stderr
-        listed = topics(env, {"/camera/image_raw", "/command", "/mask", "/tracks"})
+        listed = topics(env, {"/camera/image_raw", "/command", "/mask", "/tracks", "/overlay", "/markers"})
         assert {"/camera/image_raw", "/command", "/mask", "/overlay", "/tracks", "/markers", "/grounding",
                 "/diagnostics"} <= listed, listed
 
