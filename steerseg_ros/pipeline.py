@@ -80,9 +80,11 @@ class PipelineConfig:
     """The streaming logic's settings; every field's help text is in its metadata (the node
     declares one ROS parameter per field, `pipeline.<field>`)."""
 
-    buffer_size: int = field(default=64, metadata={"help": (
+    buffer_size: int = field(default=128, metadata={"help": (
         "Frames kept for keyframes and catch-up; must cover the keyframe window plus the grounding "
-        "latency at camera rate.")})
+        "latency at camera rate (128: 4.3 s at 30 fps, the 3 s window and 1.3 s to ground; a "
+        "re-grounding whose chosen keyframe left the buffer is discarded). Memory: width x height "
+        "x 3 bytes per frame (157 MB at 854x480).")})
     keyframes: KeyframeConfig = field(default_factory=KeyframeConfig, metadata={"help": "Keyframe selection."})
     min_keyframes: int = field(default=4, metadata={"help": "Grounding waits until this many keyframes can be chosen."})
     regrounding_period_s: float = field(default=5.0, metadata={"help": (
@@ -341,9 +343,12 @@ class Pipeline:
         self._wake = threading.Condition(self._lock)
         self._closed = False
         self._closing = threading.Event()  # ends the worker's pauses at once
+        # The oldest buffered frame the worker still needs (its keyframes, then the frame its
+        # catch-up has reached): its pauses stop before that frame would leave the buffer.
+        self._needed_seq: Optional[int] = None
         self._paced = _PacedTracker(
             tracker, lambda: self.config.worker_duty if self.config.asynchronous else 1.0,
-            lambda: bool(self._tracks), self._closing)
+            self._pace_now, self._closing)
         self._worker: Optional[threading.Thread] = None
         if self.config.asynchronous:
             self._worker = threading.Thread(target=self._work, name="steerseg-grounding", daemon=True)
@@ -650,6 +655,7 @@ class Pipeline:
 
     def _run_job(self, job: _Job) -> None:
         try:
+            self._needed_seq = None
             self._ground_and_attach(job)
         except GroundingError as e:
             self.stats["grounding_failures"] += 1
@@ -670,6 +676,7 @@ class Pipeline:
         result.validate()
         if self._stale(job):
             return
+        self._needed_seq = result.keyframes[0].seq
         chosen = tracklets.select(result, self._paced, self.config.selection)
         if self._stale(job) or self._expired(job, result, chosen):
             return
@@ -685,6 +692,7 @@ class Pipeline:
         seeds = []
         for cand in chosen:
             keyframe = result.keyframes[cand.keyframe_index]
+            self._needed_seq = keyframe.seq
             state = self._paced.start(keyframe, mask=cand.mask)
             budget = [self.config.max_catch_up_frames]
             self._catch_up(state, upto=None, budget=budget, tracker=self._paced)
@@ -695,6 +703,19 @@ class Pipeline:
             for cand, keyframe, state, budget in seeds:
                 self._catch_up(state, upto=self._last_stepped_seq, budget=budget)
             self._reconcile(job, result, [seed[:3] for seed in seeds])
+
+    def _pace_now(self) -> bool:
+        """Whether the worker pauses after a tracker step: only while a confident track's live
+        masks are there to protect (not for a first grounding, nor when every track is LOST),
+        and only while the oldest frame it still needs is in the newer three quarters of the
+        buffer. A re-grounding whose keyframe left the buffer is discarded, so pausing must never
+        cost the re-grounding itself; past that point the worker runs at full speed."""
+        if not any(t.state != TrackState.LOST for t in list(self._tracks.values())):
+            return False
+        latest, needed = self.buffer.latest(), self._needed_seq
+        if latest is None or needed is None:
+            return True
+        return latest.seq - needed < self.buffer.capacity * 3 // 4
 
     def _job_current(self, job: _Job) -> bool:
         with self._lock:
@@ -775,6 +796,8 @@ class Pipeline:
                 frames = [frames[i] for i in np.linspace(0, len(frames) - 1, cap).round().astype(int)]
             budget[0] -= len(frames)
             for f in frames:
+                if upto is None:
+                    self._needed_seq = f.seq
                 state.result = tracker.advance(state, f)
                 state.seq = f.seq
                 self.stats["catch_up_frames"] += 1

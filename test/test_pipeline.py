@@ -594,3 +594,27 @@ def test_worker_duty_must_be_a_share():
     for bad in (0.0, -0.5, 1.5):
         with pytest.raises(ValueError, match="worker_duty"):
             config(worker_duty=bad).validate()
+
+
+def test_the_worker_does_not_pause_when_nothing_confident_is_tracked_or_its_frames_are_about_to_go(setup):
+    """Pausing protects live masks; it must never cost the grounding itself. With every track
+    LOST there are no live masks to protect; and once the oldest frame the worker still needs is
+    in the oldest quarter of the buffer, a pause could make its keyframe leave the buffer (and the
+    re-grounding be discarded): the worker then runs at full speed."""
+    grounder, tracker, make = setup
+    p, feed = make(asynchronous=True, regrounding_period_s=0.0, buffer_size=32)
+    p.set_command("the cup")
+    deadline = time.monotonic() + 20
+    while p.state != PipelineState.TRACKING and time.monotonic() < deadline:
+        feed()
+        time.sleep(0.01)
+    feed(10)
+    (track,) = p._tracks.values()
+    latest = p.buffer.latest().seq
+    p._needed_seq = latest - 5
+    assert p._pace_now()  # a confident track, the needed frame well inside the buffer
+    p._needed_seq = latest - 24  # the oldest quarter of 32 frames
+    assert not p._pace_now()
+    p._needed_seq = latest - 5
+    track.state = TrackState.LOST
+    assert not p._pace_now()
