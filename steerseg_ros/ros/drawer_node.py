@@ -20,8 +20,8 @@ from typing import Any, Optional
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.executors import SingleThreadedExecutor
-from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.lifecycle import LifecycleNode
+from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 from visualization_msgs.msg import MarkerArray
 
@@ -29,9 +29,11 @@ from steerseg_ros import render
 from steerseg_ros.config_checks import check_finite
 from steerseg_ros.msg import TrackArray
 from steerseg_ros.ros import main_loop, parameters
+from steerseg_ros.ros.lifecycle import GuardedTransitions
 from steerseg_ros.ros.image_conversion import (ImageBuffer, ImageConversionError, array_to_image, compressed_to_rgb,
                                                image_to_array, image_to_rgb)
 from steerseg_ros.ros.messages import MarkerConfig, drawn_tracks, markers_from_tracks, publish_status, stamp_to_ns
+from steerseg_ros.ros.node import RosLogHandler, input_qos, validate_camera_options
 
 NODE_NAME = "steerseg_drawer"
 PARTS = ("image", "mask", "tracks")
@@ -60,12 +62,7 @@ class DrawerConfig:
 
     def validate(self) -> None:
         check_finite(self)
-        if self.image_transport not in ("raw", "compressed"):
-            raise ValueError(f"image_transport must be raw or compressed, got {self.image_transport!r}")
-        if self.image_qos not in ("sensor_data", "reliable"):
-            raise ValueError(f"image_qos must be sensor_data or reliable, got {self.image_qos!r}")
-        if not 0.0 <= self.overlay_alpha <= 1.0:
-            raise ValueError(f"overlay_alpha must be in [0, 1], got {self.overlay_alpha}")
+        validate_camera_options(self)
         if self.queue_size < 1:
             raise ValueError(f"queue_size must be >= 1, got {self.queue_size}")
         if self.stats_period_s < 0:
@@ -144,11 +141,9 @@ def write_default_params(path: str) -> None:
         f.write(parameters.render_yaml(f"/**/{NODE_NAME}", static_specs(), header))
 
 
-class DrawerNode(LifecycleNode):
+class DrawerNode(GuardedTransitions, LifecycleNode):
     def __init__(self, node_name: str = NODE_NAME, **kwargs):
         super().__init__(node_name, **kwargs)
-        from steerseg_ros.ros.node import RosLogHandler
-
         self._log_handler = RosLogHandler.attach(self.get_logger())
         self._counts: collections.Counter = collections.Counter()
         self._lock = threading.Lock()
@@ -172,36 +167,12 @@ class DrawerNode(LifecycleNode):
 
         config, markers = build(DrawerConfig, ""), build(MarkerConfig, "markers")
         config.validate()
-        check_finite(markers, "markers.")
-        if min(markers.distance, markers.focal_length_px, markers.text_height) <= 0:
-            raise ValueError("markers.distance, markers.focal_length_px and markers.text_height must be > 0")
+        markers.validate()
         return config, markers
 
-    # ---- lifecycle ----------------------------------------------------------------------------
-    def _transition(self, name: str, body) -> TransitionCallbackReturn:
-        try:
-            body()
-            return TransitionCallbackReturn.SUCCESS
-        except Exception as e:
-            self._error = f"{name} failed: {e}"
-            self.get_logger().error(self._error)
-            self._publish_diagnostics()
-            return TransitionCallbackReturn.FAILURE
-
-    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        return self._transition("configure", self._configure)
-
-    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        return self._transition("activate", self._activate)
-
-    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        return self._transition("deactivate", self._deactivate)
-
-    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        return self._transition("cleanup", self._cleanup)
-
-    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        return self._transition("shutdown", self.close)
+    # ---- lifecycle (transitions guarded by lifecycle.GuardedTransitions) ----------------------
+    def _shutdown(self) -> None:
+        self.close()
 
     def _configure(self) -> None:
         self._error = None
@@ -273,8 +244,7 @@ class DrawerNode(LifecycleNode):
     def _subscribe(self) -> None:
         config = self._config
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        camera_qos = qos_profile_sensor_data if config.image_qos == "sensor_data" else QoSProfile(
-            depth=5, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+        camera_qos = input_qos(config.image_qos)
         if config.image_transport == "compressed":
             camera = self.create_subscription(CompressedImage, "image/compressed", lambda m: self._on("image", m),
                                               camera_qos)

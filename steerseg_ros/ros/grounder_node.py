@@ -24,7 +24,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.executors import MultiThreadedExecutor
-from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.lifecycle import LifecycleNode
 from rclpy.parameter import Parameter
 
 from steerseg_ros import backends
@@ -33,6 +33,7 @@ from steerseg_ros.buffer import Frame
 from steerseg_ros.config_checks import check_finite
 from steerseg_ros.grounding.base import GroundingError, ModelUnavailableError
 from steerseg_ros.ros import main_loop, parameters
+from steerseg_ros.ros.lifecycle import GuardedTransitions
 from steerseg_ros.ros.image_conversion import ImageConversionError, compressed_to_rgb
 from steerseg_ros.ros.messages import grounding_to_ground_result, publish_status, stamp_to_ns
 from steerseg_ros.ros.node import RosLogHandler, backend_specs
@@ -121,7 +122,7 @@ def write_default_params(path: str, grounder: str = "builtin") -> None:
                                        header))
 
 
-class GrounderNode(LifecycleNode):
+class GrounderNode(GuardedTransitions, LifecycleNode):
     def __init__(self, node_name: str = NODE_NAME, **kwargs):
         super().__init__(node_name, **kwargs)
         self._log_handler = RosLogHandler.attach(self.get_logger())
@@ -168,31 +169,9 @@ class GrounderNode(LifecycleNode):
         config.validate()
         return config
 
-    # ---- lifecycle ----------------------------------------------------------------------------
-    def _transition(self, name: str, body) -> TransitionCallbackReturn:
-        try:
-            body()
-            return TransitionCallbackReturn.SUCCESS
-        except Exception as e:
-            self._error = f"{name} failed: {e}"
-            self.get_logger().error(self._error)
-            self._publish_diagnostics()
-            return TransitionCallbackReturn.FAILURE
-
-    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        return self._transition("configure", self._configure)
-
-    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        return self._transition("activate", self._activate)
-
-    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        return self._transition("deactivate", self._deactivate)
-
-    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        return self._transition("cleanup", self._cleanup)
-
-    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        return self._transition("shutdown", self.close)
+    # ---- lifecycle (transitions guarded by lifecycle.GuardedTransitions) ----------------------
+    def _shutdown(self) -> None:
+        self.close()
 
     def _configure(self) -> None:
         self._error = None

@@ -289,6 +289,13 @@ class MarkerConfig:
     def metres_per_pixel(self) -> float:
         return self.distance / self.focal_length_px
 
+    def validate(self) -> None:
+        from steerseg_ros.config_checks import check_finite
+
+        check_finite(self, "markers.")
+        if self.distance <= 0 or self.focal_length_px <= 0 or self.text_height <= 0:
+            raise ValueError("markers.distance, markers.focal_length_px and markers.text_height must be > 0")
+
 
 def _colour(track_id: int, alpha: float = 1.0) -> ColorRGBA:
     b, g, r = colour_bgr(track_id)

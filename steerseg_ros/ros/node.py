@@ -28,7 +28,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
@@ -56,6 +56,7 @@ from steerseg_ros.msg import TrackArray
 from steerseg_ros.pipeline import (FrameRejected, Pipeline, PipelineConfig, PipelineOutput, SeedRejected,
                                    TargetLimitError)
 from steerseg_ros.ros import main_loop, parameters
+from steerseg_ros.ros.lifecycle import GuardedTransitions
 from steerseg_ros.ros.depth_input import DepthConfig, DepthInput, Frame3D
 from steerseg_ros.ros.image_conversion import (ImageBuffer, ImageConversionError, array_to_image, compressed_to_rgb,
                                                image_to_array, image_to_rgb)
@@ -116,22 +117,30 @@ class NodeConfig:
 
     def validate(self) -> None:
         check_finite(self)
-        if self.image_transport not in ("raw", "compressed"):
-            raise ValueError(f"image_transport must be raw or compressed, got {self.image_transport!r}")
-        if self.image_qos not in ("sensor_data", "reliable"):
-            raise ValueError(f"image_qos must be sensor_data or reliable, got {self.image_qos!r}")
-        if not 0.0 <= self.overlay_alpha <= 1.0:
-            raise ValueError(f"overlay_alpha must be in [0, 1], got {self.overlay_alpha}")
+        validate_camera_options(self)
         if self.stats_period_s < 0:
             raise ValueError(f"stats_period_s must be >= 0, got {self.stats_period_s}")
         if not self.follow_feedback_hz > 0:
             raise ValueError(f"follow_feedback_hz must be > 0, got {self.follow_feedback_hz}")
 
 
-def _validate_markers(config: MarkerConfig) -> None:
-    check_finite(config, "markers.")
-    if config.distance <= 0 or config.focal_length_px <= 0 or config.text_height <= 0:
-        raise ValueError("markers.distance, markers.focal_length_px and markers.text_height must be > 0")
+def validate_camera_options(config: Any) -> None:
+    """The camera and drawing options the tracker node and the drawing node share:
+    image_transport, image_qos and overlay_alpha."""
+    if config.image_transport not in ("raw", "compressed"):
+        raise ValueError(f"image_transport must be raw or compressed, got {config.image_transport!r}")
+    if config.image_qos not in ("sensor_data", "reliable"):
+        raise ValueError(f"image_qos must be sensor_data or reliable, got {config.image_qos!r}")
+    if not 0.0 <= config.overlay_alpha <= 1.0:
+        raise ValueError(f"overlay_alpha must be in [0, 1], got {config.overlay_alpha}")
+
+
+def input_qos(name: str) -> QoSProfile:
+    """The QoS of a sensor subscription (camera, depth) named by its parameter: sensor_data
+    (best effort, keep last 5) or reliable (reliable, keep last 5)."""
+    if name == "sensor_data":
+        return qos_profile_sensor_data
+    return QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
 
 
 def pipeline_specs() -> list[parameters.ParamSpec]:
@@ -341,7 +350,7 @@ def _short(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
 
 
-class SteerSegNode(LifecycleNode):
+class SteerSegNode(GuardedTransitions, LifecycleNode):
     """The lifecycle node `steerseg` (see the module docstring and README for topics and
     parameters)."""
 
@@ -441,7 +450,7 @@ class SteerSegNode(LifecycleNode):
         values = self._values(parameters.specs(MarkerConfig, "markers"))
         values.update(overrides or {})
         config = parameters.build(MarkerConfig, values)
-        _validate_markers(config)
+        config.validate()
         return config
 
     def _read_depth_config(self, overrides: Optional[dict] = None) -> DepthConfig:
@@ -519,43 +528,11 @@ class SteerSegNode(LifecycleNode):
         except Exception as e:  # validated when set; a failure here is a bug worth a log line
             self.get_logger().error(f"could not apply changed parameters: {e}")
 
-    # ---- lifecycle --------------------------------------------------------------------------
-    def _transition(self, name: str, body: Callable[[], None],
-                    undo: Optional[Callable[[], None]] = None) -> TransitionCallbackReturn:
-        """Run a transition; on an exception, undo what it did, remember and log why, and fail
-        (the node stays in its previous state, and /diagnostics reports the error)."""
-        try:
-            body()
-            return TransitionCallbackReturn.SUCCESS
-        except Exception as e:
-            self._error = f"{name} failed: {e}"
-            self.get_logger().error(self._error)
-            if undo is not None:
-                try:
-                    undo()
-                except Exception as undo_error:
-                    self.get_logger().error(f"undoing the failed {name}: {undo_error}")
-            self._publish_diagnostics()
-            return TransitionCallbackReturn.FAILURE
-
-    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        return self._transition("configure", self._configure, self._cleanup)
-
-    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        return self._transition("activate", self._activate, self._deactivate)
-
-    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        return self._transition("deactivate", self._deactivate)
-
-    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        return self._transition("cleanup", self._cleanup)
-
-    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        def shutdown():
-            self._deactivate()
-            self._cleanup()
-            self._lifecycle = "finalized"
-        return self._transition("shutdown", shutdown)
+    # ---- lifecycle (transitions guarded by lifecycle.GuardedTransitions) ----------------------
+    def _shutdown(self) -> None:
+        self._deactivate()
+        self._cleanup()
+        self._lifecycle = "finalized"
 
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
@@ -623,11 +600,7 @@ class SteerSegNode(LifecycleNode):
         if config.draw:
             self._pubs["overlay"] = self.create_publisher(Image, "overlay", images_out)
             self._pubs["markers"] = self.create_publisher(MarkerArray, "markers", reliable)
-        if config.image_qos == "sensor_data":
-            camera_qos = qos_profile_sensor_data
-        else:
-            camera_qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE,
-                                    history=HistoryPolicy.KEEP_LAST)
+        camera_qos = input_qos(config.image_qos)
         if config.image_transport == "compressed":
             self._subs.append(self.create_subscription(
                 CompressedImage, "image/compressed", lambda m: self._on_image("compressed", m), camera_qos))
@@ -649,10 +622,7 @@ class SteerSegNode(LifecycleNode):
         """The depth and camera_info subscriptions and the 3D outputs (part of activate)."""
         config = self._read_depth_config()
         self._depth.start(config)
-        if config.qos == "sensor_data":
-            qos = qos_profile_sensor_data
-        else:
-            qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+        qos = input_qos(config.qos)
         self._subs.append(self.create_subscription(Image, "depth", self._depth.on_depth, qos))
         self._subs.append(self.create_subscription(CameraInfo, "camera_info", self._depth.on_camera_info, qos))
         self._pubs["target_point"] = self.create_publisher(PointStamped, "target_point", reliable)
