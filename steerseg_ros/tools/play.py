@@ -236,25 +236,41 @@ def play(args: argparse.Namespace, node) -> int:
                 elif answers is not None and args.hold_while_grounding and \
                         not answers.wait_idle(stamp_ns, args.answer_timeout):
                     log.warning(f"the node still grounds {args.answer_timeout:.0f} s after the frame at {stamp_ns / 1e9:.6f} s")
-                if manifest is not None:
-                    manifest.write(json.dumps({"index": published, "name": name, "stamp_ns": stamp_ns}) + "\n")
-                    manifest.flush()
+                _record(manifest, published, name, stamp_ns)
                 published += 1
             passes += 1
             if not args.loop or (args.loops and passes >= args.loops):
                 break
-        # A command due after the last frame still goes out.
-        if not command_sent:
-            command_pub.publish(String(data=args.command))
-        if args.linger > 0:
-            time.sleep(args.linger)
+        _finish(args, command_pub, command_sent)
     finally:
-        if manifest is not None:
-            manifest.close()
-        if answers is not None:
-            answers.close()
+        _close(manifest, answers)
     log.info(f"published {published} frames on {node.resolve_topic_name(topic)}")
     return published
+
+
+def _record(manifest, index: int, name: str, stamp_ns: int) -> None:
+    """One published frame in the manifest (when one is written), flushed at once so that a
+    reader sees it while playback goes on."""
+    if manifest is not None:
+        manifest.write(json.dumps({"index": index, "name": name, "stamp_ns": stamp_ns}) + "\n")
+        manifest.flush()
+
+
+def _finish(args: argparse.Namespace, command_pub, command_sent: bool) -> None:
+    """After the last frame: a command due after it still goes out, then --linger."""
+    from std_msgs.msg import String
+
+    if not command_sent:
+        command_pub.publish(String(data=args.command))
+    if args.linger > 0:
+        time.sleep(args.linger)
+
+
+def _close(manifest, answers) -> None:
+    if manifest is not None:
+        manifest.close()
+    if answers is not None:
+        answers.close()
 
 
 def play_bag(args: argparse.Namespace, node) -> int:
@@ -342,21 +358,13 @@ def play_bag(args: argparse.Namespace, node) -> int:
             pubs[m.role].publish(m.raw)
             if m.role == "colour":
                 unanswered = m.stamp_ns
-            if m.role == "colour" and manifest is not None:
-                manifest.write(json.dumps({"index": counts["colour"], "name": f"{counts['colour']:05d}",
-                                           "stamp_ns": m.stamp_ns}) + "\n")
-                manifest.flush()
+            if m.role == "colour":
+                _record(manifest, counts["colour"], f"{counts['colour']:05d}", m.stamp_ns)
             counts[m.role] += 1
         wait_answer()
-        if not command_sent:
-            command_pub.publish(String(data=args.command))
-        if args.linger > 0:
-            time.sleep(args.linger)
+        _finish(args, command_pub, command_sent)
     finally:
-        if manifest is not None:
-            manifest.close()
-        if answers is not None:
-            answers.close()
+        _close(manifest, answers)
     log.info(f"published {counts['colour']} colour, {counts['depth']} depth, {counts['camera_info']} camera_info "
              f"messages from {args.bag}")
     return counts["colour"]
