@@ -46,6 +46,17 @@ def bedroom_video() -> Path:
     return _need(DATA / "sam2_bedroom" / "bedroom.mp4")
 
 
+def load_davis_frames(root: Path, seq: str, count: int, size: tuple[int, int]):
+    """(Frames 30 fps apart, boolean masks) of a DAVIS sequence resized to `size` (width, height):
+    what the trackers' tests feed them."""
+    from steerseg_ros.buffer import Frame
+
+    _, images, masks = load_davis(root, seq, count)
+    images = [cv2.resize(im, size, interpolation=cv2.INTER_AREA) for im in images]
+    masks = [cv2.resize(m.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0 for m in masks]
+    return [Frame(i, i * 33_333_333, im) for i, im in enumerate(images)], masks
+
+
 def load_davis(root: Path, seq: str, count: int | None = None, step: int = 1):
     """(names, RGB frames, boolean ground-truth masks) of a DAVIS sequence."""
     frames_dir = root / "JPEGImages" / "480p" / seq

@@ -292,6 +292,20 @@ def play_through_node(tmp_path: Path, domain: int, recorder: "Recorder", node_pa
     return manifest, node.text(), counters
 
 
+def score_played(recorder: "Recorder", manifest: list, names: list, gts: list):
+    """J&F over every played frame (steerseg-play's manifest) against the ground truth by frame
+    name; a frame without a mask counts as an empty prediction."""
+    from steerseg_ros import metrics
+
+    by_name = dict(zip(names, gts))
+    preds, truth = [], []
+    for entry in manifest:
+        label = recorder.masks.get(entry["stamp_ns"])
+        truth.append(by_name[entry["name"]])
+        preds.append(label > 0 if label is not None else np.zeros_like(truth[-1]))
+    return metrics.score_object("seq", 1, preds, truth)
+
+
 def check_missing_weights(tmp_path: Path, domain: int, recorder: "Recorder", kind: str, missing: dict,
                           model: str) -> str:
     """A `kind` ("grounder" or "tracker") backend whose weights are not on the machine: configure

@@ -17,7 +17,6 @@ import signal
 import subprocess
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 
@@ -63,16 +62,6 @@ def _command(davis_expressions) -> str:
     return next(e["exp"] for e in davis_expressions[SEQUENCE]["expressions"] if e["kind"] == "referring")
 
 
-def _score(recorder, manifest, names, gts) -> metrics.ObjectScore:
-    by_name = dict(zip(names, gts))
-    preds, truth = [], []
-    for entry in manifest:
-        label = recorder.masks.get(entry["stamp_ns"])
-        truth.append(by_name[entry["name"]])
-        preds.append(label > 0 if label is not None else np.zeros_like(truth[-1]))
-    return metrics.score_object("seq", 1, preds, truth)
-
-
 def _niceness(pid: int, tid: str):
     """A thread's niceness from /proc (field 19 of its stat line), None when it has ended."""
     try:
@@ -99,7 +88,7 @@ def test_two_processes_track_as_well_as_one(tmp_path, domain, recorder, davis_ro
     try:
         manifest, _, _ = rp.play_through_node(single_dir, domain, single_recorder, {"stats_period_s": 0.1},
                                               frames, play, RATE, hold_while_grounding=True)
-        single = _score(single_recorder, manifest, names, gts)
+        single = rp.score_played(single_recorder, manifest, names, gts)
     finally:
         single_recorder.close()
 
@@ -117,7 +106,7 @@ def test_two_processes_track_as_well_as_one(tmp_path, domain, recorder, davis_ro
         assert niceness and all(n == 10 for n in niceness.values() if n is not None), niceness
     finally:
         assert grounder.stop() == 0, grounder.text()[-3000:]
-    two = _score(recorder, manifest, names, gts)
+    two = rp.score_played(recorder, manifest, names, gts)
     print(f"{SEQUENCE}: J&F single process {single.jf:.3f}, tracker + grounder node {two.jf:.3f}; "
           f"request {counters.get('remote.last_request_bytes')} bytes, {counters.get('remote.last_latency_s')} s")
     assert int(counters.get("remote.answers", 0)) >= 1, f"{counters}\n{log[-3000:]}\n{grounder_log[-2000:]}"
@@ -330,7 +319,7 @@ def test_tracker_and_grounder_on_two_hosts(tmp_path, domain, recorder, davis_roo
             grounder.stop()
         _run("ip", "netns", "del", ns)
         _run("ip", "link", "del", here_if)
-    score = _score(recorder, manifest, names, gts)
+    score = rp.score_played(recorder, manifest, names, gts)
     print(f"two hosts over {link}: J&F {score.jf:.3f}; request {counters.get('remote.last_request_bytes')} bytes "
           f"in {counters.get('remote.last_latency_s')} s")
     assert int(counters.get("remote.answers", 0)) >= 1, f"{counters}\n{log[-3000:]}\n{grounder.text()[-2000:]}"

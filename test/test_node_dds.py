@@ -18,7 +18,6 @@ pytest.importorskip("rclpy", reason="needs the ROS 2 Python packages (scripts/se
 import ros_processes as rp  # noqa: E402
 from conftest import load_davis  # noqa: E402
 
-from steerseg_ros import metrics  # noqa: E402
 from steerseg_ros.pipeline import TrackState  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.timeout(240)]
@@ -35,17 +34,6 @@ COMMAND_RATE = 5.0
 FLOORS = {"command": 0.12, "seed": 0.45}
 COMMAND_SEQUENCE, COMMAND_FRAMES = "breakdance", 50
 SEED_SEQUENCE, SEED_FRAMES = "car-shadow", 30
-
-
-def _score(recorder, manifest, names, gts):
-    """J&F over every played frame; a frame without a mask counts as an empty prediction."""
-    by_name = dict(zip(names, gts))
-    preds, truth = [], []
-    for entry in manifest:
-        label = recorder.masks.get(entry["stamp_ns"])
-        truth.append(by_name[entry["name"]])
-        preds.append(label > 0 if label is not None else np.zeros_like(truth[-1]))
-    return metrics.score_object("seq", 1, preds, truth)
 
 
 def _grounding_log(log: str) -> str:
@@ -83,7 +71,7 @@ def test_command_over_dds(tmp_path, domain, recorder, davis_root, davis_expressi
         hold_while_grounding=True)
     assert [e["name"] for e in manifest] == names
     _check_stamps_and_ids(recorder, manifest, log)
-    score = _score(recorder, manifest, names, gts)
+    score = rp.score_played(recorder, manifest, names, gts)
     print(f"{COMMAND_SEQUENCE} {command!r}: J {score.j:.3f} F {score.f:.3f} J&F {score.jf:.3f}")
     assert score.jf >= FLOORS["command"], f"J&F {score.jf:.3f} below the floor {FLOORS['command']}"
     assert "Traceback" not in log
@@ -99,7 +87,7 @@ def test_seed_mask_over_compressed_images(tmp_path, domain, recorder, davis_root
     manifest, log, _ = rp.play_through_node(tmp_path, domain, recorder, params, frames, [
         "--count", str(SEED_FRAMES), "--encoding", "jpeg", "--qos", "reliable", "--seed-mask", str(seed)], RATE)
     _check_stamps_and_ids(recorder, manifest, log)
-    score = _score(recorder, manifest, names, gts)
+    score = rp.score_played(recorder, manifest, names, gts)
     print(f"{SEED_SEQUENCE} seeded: J {score.j:.3f} F {score.f:.3f} J&F {score.jf:.3f}")
     assert score.jf >= FLOORS["seed"], f"J&F {score.jf:.3f} below the floor {FLOORS['seed']}"
     assert "Traceback" not in log

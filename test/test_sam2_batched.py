@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import copy
 
-import cv2
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 
-from conftest import load_davis  # noqa: E402
-from steerseg_ros.buffer import Frame  # noqa: E402
+from conftest import load_davis_frames  # noqa: E402
 from steerseg_ros.tracking.sam2 import Sam2ObjectState, Sam2Tracker, Sam2TrackerConfig  # noqa: E402
 from steerseg_ros.tracking.tiny_sam2 import save_random_sam2, tiny_config  # noqa: E402
 
@@ -38,11 +36,7 @@ def checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def parkour(davis_root):
-    _, images, masks = load_davis(davis_root, "parkour", count=100)
-    size = (FRAME[1], FRAME[0])
-    images = [cv2.resize(im, size, interpolation=cv2.INTER_AREA) for im in images]
-    masks = [cv2.resize(m.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0 for m in masks]
-    return [Frame(i, i * 33_333_333, im) for i, im in enumerate(images)], masks
+    return load_davis_frames(davis_root, "parkour", 100, (FRAME[1], FRAME[0]))
 
 
 def make(checkpoint, **options) -> Sam2Tracker:

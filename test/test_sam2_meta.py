@@ -17,7 +17,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("sam2", reason="needs Meta's sam2 package (scripts/setup_env.sh installs it)")
 
-from conftest import load_davis  # noqa: E402
+from conftest import load_davis_frames  # noqa: E402
 from steerseg_ros import backends  # noqa: E402
 from steerseg_ros.buffer import Frame  # noqa: E402
 from steerseg_ros.grounding.base import ModelUnavailableError  # noqa: E402
@@ -49,12 +49,7 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.fixture(scope="module")
 def dog(davis_root):
-    import cv2
-
-    _, images, masks = load_davis(davis_root, "dog", count=20)
-    images = [cv2.resize(im, (427, 240), interpolation=cv2.INTER_AREA) for im in images]
-    masks = [cv2.resize(m.astype(np.uint8), (427, 240), interpolation=cv2.INTER_NEAREST) > 0 for m in masks]
-    return [Frame(i, i * 33_333_333, im) for i, im in enumerate(images)], masks
+    return load_davis_frames(davis_root, "dog", 20, (427, 240))
 
 
 # ---- loading ---------------------------------------------------------------------------------
