@@ -113,3 +113,46 @@ def test_concurrent_push_and_read_stay_consistent():
     t.join()
     assert not errors
     assert len(b) == 16
+
+
+def test_spare_memory_is_only_a_frame_that_left_the_buffer_and_nothing_holds():
+    """The node converts each camera frame into `spare` memory: a frame a grounding still
+    holds (its keyframes), or a view, tensor or reference into one, must never be written over."""
+    torch = pytest.importorskip("torch")
+    b = FrameBuffer(4)
+    assert b.spare((8, 10, 3)) is None  # nothing has left the buffer yet
+    stamp = iter(range(1, 10_000))
+
+    def push_spare(value):
+        # What the node does with every camera frame: convert into spare memory when there is
+        # some, then buffer it. True when spare memory was used.
+        out = b.spare((8, 10, 3))
+        if out is not None:
+            assert not any(np.shares_memory(out, x) for x in protected)
+        target = out if out is not None else np.empty((8, 10, 3), np.uint8)
+        target[...] = value
+        b.push(target, next(stamp) * NS_PER_S)
+        return out is not None
+
+    protected = []
+    for v in range(4):
+        push_spare(v)
+    keyframes = b.select_keyframes(KeyframeConfig(count=2, window_s=100.0))  # a grounding holds these
+    view = b.get(1).image[2:5]                                              # a crop kept somewhere
+    tensor = torch.from_numpy(b.get(2).image)                              # a tracker's tensor
+    protected = [f.image for f in keyframes] + [view, tensor.numpy()]
+    held = [x.copy() for x in protected]
+    reused = [push_spare(100 + v) for v in range(12)]  # every old frame leaves the ring
+    # Only frames nobody holds were handed out; the held ones still show their pixels.
+    assert all(np.array_equal(x, y) for x, y in zip(protected, held))
+    assert np.all(view == 1) and bool((tensor == 2).all())
+    # The first new frames have no spare (the old ones are held); once frames nobody holds
+    # leave the ring, every frame is converted into one of them.
+    assert not any(reused[:4]) and all(reused[5:])
+    assert b.spares_given == sum(reused)
+    # Another size is never handed out.
+    protected = []
+    assert push_spare(200)
+    assert b.spare((8, 12, 3)) is None
+    b.clear()
+    assert b.spare((8, 10, 3)) is None

@@ -94,6 +94,24 @@ def test_converted_image_is_writable_and_independent(rgb):
     np.testing.assert_array_equal(image_to_rgb(msg), rgb)
 
 
+@pytest.mark.parametrize("encoding", ["rgb8", "bgr8", "rgba8", "bgra8", "mono8", "png"])
+def test_conversion_into_given_memory_equals_a_fresh_conversion(rgb, encoding):
+    """The node converts each frame into the memory of an old one (FrameBuffer.spare): the
+    pixels are the same as a fresh conversion's, whatever was there before; memory of another
+    size is not used."""
+    msg = _wire(rgb_to_compressed(rgb, "png") if encoding == "png" else rgb_to_image(rgb, encoding))
+    convert = compressed_to_rgb if encoding == "png" else image_to_rgb
+    fresh = convert(msg)
+    old = np.full_like(rgb, 77)
+    into = convert(msg, old)
+    assert into is old
+    np.testing.assert_array_equal(into, fresh)
+    other = np.zeros((37, 54, 3), np.uint8)
+    elsewhere = convert(msg, other)
+    assert not np.shares_memory(elsewhere, other) and not other.any()
+    np.testing.assert_array_equal(elsewhere, fresh)
+
+
 def test_png_round_trip_is_exact(rgb):
     msg = _wire(rgb_to_compressed(rgb, "png", header_at(5, "cam")))
     assert "png" in msg.format and msg.header.frame_id == "cam"

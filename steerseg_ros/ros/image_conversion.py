@@ -144,14 +144,33 @@ def depth_array_to_image(depth: np.ndarray, header: Optional[Header] = None) -> 
     return msg
 
 
-def image_to_rgb(msg: Image) -> np.ndarray:
-    """HxWx3 uint8 RGB from a bgr8, rgb8, bgra8, rgba8 or mono8 image message (a new array the
-    caller owns)."""
+def image_to_rgb(msg: Image, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """HxWx3 uint8 RGB from a bgr8, rgb8, bgra8, rgba8 or mono8 image message (an array the
+    caller owns, independent of the message's buffer). `out`: memory to convert into (used when
+    its shape is the image's; see FrameBuffer.spare)."""
     pixels = image_to_array(msg)
     conversion = ENCODINGS[msg.encoding.lower()][1]
+    out = _usable(out, pixels.shape[:2])
     if conversion is None:
-        return np.array(pixels)  # a writable copy, independent of the message's buffer
-    return cv2.cvtColor(np.ascontiguousarray(pixels), conversion)
+        if out is None:
+            return np.array(pixels)
+        np.copyto(out, pixels)
+        return out
+    return _convert(np.ascontiguousarray(pixels), conversion, out)
+
+
+def _usable(out: Optional[np.ndarray], height_width: tuple[int, ...]) -> Optional[np.ndarray]:
+    """`out` when an RGB image of that size can be written into it as it is, else None."""
+    if (out is None or out.shape != (*height_width, 3) or out.dtype != np.uint8 or not out.flags.c_contiguous
+            or not out.flags.writeable):
+        return None
+    return out
+
+
+def _convert(pixels: np.ndarray, conversion: int, out: Optional[np.ndarray]) -> np.ndarray:
+    if out is None:
+        return cv2.cvtColor(pixels, conversion)
+    return cv2.cvtColor(pixels, conversion, out)  # OpenCV writes into a dst of the right size and type
 
 
 def array_to_image(array: np.ndarray, encoding: str, header: Optional[Header] = None) -> Image:
@@ -238,9 +257,10 @@ def rgb_to_image(rgb: np.ndarray, encoding: str = "bgr8", header: Optional[Heade
     return array_to_image(pixels, encoding, header)
 
 
-def compressed_to_rgb(msg: CompressedImage) -> np.ndarray:
+def compressed_to_rgb(msg: CompressedImage, out: Optional[np.ndarray] = None) -> np.ndarray:
     """HxWx3 uint8 RGB from a JPEG or PNG CompressedImage (format strings such as "jpeg",
-    "png" or image_transport's "bgr8; jpeg compressed bgr8" are accepted)."""
+    "png" or image_transport's "bgr8; jpeg compressed bgr8" are accepted). `out`: as for
+    image_to_rgb."""
     fmt = msg.format.lower()
     if fmt and not any(name in fmt for name in ("jpeg", "jpg", "png")):
         raise ImageConversionError("format", f"unsupported compressed format {msg.format!r}; expected jpeg or png")
@@ -255,7 +275,7 @@ def compressed_to_rgb(msg: CompressedImage) -> np.ndarray:
     if decoded is None:
         raise ImageConversionError("decode", f"could not decode {data.size} bytes as {msg.format or 'an image'}")
     _check_header(decoded.shape[0], decoded.shape[1])
-    return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
+    return _convert(decoded, cv2.COLOR_BGR2RGB, _usable(out, decoded.shape[:2]))
 
 
 def compressed_size(data) -> tuple[int, int]:

@@ -191,6 +191,15 @@ def write_default_params(path: str, grounder: str = "builtin", tracker: str = "b
     with open(path, "w") as f:
         f.write(parameters.render_yaml(f"/**/{NODE_NAME}", default_specs(grounder, tracker), header))
 
+def incoming_rgb(msg, pipeline: Pipeline) -> np.ndarray:
+    """A camera message (Image or CompressedImage) as the HxWx3 RGB frame the pipeline takes,
+    converted into the memory of a frame that left the pipeline's buffer where there is one (a
+    fresh array per frame costs its page faults: FrameBuffer.spare)."""
+    if isinstance(msg, CompressedImage):
+        latest = pipeline.buffer.latest()  # its size is only known once decoded: guess the last one's
+        return compressed_to_rgb(msg, pipeline.buffer.spare(latest.image.shape) if latest is not None else None)
+    return image_to_rgb(msg, pipeline.buffer.spare((int(msg.height), int(msg.width), 3)))
+
 
 def output_messages(output: PipelineOutput, header: Header, rgb: np.ndarray, overlay_alpha: float = 0.5,
                     marker_config: Optional[MarkerConfig] = None, overlay: bool = True,
@@ -753,7 +762,7 @@ class SteerSegNode(GuardedTransitions, LifecycleNode):
         if pipeline is None:
             return
         try:
-            rgb = image_to_rgb(msg) if kind == "raw" else compressed_to_rgb(msg)
+            rgb = incoming_rgb(msg, pipeline)
         except ImageConversionError as e:
             self._reject(f"image.{e.reason}", str(e))
             return
