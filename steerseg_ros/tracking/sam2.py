@@ -111,6 +111,10 @@ class Sam2TrackerConfig:
     compile: bool = field(default=False, metadata={
         "help": "torch.compile the image encoder, memory attention, mask decoder and memory encoder; they are "
                 "compiled and warmed up when the tracker is built (node configure), not on the camera path"})
+    compile_encoder: bool = field(default=True, metadata={
+        "help": "with compile: the image encoder too (its tracing takes the longest: about 20 minutes on 2 CPU "
+                "cores against seconds for the per-object modules); false compiles only the per-object modules. "
+                "An encoder running in onnx or tensorrt is never compiled"})
     compile_backend: str = field(default="inductor", metadata={
         "help": "torch.compile backend: inductor (generated kernels; minutes to build on a small CPU), "
                 "cudagraphs, aot_eager or eager (traced graphs run eagerly: checks the tracing, no speed-up)"})
@@ -246,6 +250,8 @@ class Sam2Tracker(Tracker):
         synthetic clip: compilation takes seconds to minutes and must not hit the first live
         frames."""
         for name in COMPILED_MODULES:
+            if name == "vision_encoder" and (not self.config.compile_encoder or self.config.encoder != "torch"):
+                continue
             module = getattr(self.model, name)
             module.forward = torch.compile(module.forward, dynamic=True, backend=self.config.compile_backend)
         self.warm_up()
