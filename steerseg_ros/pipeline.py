@@ -118,6 +118,12 @@ class PipelineConfig:
                                                  metadata={"help": "Target selection."})
     asynchronous: bool = field(default=True, metadata={"help": (
         "Ground in a worker thread (the node) or inline in `process` (offline tools).")})
+    reseed_confirmed: bool = field(default=False, metadata={"help": (
+        "A re-grounding that confirms a confident track re-seeds the tracker from the grounded "
+        "mask, caught up from its keyframe to the live frame (true), or leaves the track's live "
+        "state as it is (false: the confirmation costs no catch-up, whose tracker steps would take "
+        "the cores and the interpreter from the live tracking). A LOST track, or a target not "
+        "confirmed, is always seeded from the grounding.")})
     worker_duty: float = field(default=0.33, metadata={"help": (
         "While tracks are live, the grounding worker's tracker work (candidate tracklets, the "
         "catch-up chase) takes at most this share of the time, pausing after each step: it shares "
@@ -692,17 +698,29 @@ class Pipeline:
         seeds = []
         for cand in chosen:
             keyframe = result.keyframes[cand.keyframe_index]
+            budget = [self.config.max_catch_up_frames]
+            if not self.config.reseed_confirmed and self._confirms_live_track(job, result, cand):
+                seeds.append((cand, keyframe, None, budget))  # the live track goes on as it is
+                continue
             self._needed_seq = keyframe.seq
             state = self._paced.start(keyframe, mask=cand.mask)
-            budget = [self.config.max_catch_up_frames]
             self._catch_up(state, upto=None, budget=budget, tracker=self._paced)
             seeds.append((cand, keyframe, state, budget))
         with self._lock:
             if not self._job_current(job):
                 return
             for cand, keyframe, state, budget in seeds:
-                self._catch_up(state, upto=self._last_stepped_seq, budget=budget)
-            self._reconcile(job, result, [seed[:3] for seed in seeds])
+                if state is not None:
+                    self._catch_up(state, upto=self._last_stepped_seq, budget=budget)
+            self._reconcile(job, result, seeds)
+
+    def _confirms_live_track(self, job: _Job, result: GroundingResult, cand: tracklets.Tracklet) -> bool:
+        """Whether a grounded target is one of the job's target's confident tracks, by its mask
+        on a keyframe both cover (the comparison `_reconcile` makes): then it needs no catch-up."""
+        with self._lock:
+            return any(t.target == job.target and t.state != TrackState.LOST
+                       and (self._keyframe_overlap(t, cand, result) or 0.0) >= self.config.reconcile_iou
+                       for t in self._tracks.values())
 
     def _pace_now(self) -> bool:
         """Whether the worker pauses after a tracker step: only while a confident track's live
@@ -811,17 +829,24 @@ class Pipeline:
         have disagreed with them; until then the disagreeing target is dropped and the tracks
         go on (a re-grounding that is wrong once must not swap what the robot follows).
         Only the job's target's tracks take part: another target's tracks are never confirmed
-        or replaced by this grounding."""
+        or replaced by this grounding. `seeds`: (candidate, its keyframe, its state caught up to
+        the live frame, or None where it confirmed a confident track before any catch-up, what
+        is left of its catch-up budget)."""
         stamp = result.keyframes[-1].stamp_ns
         unmatched = {tid: t for tid, t in self._tracks.items() if t.target == job.target}
         matches = []
-        for cand, keyframe, state in seeds:
+        for cand, keyframe, state, budget in seeds:
             best_id, best_iou = None, 0.0
             for tid, t in unmatched.items():
                 iou = self._overlap(t, cand, result, state)
                 if iou > best_iou:
                     best_id, best_iou = tid, iou
             confirmed = best_id is not None and best_iou >= self.config.reconcile_iou
+            if state is None and not (confirmed and unmatched[best_id].state != TrackState.LOST):
+                # Not the confident track it confirmed before the catch-up was skipped (it was
+                # lost meanwhile): seeded from the grounding after all, caught up here.
+                state = self.tracker.start(keyframe, mask=cand.mask)
+                self._catch_up(state, upto=self._last_stepped_seq, budget=budget)
             matches.append((state, unmatched.pop(best_id) if confirmed else None, best_iou))
         if unmatched:
             for t in unmatched.values():
@@ -852,10 +877,13 @@ class Pipeline:
             t.disagreements = 0
             t.label = result.class_word or t.label
             t.last_grounding_ns = stamp
-            self.tracker.attach(t.id, state)
-            last = self.buffer.get(state.seq)
-            if last is not None:
-                self._update(t, last, state.result.mask, state.result.score, False)
+            if state is None:  # confirmed, and it keeps its live state
+                self.stats["tracks_confirmed_as_they_are"] += 1
+            else:
+                self.tracker.attach(t.id, state)
+                last = self.buffer.get(state.seq)
+                if last is not None:
+                    self._update(t, last, state.result.mask, state.result.score, False)
             t.last_confident_ns = max(t.last_confident_ns, stamp)
         new_ids = [c for c, t in self._tracks.items() if t.target == job.target and c not in unmatched]
         for tid, t in unmatched.items():
@@ -867,17 +895,27 @@ class Pipeline:
             self.stats["tracks_replaced"] += 1
             log.info("track %d replaced by %d", tid, replaced_by)
 
+    @classmethod
+    def _overlap(cls, t: _Track, cand: tracklets.Tracklet, result: GroundingResult,
+                 state: Optional[ObjectState]) -> float:
+        """Mask IoU of a live track and a grounded target: on a keyframe both cover
+        (`_keyframe_overlap`); failing that (the track is younger) on the live frame, where the
+        target has just been caught up to (0 when it was not)."""
+        iou = cls._keyframe_overlap(t, cand, result)
+        if iou is not None:
+            return iou
+        return tracklets.mask_iou(t.mask, state.result.mask) if state is not None else 0.0
+
     @staticmethod
-    def _overlap(t: _Track, cand: tracklets.Tracklet, result: GroundingResult, state: ObjectState) -> float:
-        """Mask IoU of a live track and a grounded target: on the keyframe the target came from;
-        failing that (the track is younger) on the newest keyframe both cover; failing that on
-        the live frame, where the target has just been caught up to."""
+    def _keyframe_overlap(t: _Track, cand: tracklets.Tracklet, result: GroundingResult) -> Optional[float]:
+        """Mask IoU of a track and a grounded target on the keyframe the target came from;
+        failing that on the newest keyframe both cover; None when they share none."""
         order = [cand.keyframe_index] + list(range(len(result.keyframes) - 1, -1, -1))
         for k in order:
             new, old = cand.mask_on(k), t.mask_at(result.keyframes[k].seq)
             if new is not None and old is not None:
                 return tracklets.mask_iou(old, new)
-        return tracklets.mask_iou(t.mask, state.result.mask)
+        return None
 
     def _view(self, t: _Track, state: TrackState, replaced_by: int = 0) -> TrackView:
         return TrackView(t.id, t.command, t.label, state, t.score, t.mask, t.last_grounding_ns, replaced_by, t.target)

@@ -234,6 +234,58 @@ def test_regrounding_is_reconciled_on_the_keyframe_it_used_not_on_the_live_frame
     assert not any(t.state == TrackState.REPLACED for o in outputs for t in o.tracks)
 
 
+def test_a_regrounding_that_confirms_a_confident_track_costs_no_catch_up(setup):
+    """By default (reseed_confirmed false) a re-grounding that finds the confident track again
+    leaves it as it is: the same tracker state goes on, and no frame is stepped to catch a
+    re-seeded copy up (those steps would take the cores from the live tracking). With
+    reseed_confirmed the track is re-seeded from the grounding and caught up."""
+    for reseed in (False, True):
+        grounder, tracker = PeakGrounder(), DiskTracker()
+        p = Pipeline(grounder, tracker, config(regrounding_period_s=0.5, reseed_confirmed=reseed))
+        feed = Feed(p)
+        p.set_command("the cup")
+        feed(4)
+        state = tracker.live[1]
+        tracker.advanced.clear()
+        ids = {t.id for _ in range(12) for t in feed().tracks}
+        p.close()
+        assert ids == {1} and len(grounder.calls) >= 3
+        assert p.stats["tracks_confirmed"] >= 2
+        if reseed:
+            assert tracker.live[1] is not state and tracker.advanced
+            assert p.stats["tracks_confirmed_as_they_are"] == 0
+        else:
+            assert tracker.live[1] is state
+            assert p.stats["tracks_confirmed_as_they_are"] == p.stats["tracks_confirmed"]
+            assert p.stats["catch_up_frames"] == 0
+            # The tracker was only stepped for the candidate tracklets, on keyframes.
+            assert {seq for _, seq, _ in tracker.advanced} <= {f for _, c in grounder.calls for f in c}
+
+
+def test_a_lost_track_found_again_is_reseeded_from_the_grounding(setup):
+    """Only a confident track is confirmed as it is: a LOST one that a grounding finds again
+    is re-seeded from the grounded mask and keeps its id."""
+    grounder, tracker, make = setup
+    p, feed = make(lost_timeout_s=0.5, grounding_retry_s=0.3)
+    p.set_command("the cup")
+    feed(3)
+    tracker.score = 0.1
+    grounder.find_nothing = True
+    feed(7)
+    assert p.state == PipelineState.LOST
+    lost_state = tracker.live[1]
+    stepped = tracker.step
+
+    def step(frame):  # the lost object's own state never finds it again
+        return {i: ObjectMask(m.mask, 0.1) if tracker.live[i] is lost_state else m for i, m in stepped(frame).items()}
+
+    tracker.step = step
+    tracker.score, grounder.find_nothing = 0.9, False
+    feed(4)
+    assert p.state == PipelineState.TRACKING and [t.id for t in feed().tracks] == [1]
+    assert tracker.live[1] is not lost_state and p.stats["tracks_confirmed_as_they_are"] == 0
+
+
 def test_track_is_lost_after_the_timeout_and_regrounding_recovers_it(setup):
     grounder, tracker, make = setup
     p, feed = make(lost_timeout_s=0.5, grounding_retry_s=0.3)
@@ -324,7 +376,8 @@ def test_a_grounding_that_finds_nothing_starts_no_track(setup):
 
 def test_masks_keep_flowing_while_grounding_runs_and_catch_up_lands_on_the_live_frame(setup):
     grounder, tracker, make = setup
-    p, feed = make(asynchronous=True, regrounding_period_s=0.5)
+    # A confirming re-grounding that re-seeds the track: caught up like a new target.
+    p, feed = make(asynchronous=True, regrounding_period_s=0.5, reseed_confirmed=True)
     p.set_command("the cup")
     feed(3)
     deadline = time.monotonic() + 10
