@@ -82,9 +82,10 @@ class PipelineConfig:
 
     buffer_size: int = field(default=128, metadata={"help": (
         "Frames kept for keyframes and catch-up; must cover the keyframe window plus the grounding "
-        "latency at camera rate (128: 4.3 s at 30 fps, the 3 s window and 1.3 s to ground; a "
-        "re-grounding whose chosen keyframe left the buffer is discarded). Memory: width x height "
-        "x 3 bytes per frame (157 MB at 854x480).")})
+        "latency at camera rate (128: 4.3 s at 30 fps, the 3 s window and 1.3 s to ground). The "
+        "tracks' masks are kept for twice as many frames: a re-grounding whose chosen keyframe is "
+        "older than that is discarded. Memory: width x height x 3 bytes per frame (157 MB at "
+        "854x480), plus width x height / 8 bytes per frame and track for the masks.")})
     keyframes: KeyframeConfig = field(default_factory=KeyframeConfig, metadata={"help": "Keyframe selection."})
     min_keyframes: int = field(default=4, metadata={"help": "Grounding waits until this many keyframes can be chosen."})
     regrounding_period_s: float = field(default=5.0, metadata={"help": (
@@ -251,7 +252,7 @@ class _Track:
     # Re-groundings in a row that picked another target while this track was confident.
     disagreements: int = 0
     # Packed masks of recent frames by sequence number, to compare a re-grounding with this
-    # track on the keyframe it used. Bounded by the frame buffer's capacity.
+    # track on the keyframe it used. Bounded by Pipeline.history_frames.
     history: deque = field(default_factory=deque)
 
     def remember(self, seq: int, mask: np.ndarray) -> None:
@@ -349,9 +350,18 @@ class Pipeline:
         self._wake = threading.Condition(self._lock)
         self._closed = False
         self._closing = threading.Event()  # ends the worker's pauses at once
-        # The oldest buffered frame the worker still needs (its keyframes, then the frame its
-        # catch-up has reached): its pauses stop before that frame would leave the buffer.
+        # Each track's masks are kept for twice as many frames as the buffer holds: a re-grounding's
+        # candidate tracklets need only the tracks' masks on its keyframes, not the frames (the
+        # result holds its keyframes), and a packed mask is 1/24 of its frame. So the worker can
+        # pace its tracklets for longer than the buffer keeps frames: with the 3 s keyframe window
+        # filling most of the buffer, a horizon of the buffer alone left them almost no room.
+        self.history_frames = 2 * self.config.buffer_size
+        # The oldest frame the worker still needs (its first keyframe, then the frame its catch-up
+        # has reached), and how many frames back from the newest it may be before it is gone (the
+        # tracks' history for the keyframes, the buffer for the catch-up): the worker's pauses
+        # stop before that.
         self._needed_seq: Optional[int] = None
+        self._needed_horizon = self.config.buffer_size
         self._paced = _PacedTracker(
             tracker, lambda: self.config.worker_duty if self.config.asynchronous else 1.0,
             self._pace_now, self._closing)
@@ -548,7 +558,7 @@ class Pipeline:
     def _update(self, t: _Track, frame: Frame, mask: np.ndarray, score: float, regrounding: bool) -> None:
         t.mask, t.score = mask, score
         t.remember(frame.seq, mask)
-        while len(t.history) > self.buffer.capacity:
+        while len(t.history) > self.history_frames:
             t.history.popleft()
         if score >= self.config.min_confidence and mask.any():
             t.last_confident_ns = frame.stamp_ns
@@ -682,7 +692,7 @@ class Pipeline:
         result.validate()
         if self._stale(job):
             return
-        self._needed_seq = result.keyframes[0].seq
+        self._needed_seq, self._needed_horizon = result.keyframes[0].seq, self.history_frames
         chosen = tracklets.select(result, self._paced, self.config.selection)
         if self._stale(job) or self._expired(job, result, chosen):
             return
@@ -697,22 +707,35 @@ class Pipeline:
             return
         seeds = []
         for cand in chosen:
-            keyframe = result.keyframes[cand.keyframe_index]
             budget = [self.config.max_catch_up_frames]
             if not self.config.reseed_confirmed and self._confirms_live_track(job, result, cand):
-                seeds.append((cand, keyframe, None, budget))  # the live track goes on as it is
+                seeds.append((cand, None, budget))  # the live track goes on as it is
                 continue
-            self._needed_seq = keyframe.seq
-            state = self._paced.start(keyframe, mask=cand.mask)
+            k = self._seed_keyframe(result, cand)
+            keyframe = result.keyframes[k]
+            self._needed_seq, self._needed_horizon = keyframe.seq, self.buffer.capacity
+            state = self._paced.start(keyframe, mask=cand.mask_on(k))
             self._catch_up(state, upto=None, budget=budget, tracker=self._paced)
-            seeds.append((cand, keyframe, state, budget))
+            seeds.append((cand, state, budget))
         with self._lock:
             if not self._job_current(job):
                 return
-            for cand, keyframe, state, budget in seeds:
+            for cand, state, budget in seeds:
                 if state is not None:
                     self._catch_up(state, upto=self._last_stepped_seq, budget=budget)
             self._reconcile(job, result, seeds)
+
+    def _seed_keyframe(self, result: GroundingResult, cand: tracklets.Tracklet) -> int:
+        """The keyframe a chosen target is seeded on: its own; or, when that one has left the
+        buffer (the worker paced the candidate tracklets past it), the oldest newer keyframe still
+        buffered on which its tracklet has a mask, so that the catch-up from there skips no
+        frame."""
+        if self.buffer.get(result.keyframes[cand.keyframe_index].seq) is not None:
+            return cand.keyframe_index
+        for k in range(cand.keyframe_index + 1, len(result.keyframes)):
+            if cand.mask_on(k) is not None and self.buffer.get(result.keyframes[k].seq) is not None:
+                return k
+        return cand.keyframe_index
 
     def _confirms_live_track(self, job: _Job, result: GroundingResult, cand: tracklets.Tracklet) -> bool:
         """Whether a grounded target is one of the job's target's confident tracks, by its mask
@@ -725,15 +748,17 @@ class Pipeline:
     def _pace_now(self) -> bool:
         """Whether the worker pauses after a tracker step: only while a confident track's live
         masks are there to protect (not for a first grounding, nor when every track is LOST),
-        and only while the oldest frame it still needs is in the newer three quarters of the
-        buffer. A re-grounding whose keyframe left the buffer is discarded, so pausing must never
-        cost the re-grounding itself; past that point the worker runs at full speed."""
+        and only while the oldest frame it still needs is in the newer three quarters of what is
+        kept of it (the tracks' masks for the candidate tracklets' keyframes, the buffer for the
+        catch-up). A re-grounding whose keyframe the tracks' masks no longer reach is discarded,
+        so pausing must never cost the re-grounding itself; past that point the worker runs at
+        full speed."""
         if not any(t.state != TrackState.LOST for t in list(self._tracks.values())):
             return False
         latest, needed = self.buffer.latest(), self._needed_seq
         if latest is None or needed is None:
             return True
-        return latest.seq - needed < self.buffer.capacity * 3 // 4
+        return latest.seq - needed < self._needed_horizon * 3 // 4
 
     def _job_current(self, job: _Job) -> bool:
         with self._lock:
@@ -749,20 +774,25 @@ class Pipeline:
         return True
 
     def _expired(self, job: _Job, result: GroundingResult, chosen: list) -> bool:
-        """A re-grounding whose chosen candidate lies on a keyframe that has left the buffer (a
-        late answer): the live tracks' masks there are gone too, so it could not be compared
-        with them, and a disagreement it cannot show must not swap what the robot follows.
-        Dropped and counted; the tracks go on. A first grounding (no track to swap) is still
-        used, caught up over what the buffer holds."""
+        """A re-grounding whose chosen candidate lies on a keyframe older than the live tracks'
+        kept masks (a late answer): it could not be compared with them there, and a
+        disagreement it cannot show must not swap what the robot follows. Dropped and counted;
+        the tracks go on. A first grounding (no track to swap) is still used, caught up over
+        what the buffer holds."""
         with self._lock:
             if not any(t.target == job.target for t in self._tracks.values()):
                 return False
-        gone = [c for c in chosen if self.buffer.get(result.keyframes[c.keyframe_index].seq) is None]
+        latest = self.buffer.latest()
+        if latest is None:
+            return False
+        oldest_kept = latest.seq - self.history_frames + 1
+        gone = [c for c in chosen if result.keyframes[c.keyframe_index].seq < oldest_kept]
         if not gone:
             return False
         self.stats["groundings_expired"] += 1
-        late_s = (self.buffer.latest().stamp_ns - result.keyframes[gone[0].keyframe_index].stamp_ns) / NS_PER_S
-        log.warning("re-grounding %r chose a keyframe that left the buffer %.1f s ago: discarded", job.command, late_s)
+        late_s = (latest.stamp_ns - result.keyframes[gone[0].keyframe_index].stamp_ns) / NS_PER_S
+        log.warning("re-grounding %r chose a keyframe from %.1f s ago, older than the tracks' kept masks "
+                    "(pipeline.buffer_size x 2 frames): discarded", job.command, late_s)
         return True
 
     def _catch_up(self, state: ObjectState, upto: Optional[int], budget: list[int],
@@ -829,13 +859,13 @@ class Pipeline:
         have disagreed with them; until then the disagreeing target is dropped and the tracks
         go on (a re-grounding that is wrong once must not swap what the robot follows).
         Only the job's target's tracks take part: another target's tracks are never confirmed
-        or replaced by this grounding. `seeds`: (candidate, its keyframe, its state caught up to
-        the live frame, or None where it confirmed a confident track before any catch-up, what
-        is left of its catch-up budget)."""
+        or replaced by this grounding. `seeds`: (candidate, its state caught up to the live
+        frame, or None where it confirmed a confident track before any catch-up, what is left
+        of its catch-up budget)."""
         stamp = result.keyframes[-1].stamp_ns
         unmatched = {tid: t for tid, t in self._tracks.items() if t.target == job.target}
         matches = []
-        for cand, keyframe, state, budget in seeds:
+        for cand, state, budget in seeds:
             best_id, best_iou = None, 0.0
             for tid, t in unmatched.items():
                 iou = self._overlap(t, cand, result, state)
@@ -845,7 +875,8 @@ class Pipeline:
             if state is None and not (confirmed and unmatched[best_id].state != TrackState.LOST):
                 # Not the confident track it confirmed before the catch-up was skipped (it was
                 # lost meanwhile): seeded from the grounding after all, caught up here.
-                state = self.tracker.start(keyframe, mask=cand.mask)
+                k = self._seed_keyframe(result, cand)
+                state = self.tracker.start(result.keyframes[k], mask=cand.mask_on(k))
                 self._catch_up(state, upto=self._last_stepped_seq, budget=budget)
             matches.append((state, unmatched.pop(best_id) if confirmed else None, best_iou))
         if unmatched:

@@ -476,7 +476,7 @@ def test_track_history_stays_bounded(setup):
     p, feed = make(buffer_size=8, keyframes=KeyframeConfig(count=4, window_s=1.0, min_spacing_s=0.0))
     p.set_command("the cup")
     feed(100)
-    assert len(p._tracks[1].history) <= 8
+    assert len(p._tracks[1].history) == 16  # the masks of twice the buffer's frames
     assert len(p.buffer) == 8
 
 
@@ -509,9 +509,10 @@ def test_an_answer_for_an_old_command_is_discarded_and_counted(setup):
     assert [t for t in feed().tracks if t.command == "the cup"] == []
 
 
-def test_an_answer_whose_keyframes_left_the_buffer_is_discarded_and_swaps_no_track(setup):
-    """A re-grounding that answers after its keyframes have left the buffer (here it points at
-    another object) is dropped and counted: the live track keeps its id and its object."""
+def test_an_answer_older_than_the_tracks_kept_masks_is_discarded_and_swaps_no_track(setup):
+    """A re-grounding that answers after the tracks' masks on its keyframes are gone (twice the
+    buffer's frames later; here it points at another object) is dropped and counted: the live
+    track keeps its id and its object."""
     grounder, tracker, make = setup
     p, feed = make(asynchronous=True, buffer_size=8, regrounding_period_s=0.3, replace_after=1)
 
@@ -527,7 +528,7 @@ def test_an_answer_whose_keyframes_left_the_buffer_is_discarded_and_swaps_no_tra
     grounder.where = (0.75, 0.5)  # the late answer points elsewhere
     calls = len(grounder.calls)
     assert feeding(lambda: len(grounder.calls) > calls)
-    feed(10)  # more than the buffer holds: the keyframes are gone
+    feed(20)  # more than twice the buffer: the tracks' masks there are gone
     grounder.gate.set()
     assert _wait(lambda: p.stats["groundings_expired"] == 1)
     grounder.find_nothing = True  # later re-groundings must not decide this test
@@ -536,6 +537,50 @@ def test_an_answer_whose_keyframes_left_the_buffer_is_discarded_and_swaps_no_tra
     assert [t.id for t in out.tracks] == [1]
     assert np.array_equal(out.tracks[0].mask, first_mask)
     assert p.stats["tracks_replaced"] == 0
+def test_a_target_whose_keyframe_left_the_buffer_is_seeded_on_a_newer_keyframe_without_a_gap(setup):
+    """The worker may pace a re-grounding's candidate tracklets until its keyframes have left
+    the buffer (only the tracks' masks there are needed to compare, kept twice as long). A target
+    it then starts, chosen on such a keyframe, is seeded on the oldest newer keyframe still
+    buffered, from its tracklet's mask there: the catch-up skips no frame."""
+    grounder, tracker, make = setup
+    p, feed = make(asynchronous=True, buffer_size=8, regrounding_period_s=0.3, replace_after=1)
+
+    def feeding(predicate):
+        return _wait(lambda: predicate() or (feed() is None))
+
+    p.set_command("the cup")
+    assert feeding(lambda: p.state == PipelineState.TRACKING)
+    feed()
+    grounder.gate = threading.Event()
+    grounder.where = (0.75, 0.5)  # the re-grounding points at another object: it replaces the track
+    original = grounder.ground
+
+    def best_on_the_oldest_keyframe(keyframes, command):
+        r = original(keyframes, command)
+        r.points = [PointPrompt(q.keyframe_index, q.x, q.y, 1.0 - 0.01 * q.keyframe_index) for q in r.points]
+        return r
+
+    grounder.ground = best_on_the_oldest_keyframe
+    calls = len(grounder.calls)
+    assert feeding(lambda: len(grounder.calls) > calls)
+    keyframe_seqs = grounder.calls[-1][1]
+    feed(3)  # the oldest keyframes leave the 8-frame buffer; the tracks' masks there stay
+    assert p.buffer.get(keyframe_seqs[0]) is None and p.buffer.get(keyframe_seqs[-1]) is not None
+    gaps = p.stats["catch_up_gaps"]
+    grounder.gate.set()
+    assert _wait(lambda: p.stats["tracks_replaced"] == 1)
+    grounder.find_nothing = True  # later re-groundings must not decide this test
+    grounder.gate = None
+    assert p.stats["groundings_expired"] == 0
+    assert p.stats["catch_up_gaps"] == gaps  # no frame skipped
+    (track,) = [t for t in feed().tracks if t.state == TrackState.TRACKING]
+    x, y = cell_centre(grounder.where)
+    assert track.id == 2 and track.mask[int(y), int(x)]
+    # It was seeded on a keyframe still buffered, newer than the one its point came from.
+    seeded = [seq for sid, seq, st in tracker.advanced if st is tracker.live[2]]
+    assert seeded and seeded[0] - 1 in keyframe_seqs[1:]
+
+
 @pytest.mark.parametrize("change", ["size", "time"])
 def test_a_restart_during_catch_up_is_counted_and_does_not_advise_raising_buffer_size(change, caplog):
     """The stream restarts (the image size changes, or time jumps back) just as a grounded
@@ -656,6 +701,7 @@ def test_the_worker_does_not_pause_when_nothing_confident_is_tracked_or_its_fram
     re-grounding be discarded): the worker then runs at full speed."""
     grounder, tracker, make = setup
     p, feed = make(asynchronous=True, regrounding_period_s=0.0, buffer_size=32)
+    assert p._needed_horizon == 32  # the buffer, until a grounding's tracklets need the masks
     p.set_command("the cup")
     deadline = time.monotonic() + 20
     while p.state != PipelineState.TRACKING and time.monotonic() < deadline:
@@ -667,6 +713,12 @@ def test_the_worker_does_not_pause_when_nothing_confident_is_tracked_or_its_fram
     p._needed_seq = latest - 5
     assert p._pace_now()  # a confident track, the needed frame well inside the buffer
     p._needed_seq = latest - 24  # the oldest quarter of 32 frames
+    assert not p._pace_now()
+    # For the candidate tracklets only the tracks' masks on the keyframes are needed, kept for
+    # twice the buffer's frames: the same frame is well inside that horizon.
+    p._needed_horizon = p.history_frames
+    assert p.history_frames == 64 and p._pace_now()
+    p._needed_seq = latest - 48
     assert not p._pace_now()
     p._needed_seq = latest - 5
     track.state = TrackState.LOST

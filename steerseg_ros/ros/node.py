@@ -191,6 +191,7 @@ def write_default_params(path: str, grounder: str = "builtin", tracker: str = "b
     with open(path, "w") as f:
         f.write(parameters.render_yaml(f"/**/{NODE_NAME}", default_specs(grounder, tracker), header))
 
+
 def incoming_rgb(msg, pipeline: Pipeline) -> np.ndarray:
     """A camera message (Image or CompressedImage) as the HxWx3 RGB frame the pipeline takes,
     converted into the memory of a frame that left the pipeline's buffer where there is one (a
