@@ -82,10 +82,9 @@ class PipelineConfig:
 
     buffer_size: int = field(default=128, metadata={"help": (
         "Frames kept for keyframes and catch-up; must cover the keyframe window plus the grounding "
-        "latency at camera rate (128: 4.3 s at 30 fps, the 3 s window and 1.3 s to ground). The "
-        "tracks' masks are kept for twice as many frames: a re-grounding whose chosen keyframe is "
-        "older than that is discarded. Memory: width x height x 3 bytes per frame (157 MB at "
-        "854x480), plus width x height / 8 bytes per frame and track for the masks.")})
+        "latency at camera rate (128: 4.3 s at 30 fps, the 3 s window and 1.3 s to ground; a "
+        "re-grounding whose keyframes left the buffer is discarded). Memory: width x height x 3 "
+        "bytes per frame (157 MB at 854x480).")})
     keyframes: KeyframeConfig = field(default_factory=KeyframeConfig, metadata={"help": "Keyframe selection."})
     min_keyframes: int = field(default=4, metadata={"help": "Grounding waits until this many keyframes can be chosen."})
     regrounding_period_s: float = field(default=5.0, metadata={"help": (
@@ -252,7 +251,7 @@ class _Track:
     # Re-groundings in a row that picked another target while this track was confident.
     disagreements: int = 0
     # Packed masks of recent frames by sequence number, to compare a re-grounding with this
-    # track on the keyframe it used. Bounded by Pipeline.history_frames.
+    # track on the keyframe it used. Bounded by the frame buffer's capacity.
     history: deque = field(default_factory=deque)
 
     def remember(self, seq: int, mask: np.ndarray) -> None:
@@ -350,18 +349,13 @@ class Pipeline:
         self._wake = threading.Condition(self._lock)
         self._closed = False
         self._closing = threading.Event()  # ends the worker's pauses at once
-        # Each track's masks are kept for twice as many frames as the buffer holds: a re-grounding's
-        # candidate tracklets need only the tracks' masks on its keyframes, not the frames (the
-        # result holds its keyframes), and a packed mask is 1/24 of its frame. So the worker can
-        # pace its tracklets for longer than the buffer keeps frames: with the 3 s keyframe window
-        # filling most of the buffer, a horizon of the buffer alone left them almost no room.
-        self.history_frames = 2 * self.config.buffer_size
-        # The oldest frame the worker still needs (its first keyframe, then the frame its catch-up
-        # has reached), and how many frames back from the newest it may be before it is gone (the
-        # tracks' history for the keyframes, the buffer for the catch-up): the worker's pauses
-        # stop before that.
+        # The oldest buffered frame the worker still needs: its pauses stop before that frame
+        # would leave the buffer. For the candidate tracklets, the newest keyframe (a target is
+        # seeded on the oldest keyframe still buffered that its tracklet reaches, and compared
+        # with the tracks there; the result itself holds the keyframes): with the 3 s keyframe
+        # window filling most of the buffer, the oldest keyframe would stop the pauses almost at
+        # once. For the catch-up, the frame it has reached.
         self._needed_seq: Optional[int] = None
-        self._needed_horizon = self.config.buffer_size
         self._paced = _PacedTracker(
             tracker, lambda: self.config.worker_duty if self.config.asynchronous else 1.0,
             self._pace_now, self._closing)
@@ -558,7 +552,7 @@ class Pipeline:
     def _update(self, t: _Track, frame: Frame, mask: np.ndarray, score: float, regrounding: bool) -> None:
         t.mask, t.score = mask, score
         t.remember(frame.seq, mask)
-        while len(t.history) > self.history_frames:
+        while len(t.history) > self.buffer.capacity:
             t.history.popleft()
         if score >= self.config.min_confidence and mask.any():
             t.last_confident_ns = frame.stamp_ns
@@ -692,7 +686,7 @@ class Pipeline:
         result.validate()
         if self._stale(job):
             return
-        self._needed_seq, self._needed_horizon = result.keyframes[0].seq, self.history_frames
+        self._needed_seq = result.keyframes[-1].seq
         chosen = tracklets.select(result, self._paced, self.config.selection)
         if self._stale(job) or self._expired(job, result, chosen):
             return
@@ -712,8 +706,9 @@ class Pipeline:
                 seeds.append((cand, None, budget))  # the live track goes on as it is
                 continue
             k = self._seed_keyframe(result, cand)
+            k = cand.keyframe_index if k is None else k  # a first grounding: whatever is buffered
             keyframe = result.keyframes[k]
-            self._needed_seq, self._needed_horizon = keyframe.seq, self.buffer.capacity
+            self._needed_seq = keyframe.seq
             state = self._paced.start(keyframe, mask=cand.mask_on(k))
             self._catch_up(state, upto=None, budget=budget, tracker=self._paced)
             seeds.append((cand, state, budget))
@@ -725,17 +720,15 @@ class Pipeline:
                     self._catch_up(state, upto=self._last_stepped_seq, budget=budget)
             self._reconcile(job, result, seeds)
 
-    def _seed_keyframe(self, result: GroundingResult, cand: tracklets.Tracklet) -> int:
+    def _seed_keyframe(self, result: GroundingResult, cand: tracklets.Tracklet) -> Optional[int]:
         """The keyframe a chosen target is seeded on: its own; or, when that one has left the
         buffer (the worker paced the candidate tracklets past it), the oldest newer keyframe still
         buffered on which its tracklet has a mask, so that the catch-up from there skips no
-        frame."""
-        if self.buffer.get(result.keyframes[cand.keyframe_index].seq) is not None:
-            return cand.keyframe_index
-        for k in range(cand.keyframe_index + 1, len(result.keyframes)):
+        frame. None when none of them is buffered any more."""
+        for k in range(cand.keyframe_index, len(result.keyframes)):
             if cand.mask_on(k) is not None and self.buffer.get(result.keyframes[k].seq) is not None:
                 return k
-        return cand.keyframe_index
+        return None
 
     def _confirms_live_track(self, job: _Job, result: GroundingResult, cand: tracklets.Tracklet) -> bool:
         """Whether a grounded target is one of the job's target's confident tracks, by its mask
@@ -748,17 +741,15 @@ class Pipeline:
     def _pace_now(self) -> bool:
         """Whether the worker pauses after a tracker step: only while a confident track's live
         masks are there to protect (not for a first grounding, nor when every track is LOST),
-        and only while the oldest frame it still needs is in the newer three quarters of what is
-        kept of it (the tracks' masks for the candidate tracklets' keyframes, the buffer for the
-        catch-up). A re-grounding whose keyframe the tracks' masks no longer reach is discarded,
-        so pausing must never cost the re-grounding itself; past that point the worker runs at
-        full speed."""
+        and only while the oldest frame it still needs is in the newer three quarters of the
+        buffer. A re-grounding whose keyframes have left the buffer is discarded, so pausing must
+        never cost the re-grounding itself; past that point the worker runs at full speed."""
         if not any(t.state != TrackState.LOST for t in list(self._tracks.values())):
             return False
         latest, needed = self.buffer.latest(), self._needed_seq
         if latest is None or needed is None:
             return True
-        return latest.seq - needed < self._needed_horizon * 3 // 4
+        return latest.seq - needed < self.buffer.capacity * 3 // 4
 
     def _job_current(self, job: _Job) -> bool:
         with self._lock:
@@ -774,25 +765,22 @@ class Pipeline:
         return True
 
     def _expired(self, job: _Job, result: GroundingResult, chosen: list) -> bool:
-        """A re-grounding whose chosen candidate lies on a keyframe older than the live tracks'
-        kept masks (a late answer): it could not be compared with them there, and a
+        """A re-grounding whose chosen candidate is on no keyframe still buffered (a late answer:
+        its own keyframe and the newer ones its tracklet reaches have left the buffer): the live
+        tracks' masks there are gone too, so it could not be compared with them, and a
         disagreement it cannot show must not swap what the robot follows. Dropped and counted;
         the tracks go on. A first grounding (no track to swap) is still used, caught up over
         what the buffer holds."""
         with self._lock:
             if not any(t.target == job.target for t in self._tracks.values()):
                 return False
-        latest = self.buffer.latest()
-        if latest is None:
-            return False
-        oldest_kept = latest.seq - self.history_frames + 1
-        gone = [c for c in chosen if result.keyframes[c.keyframe_index].seq < oldest_kept]
+        gone = [c for c in chosen if self._seed_keyframe(result, c) is None]
         if not gone:
             return False
         self.stats["groundings_expired"] += 1
-        late_s = (latest.stamp_ns - result.keyframes[gone[0].keyframe_index].stamp_ns) / NS_PER_S
-        log.warning("re-grounding %r chose a keyframe from %.1f s ago, older than the tracks' kept masks "
-                    "(pipeline.buffer_size x 2 frames): discarded", job.command, late_s)
+        late_s = (self.buffer.latest().stamp_ns - result.keyframes[-1].stamp_ns) / NS_PER_S
+        log.warning("re-grounding %r: its keyframes left the buffer (the newest %.1f s ago): discarded",
+                    job.command, late_s)
         return True
 
     def _catch_up(self, state: ObjectState, upto: Optional[int], budget: list[int],
@@ -876,6 +864,7 @@ class Pipeline:
                 # Not the confident track it confirmed before the catch-up was skipped (it was
                 # lost meanwhile): seeded from the grounding after all, caught up here.
                 k = self._seed_keyframe(result, cand)
+                k = cand.keyframe_index if k is None else k
                 state = self.tracker.start(result.keyframes[k], mask=cand.mask_on(k))
                 self._catch_up(state, upto=self._last_stepped_seq, budget=budget)
             matches.append((state, unmatched.pop(best_id) if confirmed else None, best_iou))
