@@ -706,7 +706,6 @@ class Pipeline:
                 seeds.append((cand, None, budget))  # the live track goes on as it is
                 continue
             k = self._seed_keyframe(result, cand)
-            k = cand.keyframe_index if k is None else k  # a first grounding: whatever is buffered
             keyframe = result.keyframes[k]
             self._needed_seq = keyframe.seq
             state = self._paced.start(keyframe, mask=cand.mask_on(k))
@@ -720,15 +719,21 @@ class Pipeline:
                     self._catch_up(state, upto=self._last_stepped_seq, budget=budget)
             self._reconcile(job, result, seeds)
 
-    def _seed_keyframe(self, result: GroundingResult, cand: tracklets.Tracklet) -> Optional[int]:
-        """The keyframe a chosen target is seeded on: its own; or, when that one has left the
-        buffer (the worker paced the candidate tracklets past it), the oldest newer keyframe still
-        buffered on which its tracklet has a mask, so that the catch-up from there skips no
-        frame. None when none of them is buffered any more."""
+    def _buffered_keyframe(self, result: GroundingResult, cand: tracklets.Tracklet) -> Optional[int]:
+        """A chosen target's own keyframe; or, when that one has left the buffer (the worker
+        paced the candidate tracklets past it), the oldest newer keyframe still buffered on which
+        its tracklet has a mask. None when none of them is buffered any more."""
         for k in range(cand.keyframe_index, len(result.keyframes)):
             if cand.mask_on(k) is not None and self.buffer.get(result.keyframes[k].seq) is not None:
                 return k
         return None
+
+    def _seed_keyframe(self, result: GroundingResult, cand: tracklets.Tracklet) -> int:
+        """The keyframe a chosen target is seeded on: `_buffered_keyframe`, so that the catch-up
+        from there skips no frame; its own when none is buffered (a first grounding, caught up
+        over whatever the buffer holds)."""
+        k = self._buffered_keyframe(result, cand)
+        return cand.keyframe_index if k is None else k
 
     def _confirms_live_track(self, job: _Job, result: GroundingResult, cand: tracklets.Tracklet) -> bool:
         """Whether a grounded target is one of the job's target's confident tracks, by its mask
@@ -774,7 +779,7 @@ class Pipeline:
         with self._lock:
             if not any(t.target == job.target for t in self._tracks.values()):
                 return False
-        gone = [c for c in chosen if self._seed_keyframe(result, c) is None]
+        gone = [c for c in chosen if self._buffered_keyframe(result, c) is None]
         if not gone:
             return False
         self.stats["groundings_expired"] += 1
@@ -864,7 +869,6 @@ class Pipeline:
                 # Not the confident track it confirmed before the catch-up was skipped (it was
                 # lost meanwhile): seeded from the grounding after all, caught up here.
                 k = self._seed_keyframe(result, cand)
-                k = cand.keyframe_index if k is None else k
                 state = self.tracker.start(result.keyframes[k], mask=cand.mask_on(k))
                 self._catch_up(state, upto=self._last_stepped_seq, budget=budget)
             matches.append((state, unmatched.pop(best_id) if confirmed else None, best_iou))
