@@ -217,12 +217,10 @@ class DrawerNode(GuardedTransitions, LifecycleNode):
         self._lifecycle = "unconfigured"
 
     def close(self) -> None:
-        import logging
-
         try:
             self._cleanup()
         finally:
-            logging.getLogger("steerseg_ros").removeHandler(self._log_handler)
+            self._log_handler.detach()
 
     @property
     def autostart(self) -> bool:

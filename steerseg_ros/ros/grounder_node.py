@@ -13,7 +13,6 @@ request that has not started is not run.
 from __future__ import annotations
 
 import collections
-import logging
 import os
 import threading
 import time
@@ -217,7 +216,7 @@ class GrounderNode(GuardedTransitions, LifecycleNode):
         try:
             self._cleanup()
         finally:
-            logging.getLogger("steerseg_ros").removeHandler(self._log_handler)
+            self._log_handler.detach()
 
     # ---- requests -----------------------------------------------------------------------------
     def _count(self, key: str, n: int = 1) -> None:

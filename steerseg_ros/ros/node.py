@@ -298,13 +298,17 @@ class RosLogHandler(logging.Handler):
     @classmethod
     def attach(cls, ros_logger) -> "RosLogHandler":
         """A handler forwarding the core's loggers ("steerseg_ros.*", INFO and up unless set
-        otherwise) to `ros_logger`; remove it from logging.getLogger("steerseg_ros") at close."""
+        otherwise) to `ros_logger`; `detach` it at close."""
         handler = cls(ros_logger)
         core_logger = logging.getLogger("steerseg_ros")
         core_logger.addHandler(handler)
         if core_logger.level == logging.NOTSET:
             core_logger.setLevel(logging.INFO)
         return handler
+
+    def detach(self) -> None:
+        """Stop forwarding (undoes `attach`)."""
+        logging.getLogger("steerseg_ros").removeHandler(self)
 
     def __init__(self, ros_logger):
         super().__init__()
@@ -682,7 +686,7 @@ class SteerSegNode(GuardedTransitions, LifecycleNode):
             self._deactivate()
             self._cleanup(grounding_wait_s)
         finally:
-            logging.getLogger("steerseg_ros").removeHandler(self._log_handler)
+            self._log_handler.detach()
 
     # ---- input ------------------------------------------------------------------------------
     def _count(self, key: str, n: int = 1) -> None:
