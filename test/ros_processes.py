@@ -257,8 +257,7 @@ def play_through_node(tmp_path: Path, domain: int, recorder: "Recorder", node_pa
     """Start the node with `node_params`, configure and activate it through its lifecycle
     services (as launch or a lifecycle manager does), play `frames` with `steerseg-play
     --lockstep` (each frame once the previous one's mask came back, at most at `rate`: every
-    frame is processed however slow or busy the machine; reliable QoS unless `node_params` and
-    `play_args` say otherwise; with `hold_while_grounding` also each
+    frame is processed however slow or busy the machine; with `hold_while_grounding` also each
     grounding starts and ends on the same frames, and `node_params` should then set a short
     stats_period_s, since the player learns that from /diagnostics), wait for the last frame's
     mask (and for `until`, when given), then stop the node.
@@ -267,11 +266,6 @@ def play_through_node(tmp_path: Path, domain: int, recorder: "Recorder", node_pa
     import json
 
     env = ros_env(domain)
-    # Lockstep needs every frame to arrive, so the camera is reliable unless the test says
-    # otherwise: a best-effort frame can be lost to discovery (seen in CI on a busy machine: the
-    # first frame never reached the node, and the player waited 60 s for its answer).
-    node_params = {"image_qos": "reliable", **node_params}
-    qos = [] if "--qos" in play_args else ["--qos", "reliable"]
     node = start_node({**env, **(node_env or {})}, tmp_path, node_params)
     try:
         assert recorder.change_state("configure", timeout=configure_timeout), \
@@ -279,7 +273,7 @@ def play_through_node(tmp_path: Path, domain: int, recorder: "Recorder", node_pa
         assert recorder.change_state("activate", timeout=30.0), f"activate failed:\n{node.text()[-3000:]}"
         manifest_path = tmp_path / "manifest.jsonl"
         play = Process(["steerseg-play", "--frames", str(frames), "--rate", str(rate),
-                        "--manifest", str(manifest_path), "--wait-subscribers", "20", "--lockstep", *qos,
+                        "--manifest", str(manifest_path), "--wait-subscribers", "20", "--lockstep",
                         *(["--hold-while-grounding"] if hold_while_grounding else []), *play_args],
                        env, tmp_path / "play.log")
         try:

@@ -165,11 +165,13 @@ def stamp_ns(msg) -> int:
 
 
 def _play(tmp_path: Path, domain: int, recorder: rp.Recorder, frames: Path, command: str, image_subscribers: int):
-    # The camera is reliable (play_through_node's default): the two runs must see the same frames
-    # to give the same masks.
+    # The camera is reliable here: the two runs must see the same frames to give the same masks,
+    # and a best-effort frame can be lost to discovery (seen once in CI: the first frame never
+    # reached the tracker node, whose masks then differed from the other run's).
     play = ["--count", str(FRAMES), "--command", command, "--command-at", "0",
-            "--min-subscribers", str(image_subscribers)]
-    return rp.play_through_node(tmp_path, domain, recorder, {"stats_period_s": 0.1, "draw": False}, frames, play,
+            "--min-subscribers", str(image_subscribers), "--qos", "reliable"]
+    return rp.play_through_node(tmp_path, domain, recorder,
+                                {"stats_period_s": 0.1, "draw": False, "image_qos": "reliable"}, frames, play,
                                 RATE, hold_while_grounding=True)
 
 
