@@ -27,8 +27,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from steerseg_ros.backends import make_grounder
-from steerseg_ros.buffer import NS_PER_S, Frame
+from steerseg_ros.streaming.backends import make_grounder
+from steerseg_ros.frame import NS_PER_S, Frame
 from steerseg_ros.grounding.base import GroundingResult
 
 PRIOR_COMMAND = "the object"

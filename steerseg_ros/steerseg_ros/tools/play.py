@@ -1,0 +1,398 @@
+"""steerseg-play: publish a folder of frames, a video file or a ROS 2 bag as camera topics.
+
+Owns the player used by the tests, the demo and anyone without a camera: frames go out as
+sensor_msgs/Image (or CompressedImage for jpeg/png) at a fixed rate with increasing stamps,
+optionally looping; a std_msgs/String command goes out at a given time, and optionally a seed
+mask (mono8, stamped with the first frame's stamp) for tracking without a command. A manifest
+(one JSON line per published frame: index, name, stamp_ns) lets a recorder match outputs to
+input frames by stamp. With --lockstep it publishes the next frame only once the node has
+answered the previous one (its mask came back), so every frame is processed however slow the
+machine is: for tests and evaluations, not for rate measurements (steerseg-bench).
+
+    steerseg-play --frames DIR --rate 10 --command "the black swan" --command-at 1.0
+    steerseg-play --bag recording.mcap [--topics COLOUR DEPTH CAMERA_INFO] [--rate R]
+
+A bag (a rosbag2 folder, or one .mcap/.db3 file; read with `rosbags`, no ROS bag tools needed)
+replays its colour image, depth image and camera_info topics on `image`, `depth` and
+`camera_info` (the node's input names; --topic, --depth-topic, --camera-info-topic rename
+them) as the recorded bytes, so header stamps and frame ids are the recorded ones. Timing is
+the recorded one (log times), or scaled so the colour topic runs at --rate frames per second.
+Without --topics the colour, depth and camera_info topics are found by type and encoding.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import cv2
+
+from steerseg_ros.offline.sources import FrameSource
+
+RAW_ENCODINGS = ("bgr8", "rgb8", "bgra8", "rgba8", "mono8")
+COMPRESSED_ENCODINGS = ("jpeg", "png")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="steerseg-play", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--frames", type=Path, help="folder of images, published in name order")
+    source.add_argument("--video", type=Path, help="video file (anything OpenCV reads)")
+    source.add_argument("--bag", type=Path, help="ROS 2 bag (folder, .mcap or .db3): replay colour, depth, camera_info")
+    parser.add_argument("--topics", nargs="+", default=None, metavar="TOPIC",
+                        help="with --bag: the bag topics to replay (colour, and optionally depth and camera_info)")
+    parser.add_argument("--rate", type=float, default=None,
+                        help="frames per second (default 10; with --bag: the recorded rate)")
+    parser.add_argument("--count", type=int, default=None, help="publish only the first COUNT frames")
+    parser.add_argument("--loop", action="store_true", help="start over after the last frame (stamps keep increasing)")
+    parser.add_argument("--loops", type=int, default=0, help="with --loop, stop after this many passes (0: until Ctrl-C)")
+    parser.add_argument("--topic", default=None, help="image topic (default: image, or image/compressed for jpeg/png)")
+    parser.add_argument("--depth-topic", default="depth", help="with --bag: the topic depth images go out on")
+    parser.add_argument("--camera-info-topic", default="camera_info", help="with --bag: the topic camera_info goes out on")
+    parser.add_argument("--encoding", default="bgr8", choices=RAW_ENCODINGS + COMPRESSED_ENCODINGS)
+    parser.add_argument("--frame-id", default="camera", help="header.frame_id of every frame")
+    parser.add_argument("--qos", default="sensor_data", choices=("sensor_data", "reliable"), help="QoS of the image topic")
+    parser.add_argument("--stamp-start", type=float, default=None,
+                        help="stamp of the first frame in seconds (default: the wall clock at start)")
+    parser.add_argument("--command", default=None, help="text published on the command topic")
+    parser.add_argument("--command-at", type=float, default=0.0,
+                        help="seconds after the first frame at which the command is published")
+    parser.add_argument("--command-topic", default="command")
+    parser.add_argument("--seed-mask", type=Path, default=None,
+                        help="PNG mask (nonzero: the object) published as mono8 on --seed-topic with the first frame's stamp")
+    parser.add_argument("--seed-topic", default="seed_mask")
+    parser.add_argument("--wait-subscribers", type=float, default=10.0,
+                        help="wait up to this many seconds for a subscriber on each topic before the first frame (0: no wait)")
+    parser.add_argument("--min-subscribers", type=int, default=1,
+                        help="the number of subscribers to wait for on the camera image topic (e.g. 2: the "
+                             "tracker and the drawing node), up to --wait-subscribers seconds")
+    parser.add_argument("--wait-all", action="store_true",
+                        help="with --bag: wait for subscribers on depth and camera_info too, not only on the image")
+    parser.add_argument("--linger", type=float, default=1.0,
+                        help="seconds to stay up after the last message so reliable subscribers get everything")
+    parser.add_argument("--manifest", type=Path, default=None, help="write one JSON line per published frame here")
+    parser.add_argument("--lockstep", action="store_true",
+                        help="publish the next frame only once the previous one's answer (a message with its "
+                             "stamp on --answer-topic) arrived, or --answer-timeout passed; --rate stays the "
+                             "fastest pace")
+    parser.add_argument("--answer-topic", default="mask", help="with --lockstep: the node's output to wait for")
+    parser.add_argument("--hold-while-grounding", action="store_true",
+                        help="with --lockstep: also wait, after each answer, until the node's /diagnostics say "
+                             "no grounding is running (needs the node's stats_period_s > 0; a small one is "
+                             "faster): a grounding then starts and ends on the same frames on any machine")
+    parser.add_argument("--answer-timeout", type=float, default=60.0,
+                        help="with --lockstep: seconds to wait for one frame's answer before going on")
+    return parser
+
+
+def _wait_for_subscribers(publishers, timeout: float, images: int = 1) -> bool:
+    """Wait until every publisher has a subscriber, the camera image publisher (the first)
+    `images` of them (--min-subscribers)."""
+    def heard() -> bool:
+        return all(p.get_subscription_count() >= (images if i == 0 else 1) for i, p in enumerate(publishers))
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if heard():
+            return True
+        time.sleep(0.05)
+    return heard()
+
+
+class _Answers:
+    """The stamps of the messages the node published on one topic (its answers to frames),
+    received by spinning `node` while waiting."""
+
+    def __init__(self, node, topic: str):
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import Image
+
+        from steerseg_ros.ros.messages import stamp_to_ns
+
+        self._node = node
+        self._stamps: set[int] = set()
+        self._sub = node.create_subscription(
+            Image, topic, lambda m: self._stamps.add(stamp_to_ns(m.header.stamp)),
+            QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+        self._idle_after = -1  # the newest frame stamp the node reported with no grounding running
+        self._diagnostics = node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
+        self._executor = SingleThreadedExecutor(context=node.context)
+        self._executor.add_node(node)
+
+    def _on_diagnostics(self, msg) -> None:
+        for status in msg.status:
+            values = {kv.key: kv.value for kv in status.values}
+            if values.get("grounding_running") == "false" and "last_frame_stamp_ns" in values:
+                self._idle_after = max(self._idle_after, int(values["last_frame_stamp_ns"]))
+
+    def wait_idle(self, stamp_ns: int, timeout: float) -> bool:
+        """Until the node reports, after processing the frame at `stamp_ns`, that no grounding
+        is running."""
+        deadline = time.monotonic() + timeout
+        while self._idle_after < stamp_ns and time.monotonic() < deadline:
+            self._executor.spin_once(timeout_sec=0.05)
+        return self._idle_after >= stamp_ns
+
+    def wait_for_publisher(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self._sub.get_publisher_count() == 0 and time.monotonic() < deadline:
+            self._executor.spin_once(timeout_sec=0.05)
+        return self._sub.get_publisher_count() > 0
+
+    def wait_for(self, stamp_ns: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while stamp_ns not in self._stamps and time.monotonic() < deadline:
+            self._executor.spin_once(timeout_sec=0.05)
+        found = stamp_ns in self._stamps
+        self._stamps = {s for s in self._stamps if s > stamp_ns}  # bounded: older answers are done
+        return found
+
+    def close(self) -> None:
+        self._executor.remove_node(self._node)
+        self._executor.shutdown()
+        self._node.destroy_subscription(self._sub)
+        self._node.destroy_subscription(self._diagnostics)
+
+
+def play(args: argparse.Namespace, node) -> int:
+    """Publish with `node` (an rclpy node) as the options say; returns the frames published."""
+    if args.bag is not None:
+        return play_bag(args, node)
+    from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+    from sensor_msgs.msg import CompressedImage, Image
+    from std_msgs.msg import String
+
+    from steerseg_ros.ros.image_conversion import array_to_image, rgb_to_compressed, rgb_to_image
+    from steerseg_ros.ros.messages import header_at
+
+    compressed = args.encoding in COMPRESSED_ENCODINGS
+    topic = args.topic or ("image/compressed" if compressed else "image")
+    image_qos = qos_profile_sensor_data if args.qos == "sensor_data" else QoSProfile(
+        depth=10, reliability=ReliabilityPolicy.RELIABLE)
+    reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+    image_pub = node.create_publisher(CompressedImage if compressed else Image, topic, image_qos)
+    command_pub = node.create_publisher(String, args.command_topic, reliable) if args.command is not None else None
+    seed_pub = node.create_publisher(Image, args.seed_topic, reliable) if args.seed_mask is not None else None
+    log = node.get_logger()
+
+    source = FrameSource(frames=args.frames, video=args.video, limit=args.count)
+    seed = None
+    if args.seed_mask is not None:
+        seed = cv2.imread(str(args.seed_mask), cv2.IMREAD_GRAYSCALE)
+        if seed is None:
+            raise FileNotFoundError(f"cannot read the seed mask {args.seed_mask}")
+        seed = ((seed > 0) * 255).astype("uint8")
+
+    publishers = [p for p in (image_pub, command_pub, seed_pub) if p is not None]
+    if args.wait_subscribers > 0 and not _wait_for_subscribers(publishers, args.wait_subscribers, args.min_subscribers):
+        log.warning(f"no subscriber on some topic after {args.wait_subscribers:.1f} s; publishing anyway")
+    answers = _Answers(node, args.answer_topic) if args.lockstep else None
+    if answers is not None and not answers.wait_for_publisher(max(args.wait_subscribers, 1.0)):
+        log.warning(f"nothing publishes {node.resolve_topic_name(args.answer_topic)} after "
+                    f"{args.wait_subscribers:.1f} s; --lockstep waits for answers anyway")
+
+    if args.rate is None:
+        args.rate = 10.0
+    period_ns = int(round(1e9 / args.rate))
+    start_ns = int(args.stamp_start * 1e9) if args.stamp_start is not None else time.time_ns()
+    manifest = open(args.manifest, "w") if args.manifest is not None else None
+    command_sent = command_pub is None
+    published = 0
+    t0 = time.monotonic()
+    try:
+        passes = 0
+        while True:
+            for name, bgr in source:
+                due = t0 + published / args.rate
+                delay = due - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                stamp_ns = start_ns + published * period_ns
+                header = header_at(stamp_ns, args.frame_id)
+                if seed is not None and published == 0:
+                    if seed.shape != bgr.shape[:2]:
+                        raise ValueError(f"seed mask is {seed.shape[::-1]}, the first frame {bgr.shape[1::-1]}")
+                    # Sent just before its frame: the node holds it until that frame arrives.
+                    # The short pause lets it get there first (else it is applied, caught up,
+                    # from the next frame on).
+                    seed_pub.publish(array_to_image(seed, "mono8", header))
+                    time.sleep(min(0.2, 1.0 / args.rate))
+                    t0 += min(0.2, 1.0 / args.rate)
+                if not command_sent and time.monotonic() - t0 >= args.command_at:
+                    command_pub.publish(String(data=args.command))
+                    command_sent = True
+                    log.info(f"command: {args.command!r}")
+                rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+                msg = rgb_to_compressed(rgb, args.encoding, header) if compressed else rgb_to_image(rgb, args.encoding, header)
+                image_pub.publish(msg)
+                if answers is not None and not answers.wait_for(stamp_ns, args.answer_timeout):
+                    log.warning(f"no answer for the frame at {stamp_ns / 1e9:.6f} s within {args.answer_timeout:.0f} s")
+                elif answers is not None and args.hold_while_grounding and \
+                        not answers.wait_idle(stamp_ns, args.answer_timeout):
+                    log.warning(f"the node still grounds {args.answer_timeout:.0f} s after the frame at {stamp_ns / 1e9:.6f} s")
+                _record(manifest, published, name, stamp_ns)
+                published += 1
+            passes += 1
+            if not args.loop or (args.loops and passes >= args.loops):
+                break
+        _finish(args, command_pub, command_sent)
+    finally:
+        _close(manifest, answers)
+    log.info(f"published {published} frames on {node.resolve_topic_name(topic)}")
+    return published
+
+
+def _record(manifest, index: int, name: str, stamp_ns: int) -> None:
+    """One published frame in the manifest (when one is written), flushed at once so that a
+    reader sees it while playback goes on."""
+    if manifest is not None:
+        manifest.write(json.dumps({"index": index, "name": name, "stamp_ns": stamp_ns}) + "\n")
+        manifest.flush()
+
+
+def _finish(args: argparse.Namespace, command_pub, command_sent: bool) -> None:
+    """After the last frame: a command due after it still goes out, then --linger."""
+    from std_msgs.msg import String
+
+    if not command_sent:
+        command_pub.publish(String(data=args.command))
+    if args.linger > 0:
+        time.sleep(args.linger)
+
+
+def _close(manifest, answers) -> None:
+    if manifest is not None:
+        manifest.close()
+    if answers is not None:
+        answers.close()
+
+
+def play_bag(args: argparse.Namespace, node) -> int:
+    """Replay a bag's colour, depth and camera_info messages (raw, stamps as recorded); returns
+    the colour frames published."""
+    from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+    from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+    from std_msgs.msg import String
+
+    from steerseg_ros.offline.bags import COMPRESSED, find_topics, read_bag
+
+    if args.loop:
+        raise SystemExit("--loop does not apply to --bag (its stamps would repeat)")
+    topics = find_topics(args.bag, args.topics)
+    log = node.get_logger()
+    qos = qos_profile_sensor_data if args.qos == "sensor_data" else QoSProfile(
+        depth=10, reliability=ReliabilityPolicy.RELIABLE)
+    reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+    compressed = topics.colour_type == COMPRESSED
+    out = {"colour": args.topic or ("image/compressed" if compressed else "image"),
+           "depth": args.depth_topic, "camera_info": args.camera_info_topic}
+    pubs = {"colour": node.create_publisher(CompressedImage if compressed else Image, out["colour"], qos)}
+    if topics.depth:
+        pubs["depth"] = node.create_publisher(Image, out["depth"], qos)
+    if topics.camera_info:
+        pubs["camera_info"] = node.create_publisher(CameraInfo, out["camera_info"], qos)
+    command_pub = node.create_publisher(String, args.command_topic, reliable) if args.command is not None else None
+    if args.seed_mask is not None:
+        raise SystemExit("--seed-mask is not supported with --bag")
+    log.info(f"bag {args.bag}: " + ", ".join(f"{t} -> {node.resolve_topic_name(out[r])}" for r, t in
+                                             (("colour", topics.colour), ("depth", topics.depth),
+                                              ("camera_info", topics.camera_info)) if t))
+    # By default only the colour topic (and the command) must be heard: a node without depth
+    # input still runs. --wait-all waits for depth and camera_info subscribers too.
+    waited = list(pubs.values()) if args.wait_all else [pubs["colour"]]
+    waited += [command_pub] if command_pub is not None else []
+    if args.wait_subscribers > 0 and not _wait_for_subscribers(waited, args.wait_subscribers, args.min_subscribers):
+        log.warning(f"no subscriber on some topic after {args.wait_subscribers:.1f} s; publishing anyway")
+
+    scale = 1.0
+    if args.rate is not None:
+        # The recorded colour rate, from the colour frames' log times.
+        first = last = None
+        n = 0
+        for m in read_bag(args.bag, type(topics)(colour=topics.colour, colour_type=topics.colour_type)):
+            first = m.log_ns if first is None else first
+            last = m.log_ns
+            n += 1
+            if args.count is not None and n >= args.count:
+                break
+        if n > 1 and last > first:
+            scale = args.rate / ((n - 1) * 1e9 / (last - first))
+    answers = _Answers(node, args.answer_topic) if args.lockstep else None
+    manifest = open(args.manifest, "w") if args.manifest is not None else None
+    counts = {"colour": 0, "depth": 0, "camera_info": 0}
+    command_sent = command_pub is None
+    t0 = time.monotonic()
+    first_log = None
+    # In lockstep the answer for a colour frame is awaited just before the next colour frame
+    # goes out, so the depth and camera_info recorded after it still reach the node first.
+    unanswered: Optional[int] = None
+
+    def wait_answer() -> None:
+        if answers is None or unanswered is None:
+            return
+        if not answers.wait_for(unanswered, args.answer_timeout):
+            log.warning(f"no answer for the frame at {unanswered / 1e9:.6f} s within {args.answer_timeout:.0f} s")
+        elif args.hold_while_grounding and not answers.wait_idle(unanswered, args.answer_timeout):
+            log.warning(f"the node still grounds {args.answer_timeout:.0f} s after the frame at {unanswered / 1e9:.6f} s")
+
+    try:
+        for m in read_bag(args.bag, topics):
+            if m.role == "colour" and args.count is not None and counts["colour"] >= args.count:
+                break
+            if m.role == "colour":
+                wait_answer()
+            first_log = m.log_ns if first_log is None else first_log
+            delay = t0 + (m.log_ns - first_log) / 1e9 / scale - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            if not command_sent and time.monotonic() - t0 >= args.command_at:
+                command_pub.publish(String(data=args.command))
+                command_sent = True
+                log.info(f"command: {args.command!r}")
+            pubs[m.role].publish(m.raw)
+            if m.role == "colour":
+                unanswered = m.stamp_ns
+            if m.role == "colour":
+                _record(manifest, counts["colour"], f"{counts['colour']:05d}", m.stamp_ns)
+            counts[m.role] += 1
+        wait_answer()
+        _finish(args, command_pub, command_sent)
+    finally:
+        _close(manifest, answers)
+    log.info(f"published {counts['colour']} colour, {counts['depth']} depth, {counts['camera_info']} camera_info "
+             f"messages from {args.bag}")
+    return counts["colour"]
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    # ROS arguments (--ros-args -r image:=/camera/image_raw ...) go to rclpy, the rest to us.
+    ours = argv[:argv.index("--ros-args")] if "--ros-args" in argv else argv
+    args = build_parser().parse_args(ours)
+    if args.rate is not None and args.rate <= 0:
+        raise SystemExit("--rate must be > 0")
+    if args.topics and args.bag is None:
+        raise SystemExit("--topics goes with --bag")
+    import rclpy
+    from rclpy.executors import ExternalShutdownException
+
+    rclpy.init(args=["steerseg-play"] + argv)
+    node = rclpy.create_node("steerseg_play")
+    try:
+        play(args, node)
+        return 0
+    except (KeyboardInterrupt, ExternalShutdownException):
+        return 0
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
