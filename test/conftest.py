@@ -63,12 +63,9 @@ def load_davis_frames(root: Path, seq: str, count: int, size: tuple[int, int]):
 
 def load_davis(root: Path, seq: str, count: int | None = None, step: int = 1):
     """(names, RGB frames, boolean ground-truth masks) of a DAVIS sequence."""
-    frames_dir = root / "JPEGImages" / "480p" / seq
-    names = sorted(p.stem for p in frames_dir.glob("*.jpg"))[::step][:count]
-    images = [cv2.cvtColor(cv2.imread(str(frames_dir / f"{n}.jpg")), cv2.COLOR_BGR2RGB) for n in names]
-    masks = [cv2.imread(str(root / "Annotations" / "480p" / seq / f"{n}.png"), cv2.IMREAD_GRAYSCALE) > 127
-             for n in names]
-    return names, images, masks
+    from steerseg_ros.testing.davis import load_sequence
+
+    return load_sequence(root, seq, count, step)
 
 
 # ---- the node over DDS ------------------------------------------------------------------------

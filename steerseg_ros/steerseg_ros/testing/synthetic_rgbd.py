@@ -19,7 +19,6 @@ ROS-free; `steerseg_ros.offline.bags` writes the scene as a ROS 2 bag.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple
@@ -28,16 +27,10 @@ import cv2
 import numpy as np
 
 from steerseg_ros.depth import CameraModel
+from steerseg_ros.testing import davis
 
 CORRUPTIONS = ("noise", "holes", "flying", "spill")
 NS_PER_S = 1_000_000_000
-
-
-def default_davis_root() -> Path:
-    shared = os.environ.get("STEERSEG_SHARED")
-    if shared:
-        return Path(shared) / "data" / "davis16"
-    return Path(__file__).resolve().parents[1].parent / "shared" / "data" / "davis16"
 
 
 def default_camera(width: int = 640, height: int = 480, frame_id: str = "camera_color_optical_frame") -> CameraModel:
@@ -138,7 +131,7 @@ class SyntheticRGBDScene:
                  davis_root: Optional[Path] = None):
         self.config = config or SceneConfig()
         self.camera = camera or default_camera()
-        root = Path(davis_root) if davis_root is not None else default_davis_root()
+        root = Path(davis_root) if davis_root is not None else davis.davis_root()
         self._sprite, self._alpha = _read_object(root, self.config.object_sequence)
         self._texture = _read_texture(root, self.config.background_sequence)
         self._rx, self._ry = self._pixel_rays()
