@@ -78,7 +78,7 @@ def test_the_drawing_node_draws_what_the_tracker_node_draws_itself():
     from steerseg_ros.ros.drawer_node import draw
     from steerseg_ros.ros.image_conversion import image_to_array, rgb_to_image
     from steerseg_ros.ros.messages import MarkerConfig, header_at
-    from steerseg_ros.ros.tracker_node import output_messages
+    from steerseg_ros.ros.outputs import output_messages
 
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)

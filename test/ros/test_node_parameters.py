@@ -24,7 +24,8 @@ from ros_processes import wait_until  # noqa: E402
 
 from steerseg_ros.streaming import backends  # noqa: E402
 from steerseg_ros.grounding.base import ModelUnavailableError  # noqa: E402
-from steerseg_ros.ros.tracker_node import PUBLICATIONS, SteerSegNode, default_specs  # noqa: E402
+from steerseg_ros.ros.node_config import default_specs  # noqa: E402
+from steerseg_ros.ros.tracker_node import PUBLICATIONS, SteerSegNode  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 PKG = REPO / "steerseg_ros"

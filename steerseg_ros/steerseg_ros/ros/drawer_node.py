@@ -13,14 +13,12 @@ the camera stream's transport.
 from __future__ import annotations
 
 import collections
-import threading
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import numpy as np
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.executors import SingleThreadedExecutor
-from rclpy.lifecycle import LifecycleNode
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 from visualization_msgs.msg import MarkerArray
@@ -29,11 +27,11 @@ from steerseg_ros import render
 from steerseg_ros.config_checks import check_finite
 from steerseg_msgs.msg import TrackArray
 from steerseg_ros.ros import main_loop, parameters
-from steerseg_ros.ros.lifecycle import GuardedTransitions
 from steerseg_ros.ros.image_conversion import (ImageBuffer, ImageConversionError, array_to_image, compressed_to_rgb,
                                                image_to_array, image_to_rgb)
-from steerseg_ros.ros.messages import MarkerConfig, drawn_tracks, markers_from_tracks, publish_status, stamp_to_ns
-from steerseg_ros.ros.tracker_node import RosLogHandler, input_qos, validate_camera_options
+from steerseg_ros.ros.messages import MarkerConfig, drawn_tracks, markers_from_tracks, stamp_to_ns
+from steerseg_ros.ros.node_base import NodeBase, input_qos, validate_camera_options
+from steerseg_ros.ros.node_config import declare, read_config
 
 NODE_NAME = "steerseg_drawer"
 PARTS = ("image", "mask", "tracks")
@@ -141,48 +139,29 @@ def write_default_params(path: str) -> None:
         f.write(parameters.render_yaml(f"/**/{NODE_NAME}", static_specs(), header))
 
 
-class DrawerNode(GuardedTransitions, LifecycleNode):
+class DrawerNode(NodeBase):
+    DIAGNOSTICS_NAME = "drawing"
+
     def __init__(self, node_name: str = NODE_NAME, **kwargs):
         super().__init__(node_name, **kwargs)
-        self._log_handler = RosLogHandler.attach(self.get_logger())
-        self._counts: collections.Counter = collections.Counter()
-        self._lock = threading.Lock()
         for spec in static_specs():
-            self.declare_parameter(spec.name, spec.default, spec.descriptor())
+            declare(self, spec)
         self._config, self._markers = self._read_config()
-        self._lifecycle = "unconfigured"
-        self._error: Optional[str] = None
         self._matcher = StampMatcher(PARTS, self._config.queue_size)
         self._pubs: dict[str, Any] = {}
         self._subs: list = []
         self._overlay_buffer = ImageBuffer()
-        self._pub_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self._stats_timer = None
         self._watch_timer = None
 
     def _read_config(self) -> tuple[DrawerConfig, MarkerConfig]:
-        def build(cls, prefix):
-            specs = parameters.specs(cls, prefix)
-            return parameters.build(cls, {spec.path: self.get_parameter(spec.name).value for spec in specs})
-
-        config, markers = build(DrawerConfig, ""), build(MarkerConfig, "markers")
-        config.validate()
-        markers.validate()
-        return config, markers
+        return read_config(self, DrawerConfig), read_config(self, MarkerConfig, "markers")
 
     # ---- lifecycle (transitions guarded by lifecycle.GuardedTransitions) ----------------------
-    def _shutdown(self) -> None:
-        self.close()
-
     def _configure(self) -> None:
         self._error = None
         self._config, self._markers = self._read_config()
         self._matcher = StampMatcher(PARTS, self._config.queue_size)
-        if self._stats_timer is not None:
-            self.destroy_timer(self._stats_timer)
-            self._stats_timer = None
-        if self._config.stats_period_s > 0:
-            self._stats_timer = self.create_timer(self._config.stats_period_s, self._publish_diagnostics)
+        self._start_stats_timer(self._config.stats_period_s)
         self._lifecycle = "inactive"
 
     def _activate(self) -> None:
@@ -211,20 +190,8 @@ class DrawerNode(GuardedTransitions, LifecycleNode):
 
     def _cleanup(self) -> None:
         self._deactivate()
-        if self._stats_timer is not None:
-            self.destroy_timer(self._stats_timer)
-            self._stats_timer = None
+        self._stop_stats_timer()
         self._lifecycle = "unconfigured"
-
-    def close(self) -> None:
-        try:
-            self._cleanup()
-        finally:
-            self._log_handler.detach()
-
-    @property
-    def autostart(self) -> bool:
-        return bool(self.get_parameter("autostart").value)
 
     # ---- inputs -------------------------------------------------------------------------------
     def _watched(self) -> bool:
@@ -260,13 +227,8 @@ class DrawerNode(GuardedTransitions, LifecycleNode):
         self._subs = []
         self._matcher.clear()
 
-    def _count(self, key: str, n: int = 1) -> None:
-        with self._lock:
-            self._counts[key] += n
-
     def counters(self) -> dict[str, int]:
-        with self._lock:
-            return {**self._counts, "unmatched": self._matcher.dropped}
+        return {**super().counters(), "unmatched": self._matcher.dropped}
 
     def _on(self, part: str, msg: Any) -> None:
         self._count(f"received.{part}")
@@ -286,17 +248,14 @@ class DrawerNode(GuardedTransitions, LifecycleNode):
         self._count("drawn")
 
     # ---- diagnostics --------------------------------------------------------------------------
-    def _publish_diagnostics(self) -> None:
-        counts = self.counters()
-        if self._error is not None:
-            level, message = DiagnosticStatus.ERROR, self._error
-        elif counts.get("rejected"):
+    def _status(self, counts: dict) -> tuple[int, str, dict]:
+        if counts.get("rejected"):
             level, message = DiagnosticStatus.WARN, f"{counts['rejected']} frames could not be drawn"
         else:
             level, message = DiagnosticStatus.OK, self._lifecycle
         values = {"lifecycle": self._lifecycle, "subscribed_now": bool(self._subs), "waiting": len(self._matcher),
                   **counts}
-        publish_status(self, self._pub_diagnostics, "drawing", level, message, values)
+        return level, message, values
 
 
 def main(args: Optional[list[str]] = None) -> int:

@@ -12,18 +12,16 @@ request that has not started is not run.
 """
 from __future__ import annotations
 
-import collections
 import os
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.executors import MultiThreadedExecutor
-from rclpy.lifecycle import LifecycleNode
 from rclpy.parameter import Parameter
 
 from steerseg_ros.streaming import backends
@@ -32,10 +30,10 @@ from steerseg_ros.frame import Frame
 from steerseg_ros.config_checks import check_finite
 from steerseg_ros.grounding.base import GroundingError, ModelUnavailableError
 from steerseg_ros.ros import main_loop, parameters
-from steerseg_ros.ros.lifecycle import GuardedTransitions
 from steerseg_ros.ros.image_conversion import ImageConversionError, compressed_to_rgb
-from steerseg_ros.ros.messages import grounding_to_ground_result, publish_status, stamp_to_ns
-from steerseg_ros.ros.tracker_node import RosLogHandler, backend_specs
+from steerseg_ros.ros.messages import grounding_to_ground_result, stamp_to_ns
+from steerseg_ros.ros.node_base import NodeBase
+from steerseg_ros.ros.node_config import backend_options, backend_specs, declare, read_config
 
 NODE_NAME = "steerseg_grounder"
 ACTION = "ground"
@@ -121,29 +119,37 @@ def write_default_params(path: str, grounder: str = "builtin") -> None:
                                        header))
 
 
-class GrounderNode(GuardedTransitions, LifecycleNode):
+class _Failed(Exception):
+    """Ends a request with `message` in its result's `error` (a goal rejection carries no text),
+    counted as failed.<reason>."""
+
+    def __init__(self, reason: str, message: str, model_unavailable: bool = False):
+        super().__init__(message)
+        self.reason, self.message, self.model_unavailable = reason, message, model_unavailable
+
+
+class _Cancelled(Exception):
+    """Ends a request its client cancelled, `str()` saying when."""
+
+
+class GrounderNode(NodeBase):
+    DIAGNOSTICS_NAME = "grounding"
+
     def __init__(self, node_name: str = NODE_NAME, **kwargs):
         super().__init__(node_name, **kwargs)
-        self._log_handler = RosLogHandler.attach(self.get_logger())
-        self._counts: collections.Counter = collections.Counter()
-        self._counts_lock = threading.Lock()
         self._model_lock = threading.Lock()
         self._grounder = None
         self._backend = ""
         self._server: Optional[ActionServer] = None
-        self._error: Optional[str] = None
-        self._lifecycle = "unconfigured"
         self._last: dict[str, Any] = {}
         self._niceness = os.getpriority(os.PRIO_PROCESS, 0)
         self._group = ReentrantCallbackGroup()
 
         for spec in static_specs():
-            self.declare_parameter(spec.name, spec.default, spec.descriptor())
+            declare(self, spec)
         self._declare_backend(self.get_parameter("grounder.backend").value)
-        self._config = self._read_config()
-        self._pub_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self._timer = None
-        self._start_timer()
+        self._config: GrounderNodeConfig = read_config(self, GrounderNodeConfig)
+        self._start_stats_timer(self._config.stats_period_s)
 
     # ---- parameters -------------------------------------------------------------------------
     def _declare_backend(self, name: str) -> bool:
@@ -151,46 +157,33 @@ class GrounderNode(GuardedTransitions, LifecycleNode):
             if name not in grounder_backends():
                 raise ValueError(f"unknown grounder backend {name!r}; choose one of {grounder_backends()}")
             for spec in backend_specs("grounder", name):
-                if not self.has_parameter(spec.name):
-                    self.declare_parameter(spec.name, spec.default if not (isinstance(spec.default, list)
-                                                                           and not spec.default)
-                                           else Parameter.Type(spec.type), spec.descriptor())
+                declare(self, spec)
             return True
         except Exception as e:
             self._error = f"cannot use grounder backend {name!r}: {e}"
             self.get_logger().error(self._error)
             return False
 
-    def _read_config(self) -> GrounderNodeConfig:
-        values = {spec.path: self.get_parameter(spec.name).value
-                  for spec in parameters.specs(GrounderNodeConfig, "")}
-        config = parameters.build(GrounderNodeConfig, values)
-        config.validate()
-        return config
-
     # ---- lifecycle (transitions guarded by lifecycle.GuardedTransitions) ----------------------
-    def _shutdown(self) -> None:
-        self.close()
-
     def _configure(self) -> None:
         self._error = None
-        self._config = self._read_config()
+        self._config = read_config(self, GrounderNodeConfig)
         name = self.get_parameter("grounder.backend").value
         if not self._declare_backend(name):
             raise RuntimeError(self._error)
-        options = {spec.path[0]: self.get_parameter(spec.name).value for spec in backend_specs("grounder", name)}
+        options = backend_options(self, "grounder", name)
         niceness = lower_priority(self._config.nice)
         self._grounder = backends.make_grounder(name, options)
         self._backend = name
         self._niceness = niceness
-        self._start_timer()
+        self._start_stats_timer(self._config.stats_period_s)
         self._lifecycle = "inactive"
         self.get_logger().info(f"configured: grounder {name!r}")
 
     def _activate(self) -> None:
         if self._grounder is None:
             raise RuntimeError("not configured")
-        self._config = self._read_config()
+        self._config = read_config(self, GrounderNodeConfig)
         self._server = ActionServer(self, Ground, ACTION, execute_callback=self._execute,
                                     goal_callback=self._on_goal, cancel_callback=lambda _g: CancelResponse.ACCEPT,
                                     callback_group=self._group)
@@ -212,17 +205,7 @@ class GrounderNode(GuardedTransitions, LifecycleNode):
                 grounder.close()
         self._lifecycle = "unconfigured"
 
-    def close(self) -> None:
-        try:
-            self._cleanup()
-        finally:
-            self._log_handler.detach()
-
     # ---- requests -----------------------------------------------------------------------------
-    def _count(self, key: str, n: int = 1) -> None:
-        with self._counts_lock:
-            self._counts[key] += n
-
     def _on_goal(self, goal) -> GoalResponse:
         if self._lifecycle != "active":
             self._count("refused_inactive")
@@ -237,61 +220,25 @@ class GrounderNode(GuardedTransitions, LifecycleNode):
         size = sum(len(k.data) for k in request.keyframes)
         self._count("requests")
         self._count("request_bytes", size)
-        answer = Ground.Result()
         feedback = Ground.Feedback()
 
         def stage(name: str) -> None:
             feedback.stage, feedback.elapsed_s = name, float(time.perf_counter() - t0)
             goal_handle.publish_feedback(feedback)
 
-        def fail(reason: str, message: str, model_unavailable: bool = False):
-            self._count(f"failed.{reason}")
-            self.get_logger().warning(f"request for {request.command[:80]!r} failed: {message}")
-            answer.error, answer.model_unavailable = message, model_unavailable
-            goal_handle.abort()
-            return answer
-
         config = self._config
-        if not request.keyframes:
-            return fail("no_keyframes", "the request has no keyframes")
-        if len(request.keyframes) > config.max_keyframes:
-            return fail("too_many_keyframes", f"{len(request.keyframes)} keyframes, the limit is {config.max_keyframes}")
-        if size > config.max_request_mb * 1e6:
-            return fail("too_large", f"{size / 1e6:.1f} MB of keyframes, the limit is {config.max_request_mb} MB")
-        stage("decoding")
         try:
-            frames = [Frame(i, stamp_to_ns(k.header.stamp), compressed_to_rgb(k), k.header.frame_id)
-                      for i, k in enumerate(request.keyframes)]
-        except ImageConversionError as e:
-            return fail("decode", f"a keyframe cannot be decoded: {e}")
-        if self._model_lock.locked():
-            stage("queued")
-        with self._model_lock:
-            if goal_handle.is_cancel_requested:
-                self._count("cancelled")
-                goal_handle.canceled()
-                answer.error = "cancelled before it started"
-                return answer
-            if self._grounder is None:
-                return fail("inactive", "the grounder node was cleaned up")
-            stage("grounding")
-            if config.delay_s > 0:
-                time.sleep(config.delay_s)
-            try:
-                result = self._grounder.ground(frames, request.command)
-                result.validate()
-            except ModelUnavailableError as e:
-                return fail("model", str(e), model_unavailable=True)
-            except GroundingError as e:
-                return fail("grounding", str(e))
-            except Exception as e:  # a backend bug must not take the node down
-                self.get_logger().error(f"grounding failed: {type(e).__name__}: {e}")
-                return fail("internal", f"{type(e).__name__}: {e}")
-        if goal_handle.is_cancel_requested:
+            frames = self._decode(request, size, config, stage)
+            result = self._ground(goal_handle, frames, config, stage)
+        except _Cancelled as e:
             self._count("cancelled")
             goal_handle.canceled()
-            answer.error = "cancelled"
-            return answer
+            return Ground.Result(error=str(e))
+        except _Failed as e:
+            self._count(f"failed.{e.reason}")
+            self.get_logger().warning(f"request for {request.command[:80]!r} failed: {e.message}")
+            goal_handle.abort()
+            return Ground.Result(error=e.message, model_unavailable=e.model_unavailable)
         answer = grounding_to_ground_result(result)
         goal_handle.succeed()
         seconds = time.perf_counter() - t0
@@ -300,29 +247,54 @@ class GrounderNode(GuardedTransitions, LifecycleNode):
                       "last_keyframes": str(len(frames))}
         return answer
 
+    def _decode(self, request, size: int, config: GrounderNodeConfig, stage) -> list[Frame]:
+        """The request's keyframes as frames, within the configured limits (else _Failed)."""
+        if not request.keyframes:
+            raise _Failed("no_keyframes", "the request has no keyframes")
+        if len(request.keyframes) > config.max_keyframes:
+            raise _Failed("too_many_keyframes",
+                          f"{len(request.keyframes)} keyframes, the limit is {config.max_keyframes}")
+        if size > config.max_request_mb * 1e6:
+            raise _Failed("too_large", f"{size / 1e6:.1f} MB of keyframes, the limit is {config.max_request_mb} MB")
+        stage("decoding")
+        try:
+            return [Frame(i, stamp_to_ns(k.header.stamp), compressed_to_rgb(k), k.header.frame_id)
+                    for i, k in enumerate(request.keyframes)]
+        except ImageConversionError as e:
+            raise _Failed("decode", f"a keyframe cannot be decoded: {e}") from e
+
+    def _ground(self, goal_handle, frames: list[Frame], config: GrounderNodeConfig, stage):
+        """The validated grounding of `frames`, once the model is free (one grounding at a time);
+        _Cancelled when the client cancelled meanwhile, _Failed when it cannot be had."""
+        if self._model_lock.locked():
+            stage("queued")
+        with self._model_lock:
+            if goal_handle.is_cancel_requested:
+                raise _Cancelled("cancelled before it started")
+            if self._grounder is None:
+                raise _Failed("inactive", "the grounder node was cleaned up")
+            stage("grounding")
+            if config.delay_s > 0:
+                time.sleep(config.delay_s)
+            try:
+                result = self._grounder.ground(frames, goal_handle.request.command)
+                result.validate()
+            except ModelUnavailableError as e:
+                raise _Failed("model", str(e), model_unavailable=True) from e
+            except GroundingError as e:
+                raise _Failed("grounding", str(e)) from e
+            except Exception as e:  # a backend bug must not take the node down
+                self.get_logger().error(f"grounding failed: {type(e).__name__}: {e}")
+                raise _Failed("internal", f"{type(e).__name__}: {e}") from e
+        if goal_handle.is_cancel_requested:
+            raise _Cancelled("cancelled")
+        return result
+
     # ---- diagnostics ----------------------------------------------------------------------------
-    def _start_timer(self) -> None:
-        if self._timer is not None:
-            self.destroy_timer(self._timer)
-            self._timer = None
-        if self._config.stats_period_s > 0:
-            self._timer = self.create_timer(self._config.stats_period_s, self._publish_diagnostics)
-
-    def counters(self) -> dict[str, int]:
-        with self._counts_lock:
-            return dict(self._counts)
-
-    def _publish_diagnostics(self) -> None:
-        if self._error is not None:
-            level, message = DiagnosticStatus.ERROR, self._error
-        else:
-            level, message = DiagnosticStatus.OK, self._lifecycle
-        values = {"lifecycle": self._lifecycle, "grounder": self._backend, "niceness": self._niceness, **self._last, **self.counters()}
-        publish_status(self, self._pub_diagnostics, "grounding", level, message, values)
-
-    @property
-    def autostart(self) -> bool:
-        return bool(self.get_parameter("autostart").value)
+    def _status(self, counts: dict) -> tuple[int, str, dict]:
+        values = {"lifecycle": self._lifecycle, "grounder": self._backend, "niceness": self._niceness, **self._last,
+                  **counts}
+        return DiagnosticStatus.OK, self._lifecycle, values
 
 
 def main(args: Optional[list[str]] = None) -> int:

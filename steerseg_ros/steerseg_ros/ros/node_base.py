@@ -1,0 +1,157 @@
+"""What the package's three lifecycle nodes (tracker, grounder, drawing) share.
+
+Owns `NodeBase`: the bridge that forwards the core's Python logging to the node's logger, the
+counters, the /diagnostics publisher (which exists in every lifecycle state, so a node stuck
+unconfigured says why) and the stats timer that publishes it; and the camera options the
+tracker and drawing nodes share (`validate_camera_options`, `input_qos`).
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+from typing import Any, Optional
+
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from rclpy.lifecycle import LifecycleNode
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+
+from steerseg_ros.ros.lifecycle import GuardedTransitions
+from steerseg_ros.ros.messages import publish_status
+
+
+def validate_camera_options(config: Any) -> None:
+    """The camera and drawing options the tracker node and the drawing node share:
+    image_transport, image_qos and overlay_alpha."""
+    if config.image_transport not in ("raw", "compressed"):
+        raise ValueError(f"image_transport must be raw or compressed, got {config.image_transport!r}")
+    if config.image_qos not in ("sensor_data", "reliable"):
+        raise ValueError(f"image_qos must be sensor_data or reliable, got {config.image_qos!r}")
+    if not 0.0 <= config.overlay_alpha <= 1.0:
+        raise ValueError(f"overlay_alpha must be in [0, 1], got {config.overlay_alpha}")
+
+
+def input_qos(name: str) -> QoSProfile:
+    """The QoS of a sensor subscription (camera, depth) named by its parameter: sensor_data
+    (best effort, keep last 5) or reliable (reliable, keep last 5)."""
+    if name == "sensor_data":
+        return qos_profile_sensor_data
+    return QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+
+
+class RosLogHandler(logging.Handler):
+    """Forwards Python log records to an rclpy logger at the matching severity."""
+
+    @classmethod
+    def attach(cls, ros_logger) -> "RosLogHandler":
+        """A handler forwarding the core's loggers ("steerseg_ros.*", INFO and up unless set
+        otherwise) to `ros_logger`; `detach` it at close."""
+        handler = cls(ros_logger)
+        core_logger = logging.getLogger("steerseg_ros")
+        core_logger.addHandler(handler)
+        if core_logger.level == logging.NOTSET:
+            core_logger.setLevel(logging.INFO)
+        return handler
+
+    def detach(self) -> None:
+        """Stop forwarding (undoes `attach`)."""
+        logging.getLogger("steerseg_ros").removeHandler(self)
+
+    def __init__(self, ros_logger):
+        super().__init__()
+        self._ros_logger = ros_logger
+        self.setFormatter(logging.Formatter("[%(name)s] %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record)
+            if record.levelno >= logging.ERROR:
+                self._ros_logger.error(text)
+            elif record.levelno >= logging.WARNING:
+                self._ros_logger.warning(text)
+            elif record.levelno >= logging.INFO:
+                self._ros_logger.info(text)
+            else:
+                self._ros_logger.debug(text)
+        except Exception:  # logging must never take the node down
+            self.handleError(record)
+
+
+class NodeBase(GuardedTransitions, LifecycleNode):
+    """A lifecycle node of this package. A subclass provides the transition bodies (see
+    lifecycle.GuardedTransitions), `DIAGNOSTICS_NAME` and `_status`, and starts the stats timer
+    (`_start_stats_timer`) with its own period."""
+
+    # What the node's status on /diagnostics is called ("<node name>: <this>").
+    DIAGNOSTICS_NAME = "node"
+
+    def __init__(self, node_name: str, **kwargs):
+        super().__init__(node_name, **kwargs)
+        self._log_handler = RosLogHandler.attach(self.get_logger())
+        self._counts: collections.Counter = collections.Counter()
+        self._counts_lock = threading.Lock()
+        self._error: Optional[str] = None
+        self._lifecycle = "unconfigured"
+        self._stats_timer = None
+        self._pub_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+
+    # ---- counters ---------------------------------------------------------------------------
+    def _count(self, key: str, n: int = 1) -> None:
+        with self._counts_lock:
+            self._counts[key] += n
+
+    def counters(self) -> dict[str, Any]:
+        """The node's counters (a subclass adds those of what it owns)."""
+        with self._counts_lock:
+            return dict(self._counts)
+
+    # ---- diagnostics ------------------------------------------------------------------------
+    def _start_stats_timer(self, period_s: float) -> None:
+        """(Re)start the stats timer: `_on_stats_timer` every `period_s` seconds; 0: never."""
+        self._stop_stats_timer()
+        if period_s > 0:
+            self._stats_timer = self.create_timer(period_s, self._on_stats_timer)
+
+    def _stop_stats_timer(self) -> None:
+        if self._stats_timer is not None:
+            self.destroy_timer(self._stats_timer)
+            self._stats_timer = None
+
+    def _on_stats_timer(self) -> None:
+        self._publish_diagnostics()
+
+    def _status(self, counts: dict[str, Any]) -> tuple[int, str, dict[str, Any]]:
+        """The (level, message, values) to publish while the node has no error."""
+        return DiagnosticStatus.OK, self._lifecycle, {"lifecycle": self._lifecycle, **counts}
+
+    def _publish_diagnostics(self, counts: Optional[dict] = None) -> None:
+        """Publish the node's status; ERROR with the reason while the last transition failed."""
+        counts = self.counters() if counts is None else counts
+        level, message, values = self._status(counts)
+        if self._error is not None:
+            level, message = DiagnosticStatus.ERROR, self._error
+        publish_status(self, self._pub_diagnostics, self.DIAGNOSTICS_NAME, level, message, values)
+
+    # ---- lifecycle --------------------------------------------------------------------------
+    def _shutdown(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release everything (at process exit, whatever the lifecycle state)."""
+        try:
+            self._cleanup()
+        finally:
+            self._log_handler.detach()
+
+    @property
+    def autostart(self) -> bool:
+        return bool(self.get_parameter("autostart").value)
+
+    @property
+    def lifecycle_state(self) -> str:
+        return self._lifecycle
+
+    @property
+    def error(self) -> Optional[str]:
+        """Why the last transition failed (None after a successful configure)."""
+        return self._error
