@@ -1,16 +1,16 @@
 """The model and tracker sections of steerseg-bench: rollout, grounding, sam2, tracker.
 
 Each section calls the benchmark its stage owns and flattens the result into figures:
-- rollout (grounding/attention_bench.py): attention capture + streaming rollout against the
+- rollout (attention.py): attention capture + streaming rollout against the
   materialising reference; goal: >= 10x less peak memory at <= 1.2x the time.
-- grounding (grounding/vlm_bench.py): whole grounding latency per mode (decaf, steerseg) on 8 and
+- grounding (vlm.py): whole grounding latency per mode (decaf, steerseg) on 8 and
   16 keyframes of 854x480.
-- sam2 (tools/bench_sam2.py): SAM2 step time for 1/2/4/8 objects (batched and one by one) and
+- sam2 (sam2.py): SAM2 step time for 1/2/4/8 objects (batched and one by one) and
   the per-added-object cost ratio (goal <= 0.4), its parts, memory growth per 1,000 frames with
-  and without pruning, catch-up time per buffered frame; then (tools/bench_sam2_meta.py)
+  and without pruning, catch-up time per buffered frame; then (sam2_meta.py)
   transformers' and Meta's SAM2 side by side on the same weights: step time for 1/2/4 objects
   and memory over 1,000 frames, and Meta's compiled mode on CUDA.
-- tracker (tools/bench_tracker.py): the built-in tracker's J&F on DAVIS 2016 and its step time at
+- tracker (tracker.py): the built-in tracker's J&F on DAVIS 2016 and its step time at
   854x480; goal: <= 30 ms per frame.
 
 By default the models are tiny random-weight configs (the whole run takes minutes on a CPU);
@@ -22,13 +22,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from steerseg_bench.cli import SectionSkipped, flatten, section
+from steerseg_bench.common import SectionSkipped, flatten
 
 ROLLOUT_MEMORY_GOAL = 10.0  # reference peak / streaming peak, at least
 ROLLOUT_TIME_GOAL = 1.2  # streaming time / reference time, at most
 
 
-@section("rollout", requires=("torch", "transformers"))
 def rollout(args: argparse.Namespace) -> dict[str, Any]:
     from steerseg_bench.attention import REAL_CASES, SHAPES, bench_rollout
 
@@ -62,7 +61,6 @@ def rollout(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-@section("grounding", requires=("torch", "transformers"))
 def grounding(args: argparse.Namespace) -> dict[str, Any]:
     from steerseg_bench.vlm import bench_grounding, flat_figures
 
@@ -80,7 +78,6 @@ def grounding(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-@section("sam2", requires=("torch", "transformers"))
 def sam2(args: argparse.Namespace) -> dict[str, Any]:
     from steerseg_bench.sam2 import bench_sam2
 
@@ -101,7 +98,7 @@ def sam2(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _sam2_backends(args: argparse.Namespace, config: str) -> dict[str, Any]:
-    """transformers' and Meta's SAM2 side by side on the same shapes (tools/bench_sam2_meta.py),
+    """transformers' and Meta's SAM2 side by side on the same shapes (sam2_meta.py),
     when Meta's sam2 is installed."""
     import importlib.util
 
@@ -117,7 +114,6 @@ def _sam2_backends(args: argparse.Namespace, config: str) -> dict[str, Any]:
     return flatten(figures, f"{config}.backends")
 
 
-@section("tracker")
 def tracker(args: argparse.Namespace) -> dict[str, Any]:
     from steerseg_bench.tracker import bench_tracker, list_sequences
 

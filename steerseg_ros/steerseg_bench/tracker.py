@@ -1,6 +1,6 @@
 """The built-in tracker on DAVIS 2016: J, F, J&F and time per step (issue 2's figures).
 
-Owns the measurement that `benchmarks/davis_tracker.py` prints and the `tracker` section of
+Owns the measurement that `python -m steerseg_bench.davis_tracker` prints and the `tracker` section of
 `steerseg-bench` reports: FlowTracker seeded with each sequence's first ground-truth mask,
 tracked to its last frame, scored by the DAVIS semi-supervised protocol (first and last frames
 left out), and timed per `step` at the data's 854x480; then the per-frame cost with 1, 2 and 4
@@ -13,11 +13,11 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-import cv2
 import numpy as np
 
 from steerseg_ros.frame import Frame
 from steerseg_ros.offline.metrics import score_object, summarize
+from steerseg_ros.testing import davis
 from steerseg_ros.tracking.flow import FlowTracker, FlowTrackerConfig
 
 STEP_GOAL_MS = 30.0
@@ -26,16 +26,6 @@ STEP_GOAL_MS = 30.0
 def list_sequences(root: Path) -> list[str]:
     folder = root / "JPEGImages" / "480p"
     return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
-
-
-def load_sequence(root: Path, seq: str, count: Optional[int] = None):
-    """(RGB frames, boolean masks) of a DAVIS sequence, the first `count` frames (default all)."""
-    frames_dir = root / "JPEGImages" / "480p" / seq
-    names = sorted(p.stem for p in frames_dir.glob("*.jpg"))[:count]
-    images = [cv2.cvtColor(cv2.imread(str(frames_dir / f"{n}.jpg")), cv2.COLOR_BGR2RGB) for n in names]
-    masks = [cv2.imread(str(root / "Annotations" / "480p" / seq / f"{n}.png"), cv2.IMREAD_GRAYSCALE) > 127
-             for n in names]
-    return images, masks
 
 
 def frames_of(images, start_seq: int = 0) -> list[Frame]:
@@ -74,7 +64,7 @@ def bench_tracker(root: Path, sequences: Optional[Sequence[str]] = None, frames:
     out: dict = {}
     size = ""
     for seq in sequences:
-        images, masks = load_sequence(root, seq, frames)
+        _, images, masks = davis.load_sequence(root, seq, frames)
         if len(images) < 3:
             raise ValueError(f"{seq}: {len(images)} frames; the protocol needs at least 3")
         size = f"{images[0].shape[1]}x{images[0].shape[0]}"
@@ -95,7 +85,7 @@ def bench_tracker(root: Path, sequences: Optional[Sequence[str]] = None, frames:
             # less with the load than wall time does.
             "step_cpu_median_ms": round(1000 * float(np.median(cpu)), 2),
             "goal_step_ms": STEP_GOAL_MS, "goal_step_met": bool(step_ms <= STEP_GOAL_MS)}
-    images, masks = load_sequence(root, sequences[0], frames)
+    _, images, masks = davis.load_sequence(root, sequences[0], frames)
     for n in objects:
         _, w, _, _ = track_sequence(config, images, masks, n_objects=n)
         head[f"objects.{n}.step_median_ms"] = round(1000 * float(np.median(w)), 2)
