@@ -267,6 +267,64 @@ def _distributed(timeout_h: float):
     return dist
 
 
+def _plan(args: argparse.Namespace, ranks: Optional[tuple[int, int]]):
+    """What this run evaluates and how: (shard, dataset, videos, number of samples, setup,
+    config). Raises ValueError, DatasetError, OSError, ImportError or yaml.YAMLError for a
+    run that cannot start."""
+    if not args.dataset or not args.root:
+        raise ValueError("--dataset and --root are required (unless --merge)")
+    shard = parse_shard(args.shard) if args.shard else ranks
+    dataset = open_dataset(args.dataset, args.root, args.split, args.meta)
+    videos = [v for item in args.sequences for v in item.split(",") if v] or None
+    total = sum(1 for _ in _selected(dataset, videos, args.limit, shard))
+    params = read_params_file(args.params) if args.params else {}
+    params.update(parse_set(args.set))
+    if args.keyframes is not None:
+        params["offline.keyframes"] = args.keyframes
+    setup = make_setup(params, args.grounder, args.tracker)
+    config = EvalConfig(args.mode, args.fps, args.max_frames, setup.pipeline, setup.offline)
+    config.validate()
+    return shard, dataset, videos, total, setup, config
+
+
+def _describe(setup: Setup, load_s: float, argv: Optional[Sequence[str]]) -> dict[str, Any]:
+    """The run's settings as the report records them."""
+    return {
+        "grounder": setup.grounder, "tracker": setup.tracker,
+        "grounder_options": setup.grounder_options, "tracker_options": setup.tracker_options,
+        "pipeline": dataclasses.asdict(setup.pipeline), "offline": dataclasses.asdict(setup.offline),
+        "backend_load_s": load_s, "command": shlex.join(["steerseg-eval", *(argv if argv is not None else sys.argv[1:])]),
+    }
+
+
+def _run_samples(args: argparse.Namespace, evaluator: Evaluator, dataset, videos, shard, total: int) -> None:
+    """Evaluates this run's samples with a progress bar showing the running J&F; Ctrl-C stops
+    early (what was evaluated is still written)."""
+    try:
+        with tqdm(total=total, desc=f"{dataset.name} {args.mode}", unit="sample",
+                  disable=args.no_progress, dynamic_ncols=True) as bar:
+            for index, sample in _selected(dataset, videos, args.limit, shard):
+                bar.set_postfix_str(sample.key[-40:], refresh=False)
+                evaluator.run_sample(sample, index)
+                scored = [r.jf for r in evaluator.rows if not math.isnan(r.j)]
+                if scored:
+                    bar.set_postfix({"J&F": f"{100 * sum(scored) / len(scored):.1f}"}, refresh=False)
+                bar.update(1)
+    except KeyboardInterrupt:
+        print("\nsteerseg-eval: interrupted; writing what was evaluated so far", file=sys.stderr)
+
+
+def _print_report(report) -> int:
+    """Prints the summary and the files written; the exit code (1 when a sample failed)."""
+    print(summary_markdown(report.summary))
+    for name, path in report.files.items():
+        print(f"{name}: {path}")
+    if report.summary["errors"]:
+        print(f"steerseg-eval: {report.summary['errors']} sample(s) failed; see the error column of "
+              f"{report.files['rows']}", file=sys.stderr)
+    return 1 if report.summary["errors"] else 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
@@ -275,19 +333,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _merge(args.out)
     ranks = torchrun_shard()
     try:
-        if not args.dataset or not args.root:
-            raise ValueError("--dataset and --root are required (unless --merge)")
-        shard = parse_shard(args.shard) if args.shard else ranks
-        dataset = open_dataset(args.dataset, args.root, args.split, args.meta)
-        videos = [v for item in args.sequences for v in item.split(",") if v] or None
-        total = sum(1 for _ in _selected(dataset, videos, args.limit, shard))
-        params = read_params_file(args.params) if args.params else {}
-        params.update(parse_set(args.set))
-        if args.keyframes is not None:
-            params["offline.keyframes"] = args.keyframes
-        setup = make_setup(params, args.grounder, args.tracker)
-        config = EvalConfig(args.mode, args.fps, args.max_frames, setup.pipeline, setup.offline)
-        config.validate()
+        shard, dataset, videos, total, setup, config = _plan(args, ranks)
     except (ValueError, DatasetError, OSError, ImportError, yaml.YAMLError) as e:
         print(f"steerseg-eval: {e}", file=sys.stderr)
         return 2
@@ -307,37 +353,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     load_s = time.perf_counter() - t0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    describe = {
-        "grounder": setup.grounder, "tracker": setup.tracker,
-        "grounder_options": setup.grounder_options, "tracker_options": setup.tracker_options,
-        "pipeline": dataclasses.asdict(setup.pipeline), "offline": dataclasses.asdict(setup.offline),
-        "backend_load_s": load_s, "command": shlex.join(["steerseg-eval", *(argv if argv is not None else sys.argv[1:])]),
-    }
-    evaluator = Evaluator(dataset, grounder, tracker, out, config, describe, shard)
+    evaluator = Evaluator(dataset, grounder, tracker, out, config, _describe(setup, load_s, argv), shard)
     t0 = time.perf_counter()
     try:
-        with tqdm(total=total, desc=f"{dataset.name} {args.mode}", unit="sample",
-                  disable=args.no_progress, dynamic_ncols=True) as bar:
-            for index, sample in _selected(dataset, videos, args.limit, shard):
-                bar.set_postfix_str(sample.key[-40:], refresh=False)
-                evaluator.run_sample(sample, index)
-                scored = [r.jf for r in evaluator.rows if not math.isnan(r.j)]
-                if scored:
-                    bar.set_postfix({"J&F": f"{100 * sum(scored) / len(scored):.1f}"}, refresh=False)
-                bar.update(1)
-    except KeyboardInterrupt:
-        print("\nsteerseg-eval: interrupted; writing what was evaluated so far", file=sys.stderr)
+        _run_samples(args, evaluator, dataset, videos, shard, total)
     finally:
         grounder.close()
         tracker.close()
-    report = evaluator.finish(time.perf_counter() - t0)
-    print(summary_markdown(report.summary))
-    for name, path in report.files.items():
-        print(f"{name}: {path}")
-    if report.summary["errors"]:
-        print(f"steerseg-eval: {report.summary['errors']} sample(s) failed; see the error column of "
-              f"{report.files['rows']}", file=sys.stderr)
-    code = 1 if report.summary["errors"] else 0
+    code = _print_report(evaluator.finish(time.perf_counter() - t0))
     if group is not None:
         group.barrier()  # every rank has written its shard
         if ranks[0] == 0:
