@@ -1,0 +1,177 @@
+"""Reconciliation of a grounding with the live tracks of its target.
+
+Owns the comparison of a grounded target with a live track (their masks on a keyframe both
+cover, failing that on the live frame), the choice of the keyframe a grounded target is seeded
+on, and `Reconciler`: which grounded targets confirm a live track (it keeps its id), which
+replace the tracks they did not confirm, and which wait for the next re-grounding to repeat them.
+"""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Callable, Optional
+
+from steerseg_ros.grounding.base import GroundingResult
+from steerseg_ros.streaming import selection
+from steerseg_ros.streaming.buffer import FrameBuffer
+from steerseg_ros.streaming.targets import TargetBook, Track, TrackState
+from steerseg_ros.tracking.base import ObjectState, Tracker
+
+# The pipeline's parts log under its logger: one name to filter or raise for the whole streaming logic.
+log = logging.getLogger("steerseg_ros.streaming.pipeline")
+
+# One chosen candidate, its object state caught up to the live frame (None where it confirmed a
+# confident track before any catch-up), and what is left of its catch-up budget.
+Seed = tuple[selection.Tracklet, Optional[ObjectState], list[int]]
+# An object state to attach, the live track it confirmed (None: a new track), and the best IoU.
+Match = tuple[Optional[ObjectState], Optional[Track], float]
+
+
+def buffered_keyframe(buffer: FrameBuffer, result: GroundingResult, cand: selection.Tracklet) -> Optional[int]:
+    """A chosen target's own keyframe; or, when that one has left the buffer (the worker
+    paced the candidate tracklets past it), the oldest newer keyframe still buffered on which
+    its tracklet has a mask. None when none of them is buffered any more."""
+    for k in range(cand.keyframe_index, len(result.keyframes)):
+        if cand.mask_on(k) is not None and buffer.get(result.keyframes[k].seq) is not None:
+            return k
+    return None
+
+
+def seed_keyframe(buffer: FrameBuffer, result: GroundingResult, cand: selection.Tracklet) -> int:
+    """The keyframe a chosen target is seeded on: `buffered_keyframe`, so that the catch-up
+    from there skips no frame; its own when none is buffered (a first grounding, caught up
+    over whatever the buffer holds)."""
+    k = buffered_keyframe(buffer, result, cand)
+    return cand.keyframe_index if k is None else k
+
+
+def keyframe_overlap(t: Track, cand: selection.Tracklet, result: GroundingResult) -> Optional[float]:
+    """Mask IoU of a track and a grounded target on the keyframe the target came from;
+    failing that on the newest keyframe both cover; None when they share none."""
+    order = [cand.keyframe_index] + list(range(len(result.keyframes) - 1, -1, -1))
+    for k in order:
+        new, old = cand.mask_on(k), t.mask_at(result.keyframes[k].seq)
+        if new is not None and old is not None:
+            return selection.mask_iou(old, new)
+    return None
+
+
+def overlap(t: Track, cand: selection.Tracklet, result: GroundingResult, state: Optional[ObjectState]) -> float:
+    """Mask IoU of a live track and a grounded target: on a keyframe both cover
+    (`keyframe_overlap`); failing that (the track is younger) on the live frame, where the
+    target has just been caught up to (0 when it was not)."""
+    iou = keyframe_overlap(t, cand, result)
+    if iou is not None:
+        return iou
+    return selection.mask_iou(t.mask, state.result.mask) if state is not None else 0.0
+
+
+def confirms_live_track(book: TargetBook, target_id: int, result: GroundingResult, cand: selection.Tracklet,
+                        min_iou: float) -> bool:
+    """Whether a grounded target is one of its target's confident tracks, by its mask on a
+    keyframe both cover (the comparison `Reconciler` makes): then it needs no catch-up. Takes
+    the lock."""
+    with book.lock:
+        return any(t.target == target_id and t.state != TrackState.LOST
+                   and (keyframe_overlap(t, cand, result) or 0.0) >= min_iou
+                   for t in book.tracks.values())
+
+
+class Reconciler:
+    """Attaches the grounded targets of one grounding to the book (called under its lock).
+    `config` is the pipeline's PipelineConfig, read on every use."""
+
+    def __init__(self, book: TargetBook, buffer: FrameBuffer, tracker: Tracker, config, stats: Counter):
+        self.book, self.buffer, self.tracker, self.config, self.stats = book, buffer, tracker, config, stats
+
+    def __call__(self, target_id: int, command: str, result: GroundingResult, seeds: list[Seed],
+                 catch_up: Callable) -> None:
+        """A target that overlaps a live track on its keyframe keeps that track's id. Otherwise
+        it is another object: it replaces the live tracks it did not confirm once they are LOST
+        or `replace_after` re-groundings in a row have disagreed with them; until then the
+        disagreeing target is dropped and the tracks go on (a re-grounding that is wrong once
+        must not swap what the robot follows). Only the tracks of `target_id` take part: another
+        target's tracks are never confirmed or replaced by this grounding. `catch_up`: the
+        pipeline's CatchUp, for a seed whose confirmed track was lost meanwhile."""
+        unmatched = {tid: t for tid, t in self.book.tracks.items() if t.target == target_id}
+        matches = self._match(unmatched, result, seeds, catch_up)
+        matches = self._hold_disputed(unmatched, matches)
+        self._attach(matches, target_id, command, result)
+        self._replace(unmatched, target_id)
+
+    def _match(self, unmatched: dict[int, Track], result: GroundingResult, seeds: list[Seed],
+               catch_up: Callable) -> list[Match]:
+        """Each seed with the live track it overlaps best, if by `reconcile_iou`; that track
+        leaves `unmatched`."""
+        matches = []
+        for cand, state, budget in seeds:
+            best_id, best_iou = None, 0.0
+            for tid, t in unmatched.items():
+                iou = overlap(t, cand, result, state)
+                if iou > best_iou:
+                    best_id, best_iou = tid, iou
+            confirmed = best_id is not None and best_iou >= self.config.reconcile_iou
+            if state is None and not (confirmed and unmatched[best_id].state != TrackState.LOST):
+                # Not the confident track it confirmed before the catch-up was skipped (it was
+                # lost meanwhile): seeded from the grounding after all, caught up here.
+                k = seed_keyframe(self.buffer, result, cand)
+                state = self.tracker.start(result.keyframes[k], mask=cand.mask_on(k))
+                catch_up(state, upto=self.book.last_stepped_seq, budget=budget)
+            matches.append((state, unmatched.pop(best_id) if confirmed else None, best_iou))
+        return matches
+
+    def _hold_disputed(self, unmatched: dict[int, Track], matches: list[Match]) -> list[Match]:
+        """The unconfirmed tracks that hold on (confident, and fewer than `replace_after`
+        disagreements in a row) leave `unmatched`; while any does, the targets found instead
+        are dropped. Returns the matches that go on."""
+        if not unmatched:
+            return matches
+        for t in unmatched.values():
+            t.disagreements += 1
+        holding = [t for t in unmatched.values()
+                   if t.state != TrackState.LOST and t.disagreements < self.config.replace_after]
+        if not holding:
+            return matches
+        self.stats["regroundings_disputed"] += 1
+        log.info("grounding did not confirm track(s) %s (best IoU %s); keeping them until %d "
+                 "re-groundings in a row disagree", [t.id for t in holding],
+                 ", ".join(f"{iou:.2f}" for _, matched, iou in matches if matched is None) or "-",
+                 self.config.replace_after)
+        for t in holding:
+            del unmatched[t.id]
+        # The targets found instead wait for the next re-grounding to repeat them.
+        return [m for m in matches if m[1] is not None]
+
+    def _attach(self, matches: list[Match], target_id: int, command: str, result: GroundingResult) -> None:
+        """Confirmed tracks take the grounding (and, re-seeded, their new object state); the
+        other matches start new tracks."""
+        stamp = result.keyframes[-1].stamp_ns
+        for state, t, iou in matches:
+            if t is not None:
+                self.stats["tracks_confirmed"] += 1
+                log.info("grounding confirmed track %d (IoU %.2f)", t.id, iou)
+            else:
+                t = self.book.new_track(command, result.class_word, state.result.score, state.result.mask,
+                                        stamp, target_id)
+                self.stats["tracks_started"] += 1
+                log.info("new track %d for %r (best overlap with a live track: IoU %.2f)", t.id, command, iou)
+            t.disagreements = 0
+            t.label = result.class_word or t.label
+            t.last_grounding_ns = stamp
+            if state is None:  # confirmed, and it keeps its live state
+                self.stats["tracks_confirmed_as_they_are"] += 1
+            else:
+                self.tracker.attach(t.id, state)
+                last = self.buffer.get(state.seq)
+                if last is not None:
+                    self.book.update(t, last, state.result.mask, state.result.score, False)
+            t.last_confident_ns = max(t.last_confident_ns, stamp)
+
+    def _replace(self, unmatched: dict[int, Track], target_id: int) -> None:
+        """Live tracks this grounding did not confirm were a different object: replaced."""
+        new_ids = [c for c, t in self.book.tracks.items() if t.target == target_id and c not in unmatched]
+        for tid, t in unmatched.items():
+            replaced_by = min(new_ids) if new_ids else 0
+            self.book.end_track(t, replaced_by)
+            self.stats["tracks_replaced"] += 1
+            log.info("track %d replaced by %d", tid, replaced_by)
