@@ -228,7 +228,9 @@ def _stop(process: subprocess.Popen, timeout: float = 15.0) -> None:
                 process.kill()
 
 
-def run_node(args: argparse.Namespace, source: FrameSource, outputs: Outputs) -> dict[str, Any]:
+def _node_env(args: argparse.Namespace) -> tuple[int, dict[str, str]]:
+    """The ROS domain and the environment for the node run's processes; this process's own
+    environment takes the same DDS settings (its recorder joins them)."""
     domain = args.domain_id if args.domain_id is not None else random.SystemRandom().randint(1, 100)
     env = os.environ.copy()
     env.update(ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", PYTHONUNBUFFERED="1")
@@ -238,7 +240,41 @@ def run_node(args: argparse.Namespace, source: FrameSource, outputs: Outputs) ->
     os.environ.update({k: env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")})
     if "FASTDDS_DEFAULT_PROFILES_FILE" in env:
         os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = env["FASTDDS_DEFAULT_PROFILES_FILE"]
+    return domain, env
 
+
+class _StampIndex:
+    """Input frame indices of the node's output stamps; counts the stamps no frame has and
+    remembers when the last known one came."""
+
+    def __init__(self, args: argparse.Namespace, source: FrameSource):
+        self.period_ns = int(round(NS_PER_S / args.rate))
+        self.start_ns = int(STAMP_START_S * NS_PER_S)
+        self.last = time.monotonic()
+        self.unknown = 0
+        # A bag's frames keep their recorded stamps: look them up.
+        self.bag_index = {stamp: i for i, stamp in enumerate(source.stamps())} if args.bag is not None else None
+
+    def __call__(self, stamp_ns: int) -> Optional[int]:
+        if self.bag_index is not None:
+            index = self.bag_index.get(stamp_ns)
+            if index is None:
+                self.unknown += 1
+                return None
+            self.last = time.monotonic()
+            return index
+        offset = stamp_ns - self.start_ns
+        index, rest = divmod(offset, self.period_ns)
+        if rest or index < 0:
+            self.unknown += 1
+            return None
+        self.last = time.monotonic()
+        return int(index)
+
+
+def _start_recorder(domain: int, index_of: _StampIndex, outputs: Outputs):
+    """A node on its own context that records the `mask` and `overlay` topics into `outputs`,
+    spun in a thread: (context, node, executor)."""
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -248,35 +284,13 @@ def run_node(args: argparse.Namespace, source: FrameSource, outputs: Outputs) ->
     from steerseg_ros.ros.image_conversion import image_to_array
     from steerseg_ros.ros.messages import stamp_to_ns
 
-    period_ns = int(round(NS_PER_S / args.rate))
-    start_ns = int(STAMP_START_S * NS_PER_S)
-    state = {"last": time.monotonic(), "unknown": 0}
-    # A bag's frames keep their recorded stamps: look them up.
-    bag_index = {stamp: i for i, stamp in enumerate(source.stamps())} if args.bag is not None else None
-
-    def index_of(msg) -> Optional[int]:
-        if bag_index is not None:
-            index = bag_index.get(stamp_to_ns(msg.header.stamp))
-            if index is None:
-                state["unknown"] += 1
-                return None
-            state["last"] = time.monotonic()
-            return index
-        offset = stamp_to_ns(msg.header.stamp) - start_ns
-        index, rest = divmod(offset, period_ns)
-        if rest or index < 0:
-            state["unknown"] += 1
-            return None
-        state["last"] = time.monotonic()
-        return int(index)
-
     def on_mask(msg) -> None:
-        index = index_of(msg)
+        index = index_of(stamp_to_ns(msg.header.stamp))
         if index is not None:
             outputs.add_mask(index, np.array(image_to_array(msg)))
 
     def on_overlay(msg) -> None:
-        index = index_of(msg)
+        index = index_of(stamp_to_ns(msg.header.stamp))
         if index is not None:
             outputs.add_overlay(index, np.array(image_to_array(msg)))
 
@@ -290,8 +304,11 @@ def run_node(args: argparse.Namespace, source: FrameSource, outputs: Outputs) ->
     executor.add_node(recorder)
     spinner = threading.Thread(target=lambda: _spin(executor), daemon=True)
     spinner.start()
+    return context, recorder, executor
 
-    workdir = Path(tempfile.mkdtemp(prefix="steerseg-demo-"))
+
+def _write_node_params(args: argparse.Namespace, source: FrameSource, workdir: Path) -> tuple[Path, dict[str, Any]]:
+    """The tracker node's parameter file, and the --set parameters that go to the grounder node."""
     sets = parse_sets(args.sets)
     grounder_sets = {k: v for k, v in sets.items() if k.startswith("grounder.")} if args.grounding == "node" else {}
     params = {"autostart": True, "image_qos": "reliable",
@@ -303,73 +320,110 @@ def run_node(args: argparse.Namespace, source: FrameSource, outputs: Outputs) ->
         params.setdefault("image_transport", "compressed")
     params_file = workdir / "params.yaml"
     params_file.write_text(yaml.safe_dump({"/**/steerseg": {"ros__parameters": params}}))
-    grounder = grounder_log = None
-    if args.grounding == "node":
-        grounder_file = workdir / "grounder_params.yaml"
-        grounder_file.write_text(yaml.safe_dump({"/**/steerseg_grounder": {"ros__parameters": {
-            "autostart": True, "grounder.backend": args.grounder, **grounder_sets}}}))
-        grounder_log = open(args.out / "grounder.log", "wb")
-        grounder = subprocess.Popen([sys.executable, "-m", "steerseg_ros.ros.grounder_node", "--ros-args",
-                                     "--params-file", str(grounder_file)], env=env, stdout=grounder_log,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    return params_file, grounder_sets
+
+
+def _start_grounder(args: argparse.Namespace, env: dict[str, str], workdir: Path, grounder_sets: dict[str, Any]):
+    """The grounder node's process and its open log file."""
+    grounder_file = workdir / "grounder_params.yaml"
+    grounder_file.write_text(yaml.safe_dump({"/**/steerseg_grounder": {"ros__parameters": {
+        "autostart": True, "grounder.backend": args.grounder, **grounder_sets}}}))
+    grounder_log = open(args.out / "grounder.log", "wb")
+    grounder = subprocess.Popen([sys.executable, "-m", "steerseg_ros.ros.grounder_node", "--ros-args",
+                                 "--params-file", str(grounder_file)], env=env, stdout=grounder_log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    return grounder, grounder_log
+
+
+def _node_command(params_file: Path) -> list[str]:
     node_cmd = [sys.executable, "-m", "steerseg_ros.ros.tracker_node", "--ros-args"]
     defaults = _share_file("config", "steerseg.yaml")
     if defaults:
         node_cmd += ["--params-file", defaults]
     node_cmd += ["--params-file", str(params_file)]
+    return node_cmd
+
+
+def _wait_for_node(args: argparse.Namespace, recorder, node: subprocess.Popen) -> None:
+    deadline = time.monotonic() + args.startup_timeout
+    while recorder.count_publishers("/overlay") == 0:
+        if node.poll() is not None:
+            raise RuntimeError(f"the node exited ({node.returncode}) before coming up; see {args.out / 'node.log'}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the node did not come up in {args.startup_timeout:.0f} s; see {args.out / 'node.log'}")
+        time.sleep(0.1)
+
+
+def _play_command(args: argparse.Namespace) -> list[str]:
+    play_cmd = [sys.executable, "-m", "steerseg_ros.tools.play", "--qos", "reliable",
+                "--wait-subscribers", "30", "--manifest", str(args.out / "manifest.jsonl"), "--lockstep"]
+    if args.bag is not None:
+        # Colour, depth and camera_info go to the node's image, depth and camera_info inputs.
+        play_cmd += ["--bag", str(args.bag)]
+        if args.topics:
+            play_cmd += ["--topics", *args.topics]
+        if args.rate_given:
+            play_cmd += ["--rate", str(args.rate)]
+    else:
+        play_cmd += ["--frames" if args.frames else "--video", str(args.frames or args.video),
+                     "--rate", str(args.rate), "--stamp-start", str(STAMP_START_S)]
+    if args.count is not None:
+        play_cmd += ["--count", str(args.count)]
+    if args.command is not None:
+        play_cmd += ["--command", args.command, "--command-at", "0"]
+    else:
+        play_cmd += ["--seed-mask", str(args.seed_mask)]
+    return play_cmd
+
+
+def _await_player(args: argparse.Namespace, player: subprocess.Popen, expected: int) -> int:
+    """Waits for steerseg-play to finish; the number of frames it played."""
+    limit = expected / args.rate * 3 + 120
+    try:
+        _, err = player.communicate(timeout=limit)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"steerseg-play did not finish in {limit:.0f} s")
+    if player.returncode != 0:
+        raise RuntimeError(f"steerseg-play failed:\n{err.decode(errors='replace')[-2000:]}")
+    return sum(1 for _ in open(args.out / "manifest.jsonl"))
+
+
+def _await_outputs(outputs: Outputs, played: int, index_of: _StampIndex) -> None:
+    # The node may still be working on the last frames: wait until outputs stop coming.
+    quiet_deadline = time.monotonic() + 60.0
+    while time.monotonic() < quiet_deadline:
+        with outputs.lock:
+            done = (played - 1) in outputs.masks
+        if done or time.monotonic() - index_of.last > 5.0:
+            break
+        time.sleep(0.1)
+
+
+def run_node(args: argparse.Namespace, source: FrameSource, outputs: Outputs) -> dict[str, Any]:
+    domain, env = _node_env(args)
+    index_of = _StampIndex(args, source)
+    context, recorder, executor = _start_recorder(domain, index_of, outputs)
+    workdir = Path(tempfile.mkdtemp(prefix="steerseg-demo-"))
+    params_file, grounder_sets = _write_node_params(args, source, workdir)
+    grounder = grounder_log = None
+    if args.grounding == "node":
+        grounder, grounder_log = _start_grounder(args, env, workdir, grounder_sets)
     node_log = open(args.out / "node.log", "wb")
-    node = subprocess.Popen(node_cmd, env=env, stdout=node_log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    node = subprocess.Popen(_node_command(params_file), env=env, stdout=node_log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL)
     player = None
     summary: dict[str, Any] = {"mode": "node", "domain_id": domain, "node_log": str(args.out / "node.log")}
     try:
-        deadline = time.monotonic() + args.startup_timeout
-        while recorder.count_publishers("/overlay") == 0:
-            if node.poll() is not None:
-                raise RuntimeError(f"the node exited ({node.returncode}) before coming up; see {args.out / 'node.log'}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the node did not come up in {args.startup_timeout:.0f} s; see {args.out / 'node.log'}")
-            time.sleep(0.1)
-        play_cmd = [sys.executable, "-m", "steerseg_ros.tools.play", "--qos", "reliable",
-                    "--wait-subscribers", "30", "--manifest", str(args.out / "manifest.jsonl"), "--lockstep"]
-        if args.bag is not None:
-            # Colour, depth and camera_info go to the node's image, depth and camera_info inputs.
-            play_cmd += ["--bag", str(args.bag)]
-            if args.topics:
-                play_cmd += ["--topics", *args.topics]
-            if args.rate_given:
-                play_cmd += ["--rate", str(args.rate)]
-        else:
-            play_cmd += ["--frames" if args.frames else "--video", str(args.frames or args.video),
-                         "--rate", str(args.rate), "--stamp-start", str(STAMP_START_S)]
-        if args.count is not None:
-            play_cmd += ["--count", str(args.count)]
-        if args.command is not None:
-            play_cmd += ["--command", args.command, "--command-at", "0"]
-        else:
-            play_cmd += ["--seed-mask", str(args.seed_mask)]
+        _wait_for_node(args, recorder, node)
+        play_cmd = _play_command(args)
         start = time.perf_counter()
         player = subprocess.Popen(play_cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                   stdin=subprocess.DEVNULL)
-        expected = len(source)
-        limit = expected / args.rate * 3 + 120
-        try:
-            _, err = player.communicate(timeout=limit)
-        except subprocess.TimeoutExpired:
-            raise RuntimeError(f"steerseg-play did not finish in {limit:.0f} s")
-        if player.returncode != 0:
-            raise RuntimeError(f"steerseg-play failed:\n{err.decode(errors='replace')[-2000:]}")
-        played = sum(1 for _ in open(args.out / "manifest.jsonl"))
-        # The node may still be working on the last frames: wait until outputs stop coming.
-        quiet_deadline = time.monotonic() + 60.0
-        while time.monotonic() < quiet_deadline:
-            with outputs.lock:
-                done = (played - 1) in outputs.masks
-            if done or time.monotonic() - state["last"] > 5.0:
-                break
-            time.sleep(0.1)
+        played = _await_player(args, player, len(source))
+        _await_outputs(outputs, played, index_of)
         summary.update(seconds=round(time.perf_counter() - start, 2), frames_played=played,
                        masks_received=len(outputs.masks), overlays_received=len(outputs.overlays),
-                       unmatched_stamps=state["unknown"])
+                       unmatched_stamps=index_of.unknown)
         if len(outputs.masks) < played:
             summary["note"] = ("some frames got no mask within steerseg-play's --answer-timeout; "
                                f"see {args.out / 'node.log'}")

@@ -164,88 +164,134 @@ def play(args: argparse.Namespace, node) -> int:
     """Publish with `node` (an rclpy node) as the options say; returns the frames published."""
     if args.bag is not None:
         return play_bag(args, node)
-    from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-    from sensor_msgs.msg import CompressedImage, Image
-    from std_msgs.msg import String
-
-    from steerseg_ros.ros.image_conversion import array_to_image, rgb_to_compressed, rgb_to_image
+    from steerseg_ros.ros.image_conversion import rgb_to_compressed, rgb_to_image
     from steerseg_ros.ros.messages import header_at
 
     compressed = args.encoding in COMPRESSED_ENCODINGS
     topic = args.topic or ("image/compressed" if compressed else "image")
-    image_qos = qos_profile_sensor_data if args.qos == "sensor_data" else QoSProfile(
-        depth=10, reliability=ReliabilityPolicy.RELIABLE)
-    reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-    image_pub = node.create_publisher(CompressedImage if compressed else Image, topic, image_qos)
-    command_pub = node.create_publisher(String, args.command_topic, reliable) if args.command is not None else None
-    seed_pub = node.create_publisher(Image, args.seed_topic, reliable) if args.seed_mask is not None else None
+    image_pub, command_pub, seed_pub = _frame_publishers(args, node, topic, compressed)
     log = node.get_logger()
-
     source = FrameSource(frames=args.frames, video=args.video, limit=args.count)
-    seed = None
-    if args.seed_mask is not None:
-        seed = cv2.imread(str(args.seed_mask), cv2.IMREAD_GRAYSCALE)
-        if seed is None:
-            raise FileNotFoundError(f"cannot read the seed mask {args.seed_mask}")
-        seed = ((seed > 0) * 255).astype("uint8")
-
-    publishers = [p for p in (image_pub, command_pub, seed_pub) if p is not None]
-    if args.wait_subscribers > 0 and not _wait_for_subscribers(publishers, args.wait_subscribers, args.min_subscribers):
-        log.warning(f"no subscriber on some topic after {args.wait_subscribers:.1f} s; publishing anyway")
-    answers = _Answers(node, args.answer_topic) if args.lockstep else None
-    if answers is not None and not answers.wait_for_publisher(max(args.wait_subscribers, 1.0)):
-        log.warning(f"nothing publishes {node.resolve_topic_name(args.answer_topic)} after "
-                    f"{args.wait_subscribers:.1f} s; --lockstep waits for answers anyway")
+    seed = _read_seed_mask(args.seed_mask) if args.seed_mask is not None else None
+    answers = _wait_for_listeners(args, node, [p for p in (image_pub, command_pub, seed_pub) if p is not None])
 
     if args.rate is None:
         args.rate = 10.0
     period_ns = int(round(1e9 / args.rate))
     start_ns = int(args.stamp_start * 1e9) if args.stamp_start is not None else time.time_ns()
     manifest = open(args.manifest, "w") if args.manifest is not None else None
-    command_sent = command_pub is None
+    command = _Command(args, command_pub, log)
     published = 0
     t0 = time.monotonic()
     try:
         passes = 0
         while True:
             for name, bgr in source:
-                due = t0 + published / args.rate
-                delay = due - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
+                _sleep_until(t0 + published / args.rate)
                 stamp_ns = start_ns + published * period_ns
                 header = header_at(stamp_ns, args.frame_id)
                 if seed is not None and published == 0:
-                    if seed.shape != bgr.shape[:2]:
-                        raise ValueError(f"seed mask is {seed.shape[::-1]}, the first frame {bgr.shape[1::-1]}")
-                    # Sent just before its frame: the node holds it until that frame arrives.
-                    # The short pause lets it get there first (else it is applied, caught up,
-                    # from the next frame on).
-                    seed_pub.publish(array_to_image(seed, "mono8", header))
-                    time.sleep(min(0.2, 1.0 / args.rate))
-                    t0 += min(0.2, 1.0 / args.rate)
-                if not command_sent and time.monotonic() - t0 >= args.command_at:
-                    command_pub.publish(String(data=args.command))
-                    command_sent = True
-                    log.info(f"command: {args.command!r}")
+                    t0 += _send_seed(seed_pub, seed, bgr, header, args.rate)
+                command.send_when_due(time.monotonic() - t0)
                 rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
                 msg = rgb_to_compressed(rgb, args.encoding, header) if compressed else rgb_to_image(rgb, args.encoding, header)
                 image_pub.publish(msg)
-                if answers is not None and not answers.wait_for(stamp_ns, args.answer_timeout):
-                    log.warning(f"no answer for the frame at {stamp_ns / 1e9:.6f} s within {args.answer_timeout:.0f} s")
-                elif answers is not None and args.hold_while_grounding and \
-                        not answers.wait_idle(stamp_ns, args.answer_timeout):
-                    log.warning(f"the node still grounds {args.answer_timeout:.0f} s after the frame at {stamp_ns / 1e9:.6f} s")
+                if answers is not None:
+                    _await_answer(answers, stamp_ns, args, log)
                 _record(manifest, published, name, stamp_ns)
                 published += 1
             passes += 1
             if not args.loop or (args.loops and passes >= args.loops):
                 break
-        _finish(args, command_pub, command_sent)
+        _finish(args, command)
     finally:
         _close(manifest, answers)
     log.info(f"published {published} frames on {node.resolve_topic_name(topic)}")
     return published
+
+
+def _frame_publishers(args: argparse.Namespace, node, topic: str, compressed: bool):
+    """The image publisher, and the command and seed mask publishers (None when not asked for)."""
+    from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+    from sensor_msgs.msg import CompressedImage, Image
+    from std_msgs.msg import String
+
+    image_qos = qos_profile_sensor_data if args.qos == "sensor_data" else QoSProfile(
+        depth=10, reliability=ReliabilityPolicy.RELIABLE)
+    reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+    image_pub = node.create_publisher(CompressedImage if compressed else Image, topic, image_qos)
+    command_pub = node.create_publisher(String, args.command_topic, reliable) if args.command is not None else None
+    seed_pub = node.create_publisher(Image, args.seed_topic, reliable) if args.seed_mask is not None else None
+    return image_pub, command_pub, seed_pub
+
+
+def _read_seed_mask(path: Path):
+    """The seed mask as mono8 (0 or 255)."""
+    seed = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if seed is None:
+        raise FileNotFoundError(f"cannot read the seed mask {path}")
+    return ((seed > 0) * 255).astype("uint8")
+
+
+def _wait_for_listeners(args: argparse.Namespace, node, publishers) -> Optional[_Answers]:
+    """Waits (--wait-subscribers) for subscribers on `publishers` and, with --lockstep, for the
+    node's answer topic; the answers to wait for in lockstep, or None."""
+    log = node.get_logger()
+    if args.wait_subscribers > 0 and not _wait_for_subscribers(publishers, args.wait_subscribers, args.min_subscribers):
+        log.warning(f"no subscriber on some topic after {args.wait_subscribers:.1f} s; publishing anyway")
+    answers = _Answers(node, args.answer_topic) if args.lockstep else None
+    if answers is not None and not answers.wait_for_publisher(max(args.wait_subscribers, 1.0)):
+        log.warning(f"nothing publishes {node.resolve_topic_name(args.answer_topic)} after "
+                    f"{args.wait_subscribers:.1f} s; --lockstep waits for answers anyway")
+    return answers
+
+
+def _sleep_until(due: float) -> None:
+    delay = due - time.monotonic()
+    if delay > 0:
+        time.sleep(delay)
+
+
+def _send_seed(seed_pub, seed, bgr, header, rate: float) -> float:
+    """Publishes the seed mask for the first frame; returns the pause taken after it."""
+    from steerseg_ros.ros.image_conversion import array_to_image
+
+    if seed.shape != bgr.shape[:2]:
+        raise ValueError(f"seed mask is {seed.shape[::-1]}, the first frame {bgr.shape[1::-1]}")
+    # Sent just before its frame: the node holds it until that frame arrives.
+    # The short pause lets it get there first (else it is applied, caught up,
+    # from the next frame on).
+    seed_pub.publish(array_to_image(seed, "mono8", header))
+    time.sleep(min(0.2, 1.0 / rate))
+    return min(0.2, 1.0 / rate)
+
+
+class _Command:
+    """The --command, published once --command-at seconds into playback (or after the last
+    frame, see _finish)."""
+
+    def __init__(self, args: argparse.Namespace, publisher, log):
+        self.args = args
+        self.publisher = publisher
+        self.log = log
+        self.sent = publisher is None
+
+    def send_when_due(self, elapsed_s: float) -> None:
+        from std_msgs.msg import String
+
+        if not self.sent and elapsed_s >= self.args.command_at:
+            self.publisher.publish(String(data=self.args.command))
+            self.sent = True
+            self.log.info(f"command: {self.args.command!r}")
+
+
+def _await_answer(answers: _Answers, stamp_ns: int, args: argparse.Namespace, log) -> None:
+    """In lockstep: waits for the node's answer to the frame at `stamp_ns` (and, with
+    --hold-while-grounding, for its grounding to end); warns when it does not come."""
+    if not answers.wait_for(stamp_ns, args.answer_timeout):
+        log.warning(f"no answer for the frame at {stamp_ns / 1e9:.6f} s within {args.answer_timeout:.0f} s")
+    elif args.hold_while_grounding and not answers.wait_idle(stamp_ns, args.answer_timeout):
+        log.warning(f"the node still grounds {args.answer_timeout:.0f} s after the frame at {stamp_ns / 1e9:.6f} s")
 
 
 def _record(manifest, index: int, name: str, stamp_ns: int) -> None:
@@ -256,12 +302,12 @@ def _record(manifest, index: int, name: str, stamp_ns: int) -> None:
         manifest.flush()
 
 
-def _finish(args: argparse.Namespace, command_pub, command_sent: bool) -> None:
+def _finish(args: argparse.Namespace, command: _Command) -> None:
     """After the last frame: a command due after it still goes out, then --linger."""
     from std_msgs.msg import String
 
-    if not command_sent:
-        command_pub.publish(String(data=args.command))
+    if not command.sent:
+        command.publisher.publish(String(data=args.command))
     if args.linger > 0:
         time.sleep(args.linger)
 
@@ -276,16 +322,60 @@ def _close(manifest, answers) -> None:
 def play_bag(args: argparse.Namespace, node) -> int:
     """Replay a bag's colour, depth and camera_info messages (raw, stamps as recorded); returns
     the colour frames published."""
-    from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-    from sensor_msgs.msg import CameraInfo, CompressedImage, Image
-    from std_msgs.msg import String
-
-    from steerseg_ros.offline.bags import COMPRESSED, find_topics, read_bag
+    from steerseg_ros.offline.bags import find_topics, read_bag
 
     if args.loop:
         raise SystemExit("--loop does not apply to --bag (its stamps would repeat)")
     topics = find_topics(args.bag, args.topics)
     log = node.get_logger()
+    pubs, out, command_pub = _bag_publishers(args, node, topics)
+    if args.seed_mask is not None:
+        raise SystemExit("--seed-mask is not supported with --bag")
+    _wait_for_bag_listeners(args, node, topics, out, pubs, command_pub)
+
+    scale = _bag_time_scale(args, topics) if args.rate is not None else 1.0
+    answers = _Answers(node, args.answer_topic) if args.lockstep else None
+    manifest = open(args.manifest, "w") if args.manifest is not None else None
+    counts = {"colour": 0, "depth": 0, "camera_info": 0}
+    command = _Command(args, command_pub, log)
+    t0 = time.monotonic()
+    first_log = None
+    # In lockstep the answer for a colour frame is awaited just before the next colour frame
+    # goes out, so the depth and camera_info recorded after it still reach the node first.
+    unanswered: Optional[int] = None
+    try:
+        for m in read_bag(args.bag, topics):
+            if m.role == "colour" and args.count is not None and counts["colour"] >= args.count:
+                break
+            if m.role == "colour" and answers is not None and unanswered is not None:
+                _await_answer(answers, unanswered, args, log)
+            first_log = m.log_ns if first_log is None else first_log
+            _sleep_until(t0 + (m.log_ns - first_log) / 1e9 / scale)
+            command.send_when_due(time.monotonic() - t0)
+            pubs[m.role].publish(m.raw)
+            if m.role == "colour":
+                unanswered = m.stamp_ns
+                _record(manifest, counts["colour"], f"{counts['colour']:05d}", m.stamp_ns)
+            counts[m.role] += 1
+        if answers is not None and unanswered is not None:
+            _await_answer(answers, unanswered, args, log)
+        _finish(args, command)
+    finally:
+        _close(manifest, answers)
+    log.info(f"published {counts['colour']} colour, {counts['depth']} depth, {counts['camera_info']} camera_info "
+             f"messages from {args.bag}")
+    return counts["colour"]
+
+
+def _bag_publishers(args: argparse.Namespace, node, topics):
+    """Publishers for the bag's colour and (where it has them) depth and camera_info topics,
+    by role; the topic each role goes out on; the command publisher (None without --command)."""
+    from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+    from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+    from std_msgs.msg import String
+
+    from steerseg_ros.offline.bags import COMPRESSED
+
     qos = qos_profile_sensor_data if args.qos == "sensor_data" else QoSProfile(
         depth=10, reliability=ReliabilityPolicy.RELIABLE)
     reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
@@ -298,8 +388,12 @@ def play_bag(args: argparse.Namespace, node) -> int:
     if topics.camera_info:
         pubs["camera_info"] = node.create_publisher(CameraInfo, out["camera_info"], qos)
     command_pub = node.create_publisher(String, args.command_topic, reliable) if args.command is not None else None
-    if args.seed_mask is not None:
-        raise SystemExit("--seed-mask is not supported with --bag")
+    return pubs, out, command_pub
+
+
+def _wait_for_bag_listeners(args: argparse.Namespace, node, topics, out, pubs, command_pub) -> None:
+    """Logs which bag topic goes out where, then waits (--wait-subscribers) for subscribers."""
+    log = node.get_logger()
     log.info(f"bag {args.bag}: " + ", ".join(f"{t} -> {node.resolve_topic_name(out[r])}" for r, t in
                                              (("colour", topics.colour), ("depth", topics.depth),
                                               ("camera_info", topics.camera_info)) if t))
@@ -310,64 +404,24 @@ def play_bag(args: argparse.Namespace, node) -> int:
     if args.wait_subscribers > 0 and not _wait_for_subscribers(waited, args.wait_subscribers, args.min_subscribers):
         log.warning(f"no subscriber on some topic after {args.wait_subscribers:.1f} s; publishing anyway")
 
+
+def _bag_time_scale(args: argparse.Namespace, topics) -> float:
+    """How much faster than recorded to play so the colour topic runs at --rate: the recorded
+    colour rate comes from the colour frames' log times."""
+    from steerseg_ros.offline.bags import read_bag
+
     scale = 1.0
-    if args.rate is not None:
-        # The recorded colour rate, from the colour frames' log times.
-        first = last = None
-        n = 0
-        for m in read_bag(args.bag, type(topics)(colour=topics.colour, colour_type=topics.colour_type)):
-            first = m.log_ns if first is None else first
-            last = m.log_ns
-            n += 1
-            if args.count is not None and n >= args.count:
-                break
-        if n > 1 and last > first:
-            scale = args.rate / ((n - 1) * 1e9 / (last - first))
-    answers = _Answers(node, args.answer_topic) if args.lockstep else None
-    manifest = open(args.manifest, "w") if args.manifest is not None else None
-    counts = {"colour": 0, "depth": 0, "camera_info": 0}
-    command_sent = command_pub is None
-    t0 = time.monotonic()
-    first_log = None
-    # In lockstep the answer for a colour frame is awaited just before the next colour frame
-    # goes out, so the depth and camera_info recorded after it still reach the node first.
-    unanswered: Optional[int] = None
-
-    def wait_answer() -> None:
-        if answers is None or unanswered is None:
-            return
-        if not answers.wait_for(unanswered, args.answer_timeout):
-            log.warning(f"no answer for the frame at {unanswered / 1e9:.6f} s within {args.answer_timeout:.0f} s")
-        elif args.hold_while_grounding and not answers.wait_idle(unanswered, args.answer_timeout):
-            log.warning(f"the node still grounds {args.answer_timeout:.0f} s after the frame at {unanswered / 1e9:.6f} s")
-
-    try:
-        for m in read_bag(args.bag, topics):
-            if m.role == "colour" and args.count is not None and counts["colour"] >= args.count:
-                break
-            if m.role == "colour":
-                wait_answer()
-            first_log = m.log_ns if first_log is None else first_log
-            delay = t0 + (m.log_ns - first_log) / 1e9 / scale - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            if not command_sent and time.monotonic() - t0 >= args.command_at:
-                command_pub.publish(String(data=args.command))
-                command_sent = True
-                log.info(f"command: {args.command!r}")
-            pubs[m.role].publish(m.raw)
-            if m.role == "colour":
-                unanswered = m.stamp_ns
-            if m.role == "colour":
-                _record(manifest, counts["colour"], f"{counts['colour']:05d}", m.stamp_ns)
-            counts[m.role] += 1
-        wait_answer()
-        _finish(args, command_pub, command_sent)
-    finally:
-        _close(manifest, answers)
-    log.info(f"published {counts['colour']} colour, {counts['depth']} depth, {counts['camera_info']} camera_info "
-             f"messages from {args.bag}")
-    return counts["colour"]
+    first = last = None
+    n = 0
+    for m in read_bag(args.bag, type(topics)(colour=topics.colour, colour_type=topics.colour_type)):
+        first = m.log_ns if first is None else first
+        last = m.log_ns
+        n += 1
+        if args.count is not None and n >= args.count:
+            break
+    if n > 1 and last > first:
+        scale = args.rate / ((n - 1) * 1e9 / (last - first))
+    return scale
 
 
 def main(argv: Optional[list[str]] = None) -> int:
