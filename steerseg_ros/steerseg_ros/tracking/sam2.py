@@ -1,8 +1,10 @@
 """SAM2 tracking backend: transformers' Sam2VideoModel streamed one frame at a time.
 
 Owns `Sam2TrackerConfig`, `Sam2Tracker` and `Sam2ObjectState`: loading SAM2 / SAM2.1 checkpoints
-(hub id or local folder), pre- and post-processing (without torchvision, which the SAM2
-processors need), the per-object memory bank and its pruning, and per-object confidence.
+(hub id or local folder), the per-object sessions, the live objects and per-object confidence.
+Its parts live beside it: sam2_inputs (pre- and post-processing without torchvision, which the
+SAM2 processors need, and the feature cache), sam2_memory (a session's memory bank and its
+pruning), sam2_batched (the batched step's arithmetic) and sam2_encoder (the image encoder).
 
 How SAM2 maps onto the `Tracker` interface:
 - Every object has its own `Sam2VideoInferenceSession`. Adding, replacing or removing an object
@@ -38,7 +40,6 @@ How SAM2 maps onto the `Tracker` interface:
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -49,15 +50,17 @@ from typing import Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from transformers import Sam2VideoInferenceSession, Sam2VideoModel
-from transformers.models.sam2_video.modeling_sam2_video import NO_OBJ_SCORE
-from transformers.utils import cached_file
 
 from steerseg_ros.frame import Frame
 from steerseg_ros.grounding.base import ModelUnavailableError
 from steerseg_ros.tracking.base import MaskCandidate, ObjectMask, ObjectState, Tracker, TrackerError
+from steerseg_ros.tracking.sam2_batched import step_batch
 from steerseg_ros.tracking.sam2_encoder import make_encoder, position_encodings
+# IMAGENET_MEAN and IMAGENET_STD are read from here by sam2_checkpoints.
+from steerseg_ros.tracking.sam2_inputs import (IMAGENET_MEAN, IMAGENET_STD, Sam2FrameInputs,  # noqa: F401
+                                               _Features, _FrameInput, processor_normalization)
+from steerseg_ros.tracking.sam2_memory import memory_inputs, prune_session, session_parts, store_step, tensor_bytes
 from steerseg_ros.tracking.sam2_reference import match_reference
 
 log = logging.getLogger("steerseg_ros.tracking.sam2")
@@ -78,8 +81,6 @@ ENCODERS = ("torch", "onnx", "tensorrt")
 AUTOCAST = {"none": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # What compile=True compiles: the image encoder and the modules every object step runs.
 COMPILED_MODULES = ("vision_encoder", "memory_attention", "mask_decoder", "memory_encoder")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # Each session holds one object; its id inside the session is arbitrary.
 _SESSION_OBJ = 1
 
@@ -188,24 +189,7 @@ class Sam2ObjectState(ObjectState):
         self.index = 0
 
 
-class _Features:
-    """One frame's encoder output, in the layout the sessions cache, and the image it came from."""
-
-    def __init__(self, image: np.ndarray, vision: dict):
-        self.image = image
-        self.vision = vision
-
-
-class _FrameInput:
-    """What a model call on one frame takes: the pixel values (the streaming call stores them,
-    although with the features cached it never encodes them) and the features."""
-
-    def __init__(self, pixel_values: torch.Tensor, features: _Features):
-        self.pixel_values = pixel_values
-        self.features = features
-
-
-class Sam2Tracker(Tracker):
+class Sam2Tracker(Sam2FrameInputs, Tracker):
     """Streaming SAM2 (see the module docstring). Thread-safe as the Tracker contract requires."""
 
     name = "sam2"
@@ -218,7 +202,8 @@ class Sam2Tracker(Tracker):
         self.model_name = resolve_model(self.config.model)
         self.model = load_model(self.model_name, self.dtype, self.device, self.config.local_files_only)
         self.image_size = int(self.model.config.image_size)
-        self.mean, self.std = self._normalization()
+        self.mean, self.std = processor_normalization(self.model_name, self.image_size, self.device,
+                                                      self.config.local_files_only)
         self.encoder = make_encoder(self.config.encoder, self.model, self.config.encoder_file, self.device, self.dtype)
         self._pos = position_encodings(self.model, self.device, self.dtype)
         # What each memory-conditioned step reads back, counted in frames before the current one.
@@ -278,132 +263,6 @@ class Sam2Tracker(Tracker):
             for frame in clip:
                 self._cache.pop(frame.seq, None)
 
-    # ---- loading ---------------------------------------------------------------------------
-    @staticmethod
-    def _resolve_device(name: str) -> torch.device:
-        if name == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        device = torch.device(name)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise TrackerError(f"device {name!r} asked for, but torch sees no CUDA GPU; use device cpu or auto")
-        return device
-
-    def _normalization(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and std from the checkpoint's image processor config (ImageNet's if it has none),
-        with its rescale factor folded in as transformers' processor folds it: each float32
-        constant times 1 / rescale_factor, so pixels in 0..255 are normalised in one step."""
-        mean, std, rescale = IMAGENET_MEAN, IMAGENET_STD, 1 / 255
-        path = cached_file(self.model_name, "preprocessor_config.json", local_files_only=self.config.local_files_only,
-                           _raise_exceptions_for_missing_entries=False,
-                           _raise_exceptions_for_connection_errors=False)
-        if path:
-            with open(path) as f:
-                settings = json.load(f)
-            mean, std = settings.get("image_mean", mean), settings.get("image_std", std)
-            rescale = settings.get("rescale_factor", rescale)
-            size = settings.get("size", {}).get("height")
-            if size and size != self.image_size:
-                log.warning("%s: processor size %s differs from the model's image_size %d; using the model's",
-                            self.model_name, size, self.image_size)
-        # The processor's _fuse_mean_std_and_rescale_factor: float32 constants, then the product.
-        fused = lambda v: (torch.tensor(v, dtype=torch.float32, device=self.device)  # noqa: E731
-                           * (1.0 / rescale)).view(1, 3, 1, 1)
-        return fused(mean), fused(std)
-
-    # ---- pre- and post-processing ------------------------------------------------------------
-    def _check_frame(self, frame: Frame) -> None:
-        image = frame.image
-        if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 \
-                or 0 in image.shape:
-            raise TrackerError(f"frame {frame.seq}: expected a non-empty HxWx3 uint8 RGB image, got "
-                               f"{getattr(image, 'dtype', type(image))} {getattr(image, 'shape', '')}")
-
-    def _preprocess(self, image: np.ndarray) -> torch.Tensor:
-        """HxWx3 uint8 RGB -> (1, 3, S, S) normalised pixel values, bit for bit what transformers'
-        SAM2 processors (Sam2ImageProcessor, Sam2VideoVideoProcessor; transformers 5.23) compute
-        from the same frame on the same device:
-        - the channel-first uint8 image resized to S x S as torchvision's resize does it
-          (bilinear, antialiased): with the native uint8 kernel on a CPU with AVX2 or AVX512,
-          otherwise (GPU, other CPUs) in float32 and rounded back to uint8;
-        - rescale and normalise fused into (x - mean/rescale) / (std/rescale) in float32, i.e.
-          (x - 255 mean) / (255 std), not (x/255 - mean) / std: the two differ by a rounding step
-          that random and real weights alike can amplify into different masks.
-        Written here because the processors need torchvision, which this package cannot depend on."""
-        array = np.ascontiguousarray(image)
-        if not array.flags.writeable:
-            array = array.copy()  # torch.from_numpy warns about read-only memory (e.g. a ROS message buffer)
-        x = torch.from_numpy(array)
-        if self.device.type == "cuda":
-            # Through page-locked memory: the copy to the GPU then runs asynchronously.
-            x = x.pin_memory().to(self.device, non_blocking=True)
-        x = x.permute(2, 0, 1).contiguous().to(self.device)[None]
-        size = (self.image_size, self.image_size)
-        if tuple(x.shape[-2:]) != size:
-            if x.device.type == "cpu" and torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
-                x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
-            else:
-                x = F.interpolate(x.float(), size=size, mode="bilinear", antialias=True, align_corners=False)
-                x = x.round_().to(torch.uint8)
-        x = (x.to(torch.float32) - self.mean) / self.std
-        return x.to(self.dtype)
-
-    def _to_image(self, logits: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
-        """(K, h, w) low-resolution mask logits -> (K, H, W) bool masks at the frame size."""
-        up = F.interpolate(logits[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
-        return (up > self.config.mask_threshold).cpu().numpy()
-
-    def _points(self, points: np.ndarray, labels: np.ndarray, size: tuple[int, int]) -> dict:
-        points = np.asarray(points, dtype=np.float64)
-        labels = np.asarray(labels)
-        if points.ndim != 2 or points.shape[1] != 2 or len(points) == 0:
-            raise TrackerError(f"points must be (N>=1, 2) pixel (x, y), got shape {points.shape}")
-        if labels.shape != (len(points),):
-            raise TrackerError(f"labels must be ({len(points)},), got shape {labels.shape}")
-        if not np.isfinite(points).all():
-            raise TrackerError("points must be finite")
-        if not np.isin(labels, (0, 1)).all():
-            raise TrackerError(f"labels must be 1 (positive) or 0 (negative), got {sorted(set(labels.tolist()))}")
-        height, width = size
-        scaled = points * (self.image_size / width, self.image_size / height)
-        return {"point_coords": torch.tensor(scaled, dtype=torch.float32, device=self.device)[None, None],
-                "point_labels": torch.tensor(labels, dtype=torch.int32, device=self.device)[None, None]}
-
-    def _mask_input(self, mask: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
-        mask = np.asarray(mask)
-        if mask.shape != size:
-            raise TrackerError(f"seed mask is {mask.shape}, the frame {size}")
-        if not mask.any():
-            raise TrackerError("seed mask is empty")
-        # As Sam2VideoProcessor does: antialiased resize to the model's input size, then >= 0.5.
-        x = torch.from_numpy(mask.astype(np.float32)).to(self.device)[None, None]
-        x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True,
-                          align_corners=False)
-        return (x >= 0.5).float()
-
-    # ---- features ----------------------------------------------------------------------------
-    def _input(self, frame: Frame) -> _FrameInput:
-        """The frame's pixel values and image features, the features encoded once and shared
-        (cached by sequence number; a hit must also be the very same image array, so a reused
-        number never matches)."""
-        self._check_frame(frame)
-        with torch.inference_mode():
-            pixel_values = self._preprocess(frame.image)
-            with self._cache_lock:
-                hit = self._cache.get(frame.seq)
-                if hit is not None and hit.image is frame.image:
-                    self._cache.move_to_end(frame.seq)
-                    return _FrameInput(pixel_values, hit)
-            with self._precision():
-                maps = self.encoder(pixel_values)
-        entry = _Features(frame.image, {"vision_feats": maps, "vision_pos_embeds": self._pos})
-        with self._cache_lock:
-            self._cache[frame.seq] = entry
-            self._cache.move_to_end(frame.seq)
-            while len(self._cache) > self.config.feature_cache_frames:
-                self._cache.popitem(last=False)
-            self.stats["encoder_runs"] += 1
-        return _FrameInput(pixel_values, entry)
-
     # ---- one object, one frame -------------------------------------------------------------------
     def _record_decoder(self, module, args, output) -> None:
         self._tls.decoder = output
@@ -440,121 +299,25 @@ class Sam2Tracker(Tracker):
         return ObjectMask(mask, _presence(object_logit) * iou)
 
     def _prune(self, session: Sam2VideoInferenceSession, index: int) -> None:
-        """Drop what no later step reads (see the module docstring). The next step, at index + 1,
-        reads memory features at ages 0 .. memory_frames - 1 and object pointers at ages
-        0 .. pointer_frames - 1 (age = index - frame index), plus every conditioning frame."""
-        session.processed_frames.clear()  # features come from our cache; pixels are never re-read
-        session.cache.clear_all()
-        horizon = max(self.memory_frames, self.pointer_frames)
-        for obj_idx, outputs in session.output_dict_per_obj.items():
-            tracked = outputs["non_cond_frame_outputs"]
-            for f in list(tracked):
-                age = index - f
-                if age >= horizon:
-                    del tracked[f]
-                    continue
-                tracked[f].pop("high_res_masks", None)
-                tracked[f].pop("pred_masks", None)
-                if age >= self.memory_frames:
-                    tracked[f].pop("maskmem_features", None)
-                    tracked[f].pop("maskmem_pos_enc", None)
-            for out in outputs["cond_frame_outputs"].values():
-                out.pop("high_res_masks", None)
-            frames = session.frames_tracked_per_obj[obj_idx]
-            for f in [f for f in frames if index - f >= horizon]:
-                del frames[f]
-            if session.obj_idx_to_id(obj_idx) not in session.obj_with_new_inputs:
-                # Prompts are read only on the frame they were given on.
-                session.point_inputs_per_obj[obj_idx].clear()
-                session.mask_inputs_per_obj[obj_idx].clear()
+        prune_session(session, index, self.memory_frames, self.pointer_frames)
 
     # ---- many objects, one frame (batched) -----------------------------------------------------
-    def _memory(self, session: Sam2VideoInferenceSession, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """One object's memory for the step onto `index`, as the model's memory-conditioned step
-        builds it (its own helpers): (M, 1, C) memory tokens, their position encodings, and how
-        many of them are object pointers (the last ones, which get no rotary encoding)."""
-        model, device = self.model, self.device
-        previous = model._gather_memory_frame_outputs(session, 0, index, False)
-        memories, positions = model._build_memory_attention_inputs(previous, device)
-        offsets, pointers, most = model._get_object_pointers(session, 0, index, None, device, False, True)
-        count = 0
-        if pointers:
-            tokens, encoding = model._process_object_pointers(offsets, pointers, most, 1, model.hidden_dim, device)
-            memories.append(tokens)
-            positions.append(encoding)
-            count = tokens.shape[0]
-        return torch.cat(memories, dim=0).to(self.dtype), torch.cat(positions, dim=0), count
-
-    def _decode(self, conditioned: torch.Tensor, high_res: list[torch.Tensor]):
-        """The mask decoder on B memory-conditioned feature maps without prompts, as the model's
-        tracking step runs it for one object; written out because the model's own single-frame
-        forward picks the best of several masks correctly for a batch of one only. Returns the
-        chosen low- and high-resolution mask logits (B, 1, h, w), object pointers (B, 1, C), object
-        score logits (B, 1, 1) and predicted IoUs (B, K), shaped as the per-object step stores them."""
-        model = self.model
-        batch = conditioned.shape[0]
-        multimask = model._use_multimask(False, None)
-        # No prompt: one padding point labelled -1, as the model feeds a tracked frame.
-        points = torch.zeros(batch, 1, 1, 2, dtype=conditioned.dtype, device=conditioned.device)
-        labels = -torch.ones(batch, 1, 1, dtype=torch.int32, device=conditioned.device)
-        sparse, dense = model.prompt_encoder(input_points=points, input_labels=labels, input_boxes=None,
-                                             input_masks=None)
-        image_pe = model.get_image_wide_positional_embeddings().repeat(batch, 1, 1, 1)
-        low, iou, tokens, object_logits = model.mask_decoder(
-            image_embeddings=conditioned, image_positional_embeddings=image_pe, sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense, multimask_output=multimask, high_resolution_features=high_res)
-        low, iou, tokens = low[:, 0], iou[:, 0], tokens[:, 0]  # the one prompt of each batch entry
-        present = object_logits > 0  # (B, 1, 1)
-        low = torch.where(present[..., None], low, NO_OBJ_SCORE)
-        # All candidates upsampled before choosing, as the model does: the kernel's result for one
-        # channel depends (in the last bits) on how many it processes, and a tracked object's
-        # memory carries such differences on.
-        high = F.interpolate(low.float(), size=(self.image_size, self.image_size), mode="bilinear",
-                             align_corners=False).to(low.dtype)
-        rows = torch.arange(batch, device=low.device)
-        best = iou.argmax(dim=-1) if multimask else torch.zeros(batch, dtype=torch.long, device=low.device)
-        low, high = low[rows, best][:, None], high[rows, best][:, None]
-        token = tokens[rows, best] if multimask and tokens.shape[1] > 1 else tokens[:, 0]
-        pointer = model.object_pointer_proj(token)[:, None]
-        weight = present.to(pointer.dtype)
-        pointer = weight * pointer + (1 - weight) * model.no_object_pointer
-        return low, high, pointer, object_logits, iou
-
     def _run_batch(self, states: list[Sam2ObjectState], built: list[tuple], frame: Frame,
                    inputs: _FrameInput) -> list[ObjectMask]:
-        """Step objects with equally long memories (`built` by `_memory`) onto `frame` as one batch
-        (their next index each), writing every object's outputs into its own session as the
+        """Step objects with equally long memories (`built` by `memory_inputs`) onto `frame` as one
+        batch (their next index each), writing every object's outputs into its own session as the
         per-object call does."""
-        model, batch = self.model, len(states)
-        feats = inputs.features.vision["vision_feats"]
+        batch = len(states)
         indices = [s.index + 1 for s in states]
-        memory = torch.cat([m for m, _, _ in built], dim=1)
-        memory_pos = torch.cat([p for _, p, _ in built], dim=1)
-        top = feats[-1].expand(-1, batch, -1)
-        # (HW, 1, C) shared features -> (B, C, H, W) maps for the decoder's skip connections.
-        high_res = [x.permute(1, 2, 0).reshape(1, x.shape[2], *size).expand(batch, -1, -1, -1)
-                    for x, size in zip(feats[:-1], model.backbone_feature_sizes[:-1])]
-        conditioned = model.memory_attention(current_vision_features=top,
-                                             current_vision_position_embeddings=self._pos[-1].expand(-1, batch, -1),
-                                             memory=memory, memory_posision_embeddings=memory_pos,
-                                             num_object_pointer_tokens=built[0][2])
-        height, width = model.backbone_feature_sizes[-1]
-        conditioned = conditioned[0].transpose(1, 2).reshape(batch, model.hidden_dim, height, width)
-        low, high, pointer, object_logits, iou = self._decode(conditioned, high_res)
-        mem_features, mem_pos = model._encode_new_memory(current_vision_feats=top, pred_masks_high_res=high,
-                                                         object_score_logits=object_logits, is_mask_from_pts=False)
+        low, high, pointer, object_logits, iou, mem_features, mem_pos = step_batch(
+            self.model, self._pos, self.image_size, inputs.features.vision["vision_feats"], built)
         for k, (state, index) in enumerate(zip(states, indices)):
-            session = state.session
-            # What the model's own call keeps of the frame (pruning drops it again).
-            session.add_new_frame(inputs.pixel_values, index)
-            session.cache.cache_vision_features(index, inputs.features.vision)
             # Copies, so that no object's memory keeps the whole batch's storage alive.
-            session.store_output(0, index, output_value={
+            store_step(state.session, index, inputs.pixel_values, inputs.features.vision, {
                 "pred_masks": low[k:k + 1].clone(), "object_pointer": pointer[k:k + 1].clone(),
                 "high_res_masks": high[k:k + 1].clone(), "object_score_logits": object_logits[k:k + 1].clone(),
                 "maskmem_features": mem_features[:, k:k + 1].clone(), "maskmem_pos_enc": mem_pos[:, k:k + 1].clone(),
-            }, is_conditioning_frame=False)
-            session.frames_tracked_per_obj[0][index] = {"reverse": False}
+            })
         masks = self._to_image(low[:, 0], (frame.height, frame.width))
         # One transfer for all scores, combined as the per-object path does (in double precision).
         logits = object_logits.reshape(-1).float().tolist()
@@ -579,7 +342,8 @@ class Sam2Tracker(Tracker):
             if (frame.height, frame.width) != state.size:
                 raise TrackerError(f"frame {frame.seq} is {frame.width}x{frame.height}; object {obj_id} was "
                                    f"seeded on {state.size[1]}x{state.size[0]} frames")
-        built = {obj_id: self._memory(state.session, state.index + 1) for obj_id, state in states.items()}
+        built = {obj_id: memory_inputs(self.model, state.session, state.index + 1, self.device, self.dtype)
+                 for obj_id, state in states.items()}
         groups: dict[tuple[int, int], list[int]] = {}
         for obj_id, (memory, _, pointers) in built.items():
             groups.setdefault((memory.shape[0], pointers), []).append(obj_id)
@@ -708,30 +472,9 @@ class Sam2Tracker(Tracker):
             sessions = [s.session for s in self._live.values()]
         with self._cache_lock:
             cached = list(self._cache.values())
-        return tensor_bytes([_session_parts(s) for s in sessions] + [f.vision for f in cached])
+        return tensor_bytes([session_parts(s) for s in sessions] + [f.vision for f in cached])
 
 
 def _presence(object_logit: float) -> float:
     """SAM2's object score logit as a probability."""
     return 1.0 / (1.0 + math.exp(-max(min(object_logit, 50.0), -50.0)))
-
-
-def _session_parts(session: Sam2VideoInferenceSession):
-    return (session.processed_frames, session.cache._vision_features, session.output_dict_per_obj,
-            session.point_inputs_per_obj, session.mask_inputs_per_obj)
-
-
-def tensor_bytes(obj) -> int:
-    """Bytes of the distinct tensor storages reachable through dicts, lists and tuples."""
-    seen: dict[int, int] = {}
-    stack = [obj]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, torch.Tensor):
-            storage = item.untyped_storage()
-            seen[storage.data_ptr()] = storage.nbytes()
-        elif isinstance(item, dict):
-            stack.extend(item.values())
-        elif isinstance(item, (list, tuple)):
-            stack.extend(item)
-    return sum(seen.values())

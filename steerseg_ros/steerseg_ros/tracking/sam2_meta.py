@@ -23,8 +23,8 @@ per frame, per object, and does what the predictor does around them:
   the object-pointer window, which is what transformers' streaming mode does too.
 
 The frame checks, pre-processing (resize and normalise), prompt scaling, mask-seed resizing and
-the per-frame feature cache are the transformers backend's own (`Sam2Tracker` methods used
-here): both backends then feed the very same pixels and prompts to their models, which is what
+the per-frame feature cache are the transformers backend's own (`Sam2FrameInputs`, in
+tracking/sam2_inputs.py): both backends then feed the very same pixels and prompts to their models, which is what
 the parity test compares. Meta's `load_video_frames` resizes with PIL's bicubic filter instead;
 the SAM2 paper leaves the resize open. `sam2.utils.transforms` and `SAM2ImagePredictor` are not
 used: they import torchvision, which does not import with the CPU torch build this project pins.
@@ -55,7 +55,8 @@ import torch
 from steerseg_ros.frame import Frame
 from steerseg_ros.grounding.base import ModelUnavailableError
 from steerseg_ros.tracking.base import MaskCandidate, ObjectMask, ObjectState, Tracker, TrackerError
-from steerseg_ros.tracking.sam2 import IMAGENET_MEAN, IMAGENET_STD, Sam2Tracker, tensor_bytes
+from steerseg_ros.tracking.sam2_inputs import IMAGENET_MEAN, IMAGENET_STD, Sam2FrameInputs
+from steerseg_ros.tracking.sam2_memory import tensor_bytes
 from steerseg_ros.tracking.sam2_checkpoints import META_CHECKPOINTS
 
 log = logging.getLogger("steerseg_ros.tracking.sam2_meta")
@@ -216,22 +217,12 @@ class MetaSam2ObjectState(ObjectState):
         self.index = 0
 
 
-class MetaSam2Tracker(Tracker):
+class MetaSam2Tracker(Sam2FrameInputs, Tracker):
     """Streaming SAM2 on Meta's model code (see the module docstring). Thread-safe as the Tracker
-    contract requires: objects share only the weights (read-only) and the locked feature cache."""
+    contract requires: objects share only the weights (read-only) and the locked feature cache.
+    Frames, prompts, masks and the feature cache are the transformers backend's (Sam2FrameInputs)."""
 
     name = "sam2_meta"
-
-    # Shared with the transformers backend (see the module docstring): they read self.device,
-    # self.dtype, self.image_size, self.mean, self.std, self.config, self.encoder, self._pos,
-    # self._cache, self._cache_lock and self.stats.
-    _resolve_device = staticmethod(Sam2Tracker._resolve_device)
-    _check_frame = Sam2Tracker._check_frame
-    _preprocess = Sam2Tracker._preprocess
-    _to_image = Sam2Tracker._to_image
-    _points = Sam2Tracker._points
-    _mask_input = Sam2Tracker._mask_input
-    _input = Sam2Tracker._input
 
     def __init__(self, config: Optional[MetaSam2TrackerConfig] = None):
         self.config = config or MetaSam2TrackerConfig()
@@ -245,7 +236,7 @@ class MetaSam2Tracker(Tracker):
         self.model = load_meta_model(self.config.checkpoint, self.config.model_config, self.device, self.config.compile)
         self.image_size = int(self.model.image_size)
         # ImageNet's mean and std, as Meta's load_video_frames normalises; in the fused form the
-        # borrowed Sam2Tracker._preprocess takes (pixels in 0..255: each constant times 255, as
+        # shared Sam2FrameInputs._preprocess takes (pixels in 0..255: each constant times 255, as
         # transformers' processor folds its rescale factor in), so that both backends see the same
         # pixel values bit for bit. Meta's own (x/255 - mean)/std differs by one float rounding.
         as_tensor = lambda v: (torch.tensor(v, dtype=torch.float32, device=self.device)  # noqa: E731
@@ -272,7 +263,7 @@ class MetaSam2Tracker(Tracker):
             return torch.autocast(self.device.type, enabled=False)
         return torch.autocast(self.device.type, dtype=self.autocast)
 
-    _precision = _autocast  # the name the borrowed Sam2Tracker._input calls
+    _precision = _autocast  # the name Sam2FrameInputs._input calls
 
     def encoder(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
         """Pixel values -> the (H*W, 1, C) feature maps the tracking step reads, finest first
