@@ -1,332 +1,49 @@
 """Training SteerSeg's two soft-prompt sets (video and frame) on a referring video dataset, with
 the vision-language model frozen.
 
-Owns `TrainConfig` (every option, with its help text), the small reader of the Ref-YouTube-VOS
-train split read with the evaluation's reader (`read_dataset`), clip sampling, the ground truth pooled to
-the token grids, the loss, the validation metrics, and `PromptTrainer`: the training loop with
-resumable checkpoints, a JSONL log and a progress bar. The output is the soft-prompt file the
-grounder loads (`soft_prompts.SoftPrompts.save`); the training checkpoint is a separate file.
+Owns `PromptTrainer`: the training loop with resumable checkpoints, a JSONL log and a progress
+bar, and the forward step of a clip. The output is the soft-prompt file the grounder loads
+(`soft_prompts.SoftPrompts.save`); the training checkpoint is a separate file. Its parts live
+beside it: training_config (`TrainConfig`, every option, and `TrainingError`), training_data
+(the dataset, clip sampling and the pooled ground truth), training_step (the loss, the
+validation metrics and the precision settings) and training_checkpoint.
 
 One training clip is one referring expression with K keyframes sampled from its video. The
 grounder's own code builds the inputs (`VLMGrounder.prepare_inputs`: one video item and the
 per-frame images at twice its grid), runs the vision tower (under no_grad: it is frozen and its
 output does not depend on the prompts), and computes the attention rollout of SteerSeg's
 grounding prompt with the soft tokens spliced in (`VLMGrounder.rollout_maps`), differentiable in
-the soft vectors only.
-
-Loss (METHOD.md section 2: BCE + Dice between the normalised rollout map and the ground-truth
-mask pooled to the token grid), per granularity:
-- the map is normalised the way the grounder normalises SteerSeg's maps before fusing them
-  (`fusion.steered_maps`, DecAF's step 3): the video map min-max over all its time steps
-  together, each frame map min-max on its own; a constant map becomes 0;
-- the target is the mask average-pooled to the map's token grid (each cell: the fraction of its
-  pixels inside the mask); a video time step's target is the mean over the frames it covers;
-- loss = bce_weight * BCE + dice_weight * soft Dice; the clip's loss is the mean of the video's
-  and the frames' (frames where the object is absent are left out of the frame term: a
-  min-max-normalised map cannot be all zero, so they carry no usable signal).
-Validation metrics, on the raw (unnormalised) rollout maps of held-out clips with fixed,
-uniformly spaced keyframes: attention mass inside the mask (sum over cells of map x pooled mask
-over the sum of the map; a uniform map scores the mask's area fraction, logged as `chance`) and
-pointing accuracy (the map's highest cell is at least half inside the mask), for the video map
-(per time step), the frame maps, and the fused map the grounder turns into point prompts.
+the soft vectors only. The loss is BCE + Dice against the mask pooled to the token grid
+(training_step). Validation runs held-out clips with fixed, uniformly spaced keyframes and reports
+the attention mass inside the mask and the pointing accuracy for the video map (per time step),
+the frame maps, and the fused map the grounder turns into point prompts.
 """
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
-import cv2
 import numpy as np
+
+from steerseg_ros.offline import training_checkpoint
+from steerseg_ros.offline.training_config import TrainConfig, TrainingError
+from steerseg_ros.offline.training_data import ClipInputs, prepare_clip, read_dataset, split_videos
+from steerseg_ros.offline.training_step import (amp_dtype, bce_dice, enable_gradient_checkpointing, map_metrics,
+                                                normalise_maps)
 
 if TYPE_CHECKING:
     from steerseg_ros.offline.datasets import Sample
 
 log = logging.getLogger("steerseg_ros.offline.training")
 
-CHECKPOINT_FORMAT = "steerseg-train-checkpoint/1"
-AMP_MODES = ("auto", "off", "bf16")
-CHECKPOINTING_MODES = ("auto", "on", "off")
-
-
-class TrainingError(ValueError):
-    """The options, the dataset or a checkpoint cannot be used; the message says why."""
-
-
-@dataclass
-class TrainConfig:
-    """Options of `steerseg-train-prompts` (one command-line flag each)."""
-
-    model: str = field(default="", metadata={
-        "help": "Qwen2-VL, Qwen2.5-VL or Qwen3-VL checkpoint, as the grounder's `model`: a hub id or "
-                "a local folder"})
-    root: str = field(default="", metadata={
-        "help": "dataset root in the Ref-YouTube-VOS layout (ROOT/meta_expressions/<split>/"
-                "meta_expressions.json and ROOT/<split>/{JPEGImages,Annotations}), or a split folder "
-                "holding meta_expressions.json, JPEGImages and Annotations itself"})
-    out: str = field(default="", metadata={
-        "help": "the soft-prompt file to write (.safetensors, what the grounder's soft_prompt_file loads)"})
-    split: str = field(default="train", metadata={"help": "the dataset split to read (it must have masks)"})
-    meta: str = field(default="", metadata={"help": "expression file to use instead of the split's own"})
-    init: str = field(default="", metadata={
-        "help": "start from this soft-prompt file instead of new prompts (its token count and "
-                "position are kept)"})
-    soft_tokens: int = field(default=64, metadata={"help": "soft tokens per set (video and frame)"})
-    soft_position: str = field(default="before_question", metadata={
-        "help": "where the soft tokens go: before_question, after_question, before_visual"})
-    epochs: float = field(default=1.0, metadata={
-        "help": "passes over the training expressions (SteerSeg suggests one); ignored when steps > 0"})
-    steps: int = field(default=0, metadata={"help": "optimizer steps in all (0: from epochs)"})
-    lr: float = field(default=1e-3, metadata={"help": "peak learning rate (AdamW)"})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay on the soft vectors"})
-    warmup_steps: int = field(default=0, metadata={
-        "help": "linear warm-up steps, then cosine decay to zero at the last step"})
-    grad_clip: float = field(default=1.0, metadata={"help": "clip the gradient norm to this (0: no clipping)"})
-    batch: int = field(default=1, metadata={"help": "clips per optimizer step (gradients accumulated)"})
-    keyframes: int = field(default=16, metadata={"help": "keyframes per clip (DecAF and SteerSeg: 16)"})
-    video_tokens_per_pair: int = field(default=400, metadata={
-        "help": "token budget of the keyframe video per frame pair, as the grounder's"})
-    frame_scale: int = field(default=2, metadata={"help": "frame images at this multiple of the video grid"})
-    frames_per_batch: int = field(default=4, metadata={"help": "frame images per forward pass"})
-    layer_start: int = field(default=0, metadata={
-        "help": "first decoder layer of the rollout (0: half the depth), as the grounder's"})
-    cot: bool = field(default=False, metadata={
-        "help": "ask the frozen model for the target's attributes first and put them in the question, "
-                "as the grounder's cot option does (one extra generation per clip)"})
-    cot_tokens: int = field(default=48, metadata={"help": "tokens decoded for the attributes (with cot)"})
-    crop_scale: float = field(default=1.0, metadata={
-        "help": "training clips are cropped at random, one crop per clip with its side between this "
-                "fraction of the frame's and all of it (1: no cropping), so the prompts learn what the "
-                "target looks like rather than where targets usually are"})
-    bce_weight: float = field(default=1.0, metadata={"help": "weight of the BCE term"})
-    dice_weight: float = field(default=1.0, metadata={"help": "weight of the Dice term"})
-    device: str = field(default="auto", metadata={"help": "auto (cuda when available), cpu, cuda, cuda:N"})
-    dtype: str = field(default="auto", metadata={
-        "help": "weights dtype: auto (bfloat16 on GPU, float32 on CPU), bfloat16, float16, float32; the "
-                "soft prompts stay float32"})
-    amp: str = field(default="auto", metadata={
-        "help": "autocast: auto (bf16 on a CUDA device that supports it, off on CPU), bf16, off"})
-    gradient_checkpointing: str = field(default="auto", metadata={
-        "help": "recompute decoder layers in backward instead of storing them: auto (on for CUDA), on, off"})
-    val_videos: str = field(default="", metadata={
-        "help": "comma-separated videos held out of training for validation"})
-    val_fraction: float = field(default=0.0, metadata={
-        "help": "or: hold out this fraction of the videos (chosen with the seed) for validation"})
-    val_every: int = field(default=100, metadata={
-        "help": "validate every this many steps (and before the first and after the last; 0: only those)"})
-    val_clips: int = field(default=0, metadata={"help": "validate on at most this many expressions (0: all)"})
-    checkpoint: str = field(default="", metadata={
-        "help": "training checkpoint (soft prompts, optimizer, schedule, step, RNG); default: OUT with "
-                "the suffix .ckpt"})
-    checkpoint_every: int = field(default=100, metadata={"help": "write the checkpoint every this many steps"})
-    resume: bool = field(default=False, metadata={"help": "continue from the checkpoint"})
-    log_file: str = field(default="", metadata={
-        "help": "JSONL log of losses and validation metrics; default: OUT with the suffix .log.jsonl"})
-    seed: int = field(default=0, metadata={"help": "seed of the prompt initialisation, clip order and keyframes"})
-    local_files_only: bool = field(default=False, metadata={"help": "never try to download the model"})
-    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
-
-    def validate(self) -> None:
-        from steerseg_ros.grounding.soft_prompts import POSITIONS
-
-        for name in ("model", "root", "out"):
-            if not getattr(self, name).strip():
-                raise TrainingError(f"{name} must be given")
-        if not self.out.endswith(".safetensors"):
-            raise TrainingError(f"out must be a .safetensors file (what the grounder loads), got {self.out!r}")
-        if self.soft_tokens < 1:
-            raise TrainingError(f"soft_tokens must be >= 1, got {self.soft_tokens}")
-        if self.soft_position not in POSITIONS:
-            raise TrainingError(f"soft_position {self.soft_position!r}; expected one of {POSITIONS}")
-        if self.steps < 0 or (self.steps == 0 and not self.epochs > 0):
-            raise TrainingError(f"give steps > 0 or epochs > 0 (got steps {self.steps}, epochs {self.epochs})")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise TrainingError(f"lr must be a positive number, got {self.lr}")
-        for name in ("weight_decay", "grad_clip", "bce_weight", "dice_weight"):
-            if getattr(self, name) < 0:
-                raise TrainingError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.bce_weight == 0 and self.dice_weight == 0:
-            raise TrainingError("bce_weight and dice_weight cannot both be 0")
-        for name in ("batch", "keyframes", "video_tokens_per_pair", "frame_scale", "frames_per_batch",
-                     "cot_tokens", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise TrainingError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "layer_start", "val_every", "val_clips"):
-            if getattr(self, name) < 0:
-                raise TrainingError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.amp not in AMP_MODES:
-            raise TrainingError(f"amp {self.amp!r}; expected one of {AMP_MODES}")
-        if self.gradient_checkpointing not in CHECKPOINTING_MODES:
-            raise TrainingError(f"gradient_checkpointing {self.gradient_checkpointing!r}; expected one of "
-                                f"{CHECKPOINTING_MODES}")
-        if not 0.1 <= self.crop_scale <= 1.0:
-            raise TrainingError(f"crop_scale must be in [0.1, 1], got {self.crop_scale}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise TrainingError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        if self.val_fraction and self.val_videos.strip():
-            raise TrainingError("give val_videos or val_fraction, not both")
-
-    @property
-    def checkpoint_path(self) -> Path:
-        return Path(self.checkpoint) if self.checkpoint else Path(self.out).with_suffix(".ckpt")
-
-    @property
-    def log_path(self) -> Path:
-        return Path(self.log_file) if self.log_file else Path(self.out).with_suffix(".log.jsonl")
-
-
-# ----------------------------------------------------------------------------------------------
-# the dataset
-
-
-def read_dataset(config: TrainConfig) -> list:
-    """The expressions with ground truth of a Ref-YouTube-VOS-layout split, as the evaluation's
-    reader gives them (`datasets.Sample`: frames and target masks read one at a time)."""
-    from steerseg_ros.offline.datasets import DatasetError, RefYouTubeVOSDataset
-
-    try:
-        dataset = RefYouTubeVOSDataset(config.root, config.split, config.meta or None)
-        if not dataset.has_ground_truth:
-            raise TrainingError(f"{dataset.annotations} not found: training needs the masks of split "
-                                f"{config.split!r} (Ref-YouTube-VOS publishes masks for train only)")
-        samples = [s for s in dataset.samples() if s.has_ground_truth]
-    except (DatasetError, OSError, ValueError, KeyError) as exc:
-        if isinstance(exc, TrainingError):
-            raise
-        raise TrainingError(f"cannot read the dataset in {config.root}: {exc}") from exc
-    if not samples:
-        raise TrainingError(f"{dataset.meta_path} has no expression with an object id and masks")
-    return samples
-
-
-def split_videos(videos: Sequence[str], val_videos: Sequence[str], val_fraction: float,
-                 seed: int) -> tuple[list[str], list[str]]:
-    """(training videos, validation videos): the named ones, or a seeded fraction of them."""
-    videos = sorted(videos)
-    if val_videos:
-        missing = sorted(set(val_videos) - set(videos))
-        if missing:
-            raise TrainingError(f"validation videos not in the dataset: {', '.join(missing)}")
-        held = sorted(set(val_videos))
-    elif val_fraction > 0:
-        count = max(1, round(val_fraction * len(videos)))
-        order = np.random.default_rng(seed).permutation(len(videos))
-        held = sorted(videos[i] for i in order[:count])
-    else:
-        held = []
-    train = [v for v in videos if v not in held]
-    if not train:
-        raise TrainingError("every video is held out for validation: nothing is left to train on")
-    return train, held
-
-
-# ----------------------------------------------------------------------------------------------
-# targets, loss and metrics (torch is imported inside: the module's reader works without it)
-
-
-def keyframe_indices(count: int, keyframes: int, rng: Optional[np.random.Generator] = None) -> list[int]:
-    """Indices of the keyframes of a clip of `count` frames: uniformly spaced (DecAF's
-    linspace) without `rng`; with it, one random frame from each of `keyframes` equal strata, so
-    training sees the whole clip in varied frames. All frames when there are fewer."""
-    if count <= keyframes:
-        return list(range(count))
-    if rng is None:
-        return np.unique(np.round(np.linspace(0, count - 1, keyframes)).astype(int)).tolist()
-    edges = np.linspace(0, count, keyframes + 1)
-    picks = [int(rng.integers(int(np.ceil(a)), max(int(np.ceil(a)) + 1, int(np.ceil(b))))) for a, b in
-             zip(edges[:-1], edges[1:])]
-    return sorted(set(min(p, count - 1) for p in picks))
-
-
-def random_crop(images: list, masks: list, min_scale: float, rng: np.random.Generator) -> tuple[list, list]:
-    """One random crop for the whole clip (side between min_scale and 1 of the frame's, same
-    aspect ratio, anywhere in the frame), so the prompts cannot learn where targets usually are
-    in the frame instead of what they look like. The grounder resizes the crop back."""
-    h, w = images[0].shape[:2]
-    scale = float(rng.uniform(min_scale, 1.0))
-    ch, cw = max(1, round(h * scale)), max(1, round(w * scale))
-    y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-    return [im[y:y + ch, x:x + cw] for im in images], [m[y:y + ch, x:x + cw] for m in masks]
-
-
-def pool_mask(mask: np.ndarray, grid_hw: tuple[int, int]) -> np.ndarray:
-    """HxW bool -> (h, w) float32: the fraction of each token cell inside the mask. A cell of the
-    grid covers the same fraction of the image whatever the model's resize, so pooling the mask
-    at its own resolution is exact. INTER_AREA averages exactly over each cell's pixel area."""
-    h, w = grid_hw
-    pooled = cv2.resize(mask.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
-    # INTER_AREA's weights do not always sum to exactly 1 at fractional scales.
-    return np.clip(pooled, 0.0, 1.0)
-
-
-def normalise_maps(maps, per_frame: bool):
-    """Min-max normalisation as the grounder applies it (fusion.minmax / minmax_each), in torch
-    so the loss is differentiable: over the whole (t, h, w) volume, or each (h, w) map on its
-    own; a constant map becomes 0."""
-    import torch
-
-    x = maps.float()
-    dims = (-2, -1) if per_frame else tuple(range(x.dim()))
-    lo = x.amin(dim=dims, keepdim=True)
-    hi = x.amax(dim=dims, keepdim=True)
-    return (x - lo) / torch.clamp(hi - lo, min=1e-12)
-
-
-def bce_dice(pred, target, bce_weight: float = 1.0, dice_weight: float = 1.0, per_frame: bool = False):
-    """(loss, bce, dice) between a normalised map `pred` in [0, 1] and a pooled target of the
-    same shape; Dice over the whole volume or per frame (then averaged)."""
-    import torch
-    import torch.nn.functional as F
-
-    pred = pred.float().clamp(1e-6, 1.0 - 1e-6)
-    target = target.to(pred)
-    bce = F.binary_cross_entropy(pred, target)
-    dims = (-2, -1) if per_frame else tuple(range(pred.dim()))
-    intersection = (pred * target).sum(dim=dims)
-    dice = (1.0 - (2.0 * intersection + 1e-6) / (pred.sum(dim=dims) + target.sum(dim=dims) + 1e-6)).mean()
-    return bce_weight * bce + dice_weight * dice, bce.detach(), dice.detach()
-
-
-def map_metrics(maps: np.ndarray, targets: np.ndarray) -> dict[str, float]:
-    """Attention mass inside the mask, pointing accuracy and the mass a uniform map would get
-    (the mask's area fraction), averaged over the (h, w) maps of a (n, h, w) stack whose target
-    is not empty. maps: non-negative."""
-    masses, hits, chance = [], [], []
-    for m, t in zip(maps, targets):
-        if t.max() <= 0:
-            continue
-        m = np.clip(m.astype(np.float64), 0.0, None)
-        total = m.sum()
-        masses.append(float((m * t).sum() / total) if total > 0 else 0.0)
-        hits.append(float(t.flat[int(np.argmax(m))] >= 0.5))
-        chance.append(float(t.mean()))
-    if not masses:
-        return {}
-    return {"mass": float(np.mean(masses)), "pointing": float(np.mean(hits)), "chance": float(np.mean(chance))}
-
-
-@dataclass
-class ClipInputs:
-    """One clip ready for the model: visual inputs (vision tower already run), the prompt, and
-    the pooled targets: video (t, h, w), frames (K, hf, wf); frame_present: (K,) bool."""
-
-    expression: "Sample"
-    frame_names: list[str]
-    video: object
-    frame_batches: list
-    head: str
-    question: str
-    video_target: np.ndarray
-    frame_target: np.ndarray
-    frame_present: np.ndarray
-    generated: str = ""
+__all__ = ["PromptTrainer", "TrainConfig", "TrainResult", "TrainingError"]
 
 
 @dataclass
@@ -339,6 +56,7 @@ class TrainResult:
     validations: list[dict]
     out: Optional[Path]
     interrupted: bool = False
+
 
 
 class PromptTrainer:
@@ -395,8 +113,8 @@ class PromptTrainer:
         self.prompts = prompts.to(self.device)
         grounder.config.soft_position = prompts.position
 
-        self.amp_dtype = self._amp_dtype()
-        self.checkpointing = self._enable_checkpointing()
+        self.amp_dtype = amp_dtype(config.amp, self.device)
+        self.checkpointing = enable_gradient_checkpointing(self.model, config.gradient_checkpointing, self.device)
 
         steps_per_epoch = math.ceil(len(self.train_items) / config.batch)
         self.total_steps = config.steps or max(1, math.ceil(config.epochs * steps_per_epoch))
@@ -411,41 +129,6 @@ class PromptTrainer:
 
     # ------------------------------------------------------------------------------------------
     # setup
-
-    def _amp_dtype(self):
-        import torch
-
-        mode = self.config.amp
-        if mode == "off":
-            return None
-        if mode == "auto":
-            if self.device.type == "cuda" and torch.cuda.is_bf16_supported():
-                return torch.bfloat16
-            return None
-        return torch.bfloat16
-
-    def _enable_checkpointing(self) -> bool:
-        """Activation checkpointing of the decoder layers with the model's own
-        activation_checkpointing_enable (non-reentrant: the rollout reads each captured layer's
-        queries and keys, which a reentrant checkpoint would detach). transformers checkpoints a
-        layer only while it is in training mode, so the decoder layers get the training flag;
-        their attention dropout must be 0 for that to change nothing (it is in every Qwen-VL
-        config)."""
-        from steerseg_ros.grounding.attention import decoder_layers
-
-        mode = self.config.gradient_checkpointing
-        enable = mode == "on" or (mode == "auto" and self.device.type == "cuda")
-        if not enable:
-            return False
-        layers = decoder_layers(self.model)
-        dropout = [float(getattr(layer.self_attn, "attention_dropout", 0.0) or 0.0) for layer in layers]
-        if any(dropout):
-            raise TrainingError("gradient checkpointing needs the decoder layers in training mode, which would "
-                                f"turn on their attention dropout ({max(dropout)}); use gradient_checkpointing off")
-        self.model.activation_checkpointing_enable({"use_reentrant": False})
-        for layer in layers:
-            layer.train()
-        return True
 
     def _lr_factor(self, step: int) -> float:
         warmup = self.config.warmup_steps
@@ -466,61 +149,8 @@ class PromptTrainer:
 
     def prepare(self, expression: "Sample", keyframe_rng: Optional[np.random.Generator]) -> Optional[ClipInputs]:
         """The model inputs and targets of one clip, or None when the target is absent from every
-        sampled keyframe."""
-        import torch
-
-        from steerseg_ros.grounding import questions
-        from steerseg_ros.grounding.base import clean_command
-        from steerseg_ros.grounding.vlm_inputs import resize_rgb
-
-        cfg = self.config
-        picks = keyframe_indices(len(expression), cfg.keyframes, keyframe_rng)
-        names = [expression.frame_names[i] for i in picks]
-        images, masks = [], []
-        for i in picks:
-            image = expression.image(i)
-            mask = expression.target(i)
-            if mask is None:
-                mask = np.zeros(image.shape[:2], dtype=bool)
-            elif mask.shape != image.shape[:2]:
-                mask = cv2.resize(mask.astype(np.uint8), image.shape[1::-1], interpolation=cv2.INTER_NEAREST) > 0
-            images.append(image)
-            masks.append(mask)
-        if not any(m.any() for m in masks):
-            return None
-        size = images[-1].shape[:2]
-        images = [resize_rgb(im, size) for im in images]
-        masks = [m if m.shape == size else cv2.resize(m.astype(np.uint8), size[::-1],
-                                                      interpolation=cv2.INTER_NEAREST) > 0 for m in masks]
-        if keyframe_rng is not None and cfg.crop_scale < 1.0:
-            images, masks = random_crop(images, masks, cfg.crop_scale, keyframe_rng)
-        if not any(m.any() for m in masks):
-            return None
-        g = self.grounder
-        video, frame_batches = g.prepare_inputs(images)
-        with torch.no_grad(), self._autocast():
-            for visual in [video, *frame_batches]:
-                g.encode_visual(visual)
-
-        grid = video.grids[0]
-        per_frame = [pool_mask(m, (grid.h, grid.w)) for m in masks]
-        video_target = np.stack([np.mean([per_frame[i] for i in grid.frames_of_step(s)], axis=0)
-                                 for s in range(grid.t)])
-        fgrid = frame_batches[0].grids[0]
-        frame_target = np.stack([pool_mask(m, (fgrid.h, fgrid.w)) for m in masks])
-        present = np.array([m.any() for m in masks])
-
-        expression_text = questions.format_expression(clean_command(expression.command))
-        attributes, generated = "", ""
-        if cfg.cot:
-            with torch.no_grad(), self._autocast():
-                answer = g.ask(video, g.content(video, questions.attribute_text(expression_text)),
-                               decode_tokens=cfg.cot_tokens)
-            generated = answer.texts[0]
-            attributes = "; ".join(questions.parse_attributes(generated))
-        head, question = questions.steered_text_parts(expression_text, attributes)
-        return ClipInputs(expression, names, video, frame_batches, head, question, video_target, frame_target,
-                          present, generated)
+        sampled keyframe (training_data.prepare_clip)."""
+        return prepare_clip(self.grounder, self.config, expression, keyframe_rng, self._autocast)
 
     def maps(self, clip: ClipInputs):
         """(video map (t, h, w), frame maps (K, hf, wf)): the raw rollout maps of SteerSeg's
@@ -714,55 +344,7 @@ class PromptTrainer:
 
     def save_checkpoint(self, path: str | os.PathLike) -> None:
         """Everything a resumed run needs, written atomically (a crash mid-write keeps the old one)."""
-        import torch
-
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        state = {
-            "format": CHECKPOINT_FORMAT,
-            "config": dataclasses.asdict(self.config),
-            "model": self.config.model, "model_type": self.grounder.model_type,
-            "hidden_size": self.grounder.hidden_size, "position": self.prompts.position,
-            "video": self.prompts.video.detach().cpu(), "frame": self.prompts.frame.detach().cpu(),
-            "optimizer": self.optimizer.state_dict(),
-            "step": self.step, "epoch": self.epoch, "data_position": self.position,
-            "total_steps": self.total_steps, "train_videos": self.train_videos,
-            "numpy_rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "validations": self.validations,
-        }
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
+        training_checkpoint.save_checkpoint(self, path)
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:
-        import torch
-
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises several types for a damaged or foreign file
-            raise TrainingError(f"cannot read training checkpoint {path}: {exc}") from exc
-        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-            raise TrainingError(f"{path} is not a training checkpoint of this trainer")
-        mismatches = [f"{name}: checkpoint {was!r}, now {now!r}" for name, was, now in (
-            ("model type", state["model_type"], self.grounder.model_type),
-            ("hidden size", state["hidden_size"], self.grounder.hidden_size),
-            ("soft tokens", int(state["video"].shape[0]), self.prompts.count("video")),
-            ("training videos", state["train_videos"], self.train_videos)) if was != now]
-        if mismatches:
-            raise TrainingError(f"checkpoint {path} does not fit this run: " + "; ".join(mismatches))
-        with torch.no_grad():
-            self.prompts.video.copy_(state["video"])
-            self.prompts.frame.copy_(state["frame"])
-        self.prompts.position = state["position"]
-        self.grounder.config.soft_position = state["position"]
-        self.optimizer.load_state_dict(state["optimizer"])
-        if not self.config.steps:
-            self.total_steps = state["total_steps"]
-        self.step, self.epoch, self.position = state["step"], state["epoch"], state["data_position"]
-        self.rng.bit_generator.state = state["numpy_rng"]
-        torch.set_rng_state(state["torch_rng"])
-        if state["cuda_rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        self.validations = list(state.get("validations", []))
-        log.info("resumed from %s at step %d of %d", path, self.step, self.total_steps)
+        training_checkpoint.load_checkpoint(self, path)
