@@ -172,48 +172,14 @@ class SyntheticRGBDScene:
         return np.array([x, y, z]), _rotation(yaw, pitch)
 
     def frame(self, i: int) -> SceneFrame:
+        """Frame i: the wall and the card rendered, then the configured corruptions applied
+        (flying pixels, noise, holes, then the spilled mask)."""
         c = self.config
-        rx, ry = self._rx, self._ry
-        h, w = rx.shape
-        # The wall: a plane through (0, 0, wall_z) facing the camera, tilted a little.
-        n_wall = np.array([0.12, 0.08, -1.0])
-        n_wall /= np.linalg.norm(n_wall)
-        p_wall = np.array([0.0, 0.0, c.wall_z_m])
-        z_wall = (n_wall @ p_wall) / (n_wall[0] * rx + n_wall[1] * ry + n_wall[2])
-        e1w = np.cross([0.0, 1.0, 0.0], n_wall)
-        e1w /= np.linalg.norm(e1w)
-        e2w = np.cross(n_wall, e1w)
-        X, Y = rx * z_wall, ry * z_wall
-        tex_px_per_m = 220.0
-        wu = ((X - p_wall[0]) * e1w[0] + (Y - p_wall[1]) * e1w[1] + (z_wall - p_wall[2]) * e1w[2]) * tex_px_per_m
-        wv = ((X - p_wall[0]) * e2w[0] + (Y - p_wall[1]) * e2w[1] + (z_wall - p_wall[2]) * e2w[2]) * tex_px_per_m
-        th, tw = self._texture.shape[:2]
-        wall_rgb = cv2.remap(self._texture, (wu + tw / 2).astype(np.float32), (wv + th / 2).astype(np.float32),
-                             cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
-
-        # The object: a card through its centre, textured with the DAVIS cut-out.
-        centre, R = self.pose(i)
-        e1, e2, n = R[:, 0], R[:, 1], R[:, 2]
-        denom = n[0] * rx + n[1] * ry + n[2]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            z_obj = (n @ centre) / denom
-        sh, sw = self._alpha.shape
-        width_m = c.object_width_m
-        height_m = width_m * sh / sw
-        dx, dy, dz = rx * z_obj - centre[0], ry * z_obj - centre[1], z_obj - centre[2]
-        a = dx * e1[0] + dy * e1[1] + dz * e1[2]
-        b = dx * e2[0] + dy * e2[1] + dz * e2[2]
-        su = ((a / width_m + 0.5) * sw - 0.5).astype(np.float32)
-        sv = ((b / height_m + 0.5) * sh - 0.5).astype(np.float32)
-        alpha = cv2.remap(self._alpha, su, sv, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-        mask_true = (alpha > 0.5) & (z_obj > 0) & (z_obj < z_wall)
-        obj_rgb = cv2.remap(self._sprite, su, sv, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        z_wall, wall_rgb = self._wall()
+        z_obj, mask_true, obj_rgb = self._card(i, z_wall)
         rgb = np.where(mask_true[:, :, None], obj_rgb, wall_rgb).astype(np.uint8)
         depth = np.where(mask_true, z_obj, z_wall).astype(np.float32)
-
-        ys, xs = np.nonzero(mask_true)
-        zt = depth[ys, xs].astype(np.float64)
-        position = np.median(np.stack([rx[ys, xs] * zt, ry[ys, xs] * zt, zt], axis=1), axis=0)
+        position = self._true_position(depth, mask_true)
 
         rng = np.random.default_rng([c.seed, i])
         clean = depth.copy()
@@ -233,6 +199,55 @@ class SyntheticRGBDScene:
         depth_mm = np.clip(depth_mm, 0, 65535).astype(np.uint16)
         return SceneFrame(index=i, stamp_ns=self.stamp_ns(i), rgb=rgb, depth_m=depth_m, depth_mm=depth_mm,
                           mask_true=mask_true, mask=mask, position=position, depth_clean_m=clean)
+
+    def _wall(self) -> Tuple[np.ndarray, np.ndarray]:
+        """The wall's depth per pixel and its textured image: a plane through (0, 0, wall_z)
+        facing the camera, tilted a little."""
+        rx, ry = self._rx, self._ry
+        n_wall = np.array([0.12, 0.08, -1.0])
+        n_wall /= np.linalg.norm(n_wall)
+        p_wall = np.array([0.0, 0.0, self.config.wall_z_m])
+        z_wall = (n_wall @ p_wall) / (n_wall[0] * rx + n_wall[1] * ry + n_wall[2])
+        e1w = np.cross([0.0, 1.0, 0.0], n_wall)
+        e1w /= np.linalg.norm(e1w)
+        e2w = np.cross(n_wall, e1w)
+        X, Y = rx * z_wall, ry * z_wall
+        tex_px_per_m = 220.0
+        wu = ((X - p_wall[0]) * e1w[0] + (Y - p_wall[1]) * e1w[1] + (z_wall - p_wall[2]) * e1w[2]) * tex_px_per_m
+        wv = ((X - p_wall[0]) * e2w[0] + (Y - p_wall[1]) * e2w[1] + (z_wall - p_wall[2]) * e2w[2]) * tex_px_per_m
+        th, tw = self._texture.shape[:2]
+        wall_rgb = cv2.remap(self._texture, (wu + tw / 2).astype(np.float32), (wv + th / 2).astype(np.float32),
+                             cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+        return z_wall, wall_rgb
+
+    def _card(self, i: int, z_wall: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The object in frame i: a card through its centre, textured with the DAVIS cut-out.
+        Its depth per pixel (of the card's plane), its true silhouette, and its image."""
+        rx, ry = self._rx, self._ry
+        centre, R = self.pose(i)
+        e1, e2, n = R[:, 0], R[:, 1], R[:, 2]
+        denom = n[0] * rx + n[1] * ry + n[2]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z_obj = (n @ centre) / denom
+        sh, sw = self._alpha.shape
+        width_m = self.config.object_width_m
+        height_m = width_m * sh / sw
+        dx, dy, dz = rx * z_obj - centre[0], ry * z_obj - centre[1], z_obj - centre[2]
+        a = dx * e1[0] + dy * e1[1] + dz * e1[2]
+        b = dx * e2[0] + dy * e2[1] + dz * e2[2]
+        su = ((a / width_m + 0.5) * sw - 0.5).astype(np.float32)
+        sv = ((b / height_m + 0.5) * sh - 0.5).astype(np.float32)
+        alpha = cv2.remap(self._alpha, su, sv, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        mask_true = (alpha > 0.5) & (z_obj > 0) & (z_obj < z_wall)
+        obj_rgb = cv2.remap(self._sprite, su, sv, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        return z_obj, mask_true, obj_rgb
+
+    def _true_position(self, depth: np.ndarray, mask_true: np.ndarray) -> np.ndarray:
+        """The per-axis median of the object's visible surface points (see the module docstring)."""
+        rx, ry = self._rx, self._ry
+        ys, xs = np.nonzero(mask_true)
+        zt = depth[ys, xs].astype(np.float64)
+        return np.median(np.stack([rx[ys, xs] * zt, ry[ys, xs] * zt, zt], axis=1), axis=0)
 
     def _noise(self, depth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         c = self.config
