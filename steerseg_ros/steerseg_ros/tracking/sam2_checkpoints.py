@@ -70,82 +70,14 @@ def _geometric(values: list, name: str) -> float:
 def meta_config_from_hf(config) -> dict:
     """Meta's Hydra model config (a plain dict, {'model': {...}}) for a transformers
     Sam2VideoConfig. Raises ValueError for shapes Meta's code cannot build (see meta_compatible)."""
-    vision, backbone = config.vision_config, config.vision_config.backbone_config
-    decoder, prompt = config.mask_decoder_config, config.prompt_encoder_config
-    problems = []
-    if (decoder.mlp_dim, decoder.num_attention_heads, decoder.num_hidden_layers, decoder.iou_head_hidden_dim,
-            decoder.iou_head_depth) != (2048, 8, 2, 256, 3):
-        problems.append("mask decoder (Meta: mlp_dim 2048, 8 heads, 2 layers, IoU head 256 wide and 3 deep)")
-    if prompt.mask_input_channels != 16:
-        problems.append("prompt encoder mask_input_channels (Meta: 16)")
-    if config.memory_fuser_intermediate_dim != 4 * config.memory_fuser_embed_dim:
-        problems.append("memory_fuser_intermediate_dim (Meta: 4 x memory_fuser_embed_dim)")
-    if config.memory_fuser_embed_dim != config.memory_encoder_hidden_size or \
-            config.mask_downsampler_embed_dim != config.memory_encoder_hidden_size:
-        problems.append("memory encoder widths (Meta: fuser and mask downsampler as wide as the memory encoder)")
-    if problems:
-        raise ValueError("this transformers config cannot be built by Meta's sam2: " + "; ".join(problems)
-                         + " (steerseg_ros.tracking.sam2_checkpoints.meta_compatible makes a config that can)")
-    dim_mul = _geometric(list(backbone.embed_dim_per_stage), "the width")
-    head_mul = _geometric(list(backbone.num_attention_heads_per_stage), "the heads")
-    hidden, mem = config.memory_attention_hidden_size, config.memory_encoder_output_channels
+    _check_meta_buildable(config)
     tpos = bool(config.enable_temporal_pos_encoding_for_object_pointers)
     image_size = config.image_size if isinstance(config.image_size, int) else config.image_size[0]
-    feat = list(config.memory_attention_rope_feat_sizes)
-
-    def rope_attention(**extra) -> dict:
-        return {"_target_": "sam2.modeling.sam.transformer.RoPEAttention", "rope_theta": float((config.rope_parameters or {}).get("rope_theta", 10000.0)),
-                "feat_sizes": feat, "embedding_dim": hidden, "num_heads": config.memory_attention_num_attention_heads,
-                "downsample_rate": config.memory_attention_downsample_rate,
-                "dropout": float(config.memory_attention_rope_dropout), **extra}
-
-    def sine(features: int) -> dict:
-        return {"_target_": "sam2.modeling.position_encoding.PositionEmbeddingSine", "num_pos_feats": features,
-                "normalize": True, "scale": None, "temperature": 10000}
-
     model = {
         "_target_": "sam2.modeling.sam2_base.SAM2Base",
-        "image_encoder": {
-            "_target_": "sam2.modeling.backbones.image_encoder.ImageEncoder",
-            # Hiera yields 4 levels; the model reads the 3 finest (scalp 1 drops the coarsest).
-            "scalp": len(backbone.blocks_per_stage) - vision.num_feature_levels,
-            "trunk": {"_target_": "sam2.modeling.backbones.hieradet.Hiera", "embed_dim": backbone.hidden_size,
-                      "num_heads": backbone.num_attention_heads, "stages": list(backbone.blocks_per_stage),
-                      "global_att_blocks": list(backbone.global_attention_blocks),
-                      "window_pos_embed_bkg_spatial_size": list(backbone.window_positional_embedding_background_size),
-                      "window_spec": list(backbone.window_size_per_stage), "q_pool": backbone.num_query_pool_stages,
-                      "dim_mul": dim_mul, "head_mul": head_mul,
-                      # Hiera hands q_stride to MaxPool2d, which takes no OmegaConf list: plain lists.
-                      "q_stride": list(backbone.query_stride), "_convert_": "all"},
-            "neck": {"_target_": "sam2.modeling.backbones.image_encoder.FpnNeck", "position_encoding": sine(vision.fpn_hidden_size),
-                     "d_model": vision.fpn_hidden_size, "backbone_channel_list": list(vision.backbone_channel_list),
-                     "fpn_top_down_levels": list(vision.fpn_top_down_levels), "fpn_interp_model": "nearest"},
-        },
-        "memory_attention": {
-            "_target_": "sam2.modeling.memory_attention.MemoryAttention", "d_model": hidden, "pos_enc_at_input": True,
-            "num_layers": config.memory_attention_num_layers,
-            "layer": {"_target_": "sam2.modeling.memory_attention.MemoryAttentionLayer",
-                      "activation": config.memory_attention_feed_forward_hidden_act,
-                      "dim_feedforward": config.memory_attention_feed_forward_hidden_size,
-                      "dropout": float(config.memory_attention_dropout), "pos_enc_at_attn": False,
-                      "self_attention": rope_attention(), "d_model": hidden, "pos_enc_at_cross_attn_keys": True,
-                      "pos_enc_at_cross_attn_queries": False,
-                      "cross_attention": rope_attention(rope_k_repeat=True, kv_in_dim=mem)},
-        },
-        "memory_encoder": {
-            "_target_": "sam2.modeling.memory_encoder.MemoryEncoder", "out_dim": mem,
-            "in_dim": config.memory_encoder_hidden_size, "position_encoding": sine(mem),
-            "mask_downsampler": {"_target_": "sam2.modeling.memory_encoder.MaskDownSampler",
-                                 "kernel_size": config.mask_downsampler_kernel_size,
-                                 "stride": config.mask_downsampler_stride, "padding": config.mask_downsampler_padding,
-                                 "total_stride": config.mask_downsampler_total_stride,
-                                 "embed_dim": config.mask_downsampler_embed_dim},
-            "fuser": {"_target_": "sam2.modeling.memory_encoder.Fuser", "num_layers": config.memory_fuser_num_layers,
-                      "layer": {"_target_": "sam2.modeling.memory_encoder.CXBlock", "dim": config.memory_fuser_embed_dim,
-                                "kernel_size": config.memory_fuser_kernel_size, "padding": config.memory_fuser_padding,
-                                "layer_scale_init_value": float(config.memory_fuser_layer_scale_init_value),
-                                "use_dwconv": True}},
-        },
+        "image_encoder": _meta_image_encoder(config),
+        "memory_attention": _meta_memory_attention(config),
+        "memory_encoder": _meta_memory_encoder(config),
         "num_maskmem": config.num_maskmem, "image_size": image_size,
         "sigmoid_scale_for_mem_enc": float(config.sigmoid_scale_for_mem_enc),
         "sigmoid_bias_for_mem_enc": float(config.sigmoid_bias_for_mem_enc),
@@ -164,46 +96,106 @@ def meta_config_from_hf(config) -> dict:
     return {"model": model}
 
 
+def _check_meta_buildable(config) -> None:
+    """Raises ValueError naming each part of `config` whose widths Meta's code fixes otherwise."""
+    decoder, prompt = config.mask_decoder_config, config.prompt_encoder_config
+    problems = []
+    if (decoder.mlp_dim, decoder.num_attention_heads, decoder.num_hidden_layers, decoder.iou_head_hidden_dim,
+            decoder.iou_head_depth) != (2048, 8, 2, 256, 3):
+        problems.append("mask decoder (Meta: mlp_dim 2048, 8 heads, 2 layers, IoU head 256 wide and 3 deep)")
+    if prompt.mask_input_channels != 16:
+        problems.append("prompt encoder mask_input_channels (Meta: 16)")
+    if config.memory_fuser_intermediate_dim != 4 * config.memory_fuser_embed_dim:
+        problems.append("memory_fuser_intermediate_dim (Meta: 4 x memory_fuser_embed_dim)")
+    if config.memory_fuser_embed_dim != config.memory_encoder_hidden_size or \
+            config.mask_downsampler_embed_dim != config.memory_encoder_hidden_size:
+        problems.append("memory encoder widths (Meta: fuser and mask downsampler as wide as the memory encoder)")
+    if problems:
+        raise ValueError("this transformers config cannot be built by Meta's sam2: " + "; ".join(problems)
+                         + " (steerseg_ros.tracking.sam2_checkpoints.meta_compatible makes a config that can)")
+
+
+def _sine(features: int) -> dict:
+    return {"_target_": "sam2.modeling.position_encoding.PositionEmbeddingSine", "num_pos_feats": features,
+            "normalize": True, "scale": None, "temperature": 10000}
+
+
+def _meta_image_encoder(config) -> dict:
+    vision, backbone = config.vision_config, config.vision_config.backbone_config
+    dim_mul = _geometric(list(backbone.embed_dim_per_stage), "the width")
+    head_mul = _geometric(list(backbone.num_attention_heads_per_stage), "the heads")
+    return {
+        "_target_": "sam2.modeling.backbones.image_encoder.ImageEncoder",
+        # Hiera yields 4 levels; the model reads the 3 finest (scalp 1 drops the coarsest).
+        "scalp": len(backbone.blocks_per_stage) - vision.num_feature_levels,
+        "trunk": {"_target_": "sam2.modeling.backbones.hieradet.Hiera", "embed_dim": backbone.hidden_size,
+                  "num_heads": backbone.num_attention_heads, "stages": list(backbone.blocks_per_stage),
+                  "global_att_blocks": list(backbone.global_attention_blocks),
+                  "window_pos_embed_bkg_spatial_size": list(backbone.window_positional_embedding_background_size),
+                  "window_spec": list(backbone.window_size_per_stage), "q_pool": backbone.num_query_pool_stages,
+                  "dim_mul": dim_mul, "head_mul": head_mul,
+                  # Hiera hands q_stride to MaxPool2d, which takes no OmegaConf list: plain lists.
+                  "q_stride": list(backbone.query_stride), "_convert_": "all"},
+        "neck": {"_target_": "sam2.modeling.backbones.image_encoder.FpnNeck", "position_encoding": _sine(vision.fpn_hidden_size),
+                 "d_model": vision.fpn_hidden_size, "backbone_channel_list": list(vision.backbone_channel_list),
+                 "fpn_top_down_levels": list(vision.fpn_top_down_levels), "fpn_interp_model": "nearest"},
+    }
+
+
+def _meta_memory_attention(config) -> dict:
+    hidden, mem = config.memory_attention_hidden_size, config.memory_encoder_output_channels
+    feat = list(config.memory_attention_rope_feat_sizes)
+
+    def rope_attention(**extra) -> dict:
+        return {"_target_": "sam2.modeling.sam.transformer.RoPEAttention", "rope_theta": float((config.rope_parameters or {}).get("rope_theta", 10000.0)),
+                "feat_sizes": feat, "embedding_dim": hidden, "num_heads": config.memory_attention_num_attention_heads,
+                "downsample_rate": config.memory_attention_downsample_rate,
+                "dropout": float(config.memory_attention_rope_dropout), **extra}
+
+    return {
+        "_target_": "sam2.modeling.memory_attention.MemoryAttention", "d_model": hidden, "pos_enc_at_input": True,
+        "num_layers": config.memory_attention_num_layers,
+        "layer": {"_target_": "sam2.modeling.memory_attention.MemoryAttentionLayer",
+                  "activation": config.memory_attention_feed_forward_hidden_act,
+                  "dim_feedforward": config.memory_attention_feed_forward_hidden_size,
+                  "dropout": float(config.memory_attention_dropout), "pos_enc_at_attn": False,
+                  "self_attention": rope_attention(), "d_model": hidden, "pos_enc_at_cross_attn_keys": True,
+                  "pos_enc_at_cross_attn_queries": False,
+                  "cross_attention": rope_attention(rope_k_repeat=True, kv_in_dim=mem)},
+    }
+
+
+def _meta_memory_encoder(config) -> dict:
+    mem = config.memory_encoder_output_channels
+    return {
+        "_target_": "sam2.modeling.memory_encoder.MemoryEncoder", "out_dim": mem,
+        "in_dim": config.memory_encoder_hidden_size, "position_encoding": _sine(mem),
+        "mask_downsampler": {"_target_": "sam2.modeling.memory_encoder.MaskDownSampler",
+                             "kernel_size": config.mask_downsampler_kernel_size,
+                             "stride": config.mask_downsampler_stride, "padding": config.mask_downsampler_padding,
+                             "total_stride": config.mask_downsampler_total_stride,
+                             "embed_dim": config.mask_downsampler_embed_dim},
+        "fuser": {"_target_": "sam2.modeling.memory_encoder.Fuser", "num_layers": config.memory_fuser_num_layers,
+                  "layer": {"_target_": "sam2.modeling.memory_encoder.CXBlock", "dim": config.memory_fuser_embed_dim,
+                            "kernel_size": config.memory_fuser_kernel_size, "padding": config.memory_fuser_padding,
+                            "layer_scale_init_value": float(config.memory_fuser_layer_scale_init_value),
+                            "use_dwconv": True}},
+    }
+
+
 def hf_config_from_meta(meta: dict):
     """A transformers Sam2VideoConfig for Meta's Hydra model config ({'model': {...}} or the
     model part; an OmegaConf config works too)."""
     from transformers import Sam2VideoConfig
-    from transformers.models.sam2.configuration_sam2 import Sam2HieraDetConfig, Sam2VisionConfig
 
-    try:
-        from omegaconf import OmegaConf
-
-        if OmegaConf.is_config(meta):
-            meta = OmegaConf.to_container(meta, resolve=True)
-    except ImportError:
-        pass
-    m = meta.get("model", meta)
-    trunk, neck = m["image_encoder"]["trunk"], m["image_encoder"]["neck"]
+    m = _plain(meta)
+    m = m.get("model", m)
+    neck = m["image_encoder"]["neck"]
     layer = m["memory_attention"]["layer"]
     encoder = m["memory_encoder"]
     fuser, downsampler = encoder["fuser"]["layer"], encoder["mask_downsampler"]
     image_size = int(m.get("image_size", 512))
-    # Meta's defaults where its config files leave a value out (hieradet.Hiera, SAM2Base, ...).
-    stages = list(trunk.get("stages", [2, 3, 16, 3]))
-    embed, heads = trunk.get("embed_dim", 96), trunk.get("num_heads", 1)
-    dim_mul, head_mul = trunk.get("dim_mul", 2.0), trunk.get("head_mul", 2.0)
-    q_pool = trunk.get("q_pool", 3)
-    stride4 = image_size // 4
-    levels = len(stages) - int(m["image_encoder"].get("scalp", 0))
-    backbone = Sam2HieraDetConfig(
-        hidden_size=embed, num_attention_heads=heads, blocks_per_stage=stages,
-        embed_dim_per_stage=[int(round(embed * dim_mul ** i)) for i in range(len(stages))],
-        num_attention_heads_per_stage=[int(round(heads * head_mul ** i)) for i in range(len(stages))],
-        window_size_per_stage=list(trunk.get("window_spec", [8, 4, 14, 7])),
-        global_attention_blocks=list(trunk.get("global_att_blocks", [12, 16, 20])),
-        window_positional_embedding_background_size=list(trunk.get("window_pos_embed_bkg_spatial_size", [14, 14])),
-        num_query_pool_stages=q_pool, query_stride=list(trunk.get("q_stride", [2, 2])),
-        image_size=[image_size, image_size])
-    vision = Sam2VisionConfig(
-        backbone_config=backbone, backbone_channel_list=list(neck["backbone_channel_list"]),
-        backbone_feature_sizes=[[stride4 >> i, stride4 >> i] for i in range(levels)],
-        fpn_hidden_size=neck["d_model"], fpn_top_down_levels=list(neck.get("fpn_top_down_levels", [2, 3])),
-        num_feature_levels=levels)
+    vision = _hf_vision_config(m, image_size)
     hidden = m["memory_attention"]["d_model"]
     self_attn = layer["self_attention"]
     tpos = bool(m.get("add_tpos_enc_to_obj_ptrs", True))
@@ -240,6 +232,46 @@ def hf_config_from_meta(meta: dict):
         memory_fuser_padding=fuser.get("padding", 3),
         memory_fuser_layer_scale_init_value=fuser.get("layer_scale_init_value", 1e-6),
     )
+
+
+def _plain(meta):
+    """An OmegaConf config as plain containers; anything else as it is."""
+    try:
+        from omegaconf import OmegaConf
+
+        if OmegaConf.is_config(meta):
+            meta = OmegaConf.to_container(meta, resolve=True)
+    except ImportError:
+        pass
+    return meta
+
+
+def _hf_vision_config(m: dict, image_size: int):
+    """The transformers vision config (Hiera backbone and FPN neck) of Meta's model config `m`."""
+    from transformers.models.sam2.configuration_sam2 import Sam2HieraDetConfig, Sam2VisionConfig
+
+    trunk, neck = m["image_encoder"]["trunk"], m["image_encoder"]["neck"]
+    # Meta's defaults where its config files leave a value out (hieradet.Hiera, SAM2Base, ...).
+    stages = list(trunk.get("stages", [2, 3, 16, 3]))
+    embed, heads = trunk.get("embed_dim", 96), trunk.get("num_heads", 1)
+    dim_mul, head_mul = trunk.get("dim_mul", 2.0), trunk.get("head_mul", 2.0)
+    q_pool = trunk.get("q_pool", 3)
+    stride4 = image_size // 4
+    levels = len(stages) - int(m["image_encoder"].get("scalp", 0))
+    backbone = Sam2HieraDetConfig(
+        hidden_size=embed, num_attention_heads=heads, blocks_per_stage=stages,
+        embed_dim_per_stage=[int(round(embed * dim_mul ** i)) for i in range(len(stages))],
+        num_attention_heads_per_stage=[int(round(heads * head_mul ** i)) for i in range(len(stages))],
+        window_size_per_stage=list(trunk.get("window_spec", [8, 4, 14, 7])),
+        global_attention_blocks=list(trunk.get("global_att_blocks", [12, 16, 20])),
+        window_positional_embedding_background_size=list(trunk.get("window_pos_embed_bkg_spatial_size", [14, 14])),
+        num_query_pool_stages=q_pool, query_stride=list(trunk.get("q_stride", [2, 2])),
+        image_size=[image_size, image_size])
+    return Sam2VisionConfig(
+        backbone_config=backbone, backbone_channel_list=list(neck["backbone_channel_list"]),
+        backbone_feature_sizes=[[stride4 >> i, stride4 >> i] for i in range(levels)],
+        fpn_hidden_size=neck["d_model"], fpn_top_down_levels=list(neck.get("fpn_top_down_levels", [2, 3])),
+        num_feature_levels=levels)
 
 
 # ---- weights -------------------------------------------------------------------------------------
