@@ -9,8 +9,8 @@ once -> the method's prompts (prefill with attention capture; answers decoded on
 they are used) -> rollout maps on the token grid -> fused map per keyframe -> point prompts.
 
 Model inputs come from `vlm_inputs`, the token layout from `token_grid`, the rollout from
-`attention`, the map fusion from `fusion`, the prompt texts from `questions`, the soft prompts
-from `soft_prompts`.
+`attention`, the two methods' prompt sequences from `vlm_methods`, the map fusion from `fusion`,
+the prompt texts from `questions`, the soft prompts from `soft_prompts`.
 
 The "decaf" mode follows DecAF's released code (HYUNJS/DecAF at commit 6c9766c) wherever the
 paper leaves a detail open: its prompt texts, whole answers of up to 128 tokens as the category
@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from steerseg_ros.frame import Frame
-from steerseg_ros.grounding import fusion, questions
+from steerseg_ros.grounding import questions, vlm_methods
 from steerseg_ros.grounding.attention import AttentionRollout, RolloutConfig, default_layer_start
 from steerseg_ros.grounding.base import (Grounder, GroundingError, GroundingResult, ModelUnavailableError,
                                          PointPrompt, clean_command)
@@ -507,9 +507,11 @@ class VLMGrounder(Grounder):
             for visual in [video, *frame_batches]:
                 self.encode_visual(visual)
         if cfg.mode == "decaf":
-            maps, class_word, attributes, text = self._decaf(expression, video, frame_batches, len(keyframes), stage)
+            maps, class_word, attributes, text = vlm_methods.decaf(self, expression, video, frame_batches,
+                                                                   len(keyframes), stage)
         else:
-            maps, class_word, attributes, text = self._steerseg(expression, video, frame_batches, len(keyframes), stage)
+            maps, class_word, attributes, text = vlm_methods.steerseg(self, expression, video, frame_batches,
+                                                                      len(keyframes), stage)
         with stage("points"):
             points = self._points(maps.fused, keyframes)
         stage.timings["total"] = time.perf_counter() - start
@@ -519,60 +521,6 @@ class VLMGrounder(Grounder):
                                  timings=stage.timings)
         result.validate()
         return result
-
-    def _decaf(self, expression: str, video: VisualInput, frame_batches: list[VisualInput], k: int, stage):
-        cfg = self.config
-        with stage("object_prompt"):
-            head = questions.object_text(expression)
-            video_obj = self.ask(video, self.content(video, head), capture=True, decode_tokens=cfg.answer_tokens)
-            frame_obj = [self.ask(fb, self.content(fb, head), capture=True, decode_tokens=cfg.answer_tokens)
-                         for fb in frame_batches]
-        object_answers = video_obj.texts + [t for a in frame_obj for t in a.texts]
-        with stage("category"):
-            choice = self.ask(None, self.content(None, questions.category_text(expression, object_answers)),
-                              decode_tokens=cfg.answer_tokens)
-            class_word = questions.class_name(choice.texts[0])
-        with stage("background_prompt"):
-            background = questions.background_text(class_word)
-            video_bg = self.ask(video, self.content(video, background), capture=True)
-            frame_bg = [self.ask(fb, self.content(fb, background), capture=True) for fb in frame_batches]
-        with stage("fusion"):
-            maps = fusion.decaf_maps(
-                self.volumes(video_obj)[0], self.volumes(video_bg)[0],
-                np.concatenate([v for a in frame_obj for v in self.volumes(a)]),
-                np.concatenate([v for a in frame_bg for v in self.volumes(a)]),
-                k, self.frames_per_step, cfg.video_kernel, cfg.frame_kernel, cfg.gaussian_sigma)
-        text = (f"object (video): {video_obj.texts[0]}\n"
-                f"object (frames): {' | '.join(t for a in frame_obj for t in a.texts)}\n"
-                f"category: {choice.texts[0]}")
-        return maps, class_word, [], text
-
-    def _steerseg(self, expression: str, video: VisualInput, frame_batches: list[VisualInput], k: int, stage):
-        cfg = self.config
-        attributes_text, attributes, cot_text = "", [], ""
-        if cfg.cot:
-            with stage("attributes"):
-                cot = self.ask(video, self.content(video, questions.attribute_text(expression)),
-                               decode_tokens=cfg.cot_tokens)
-                cot_text = cot.texts[0]
-                attributes = questions.parse_attributes(cot_text)
-                attributes_text = "; ".join(attributes)
-        head, question = questions.steered_text_parts(expression, attributes_text)
-        soft_video = self.soft_prompts.video if self.soft_prompts is not None else None
-        soft_frame = self.soft_prompts.frame if self.soft_prompts is not None else None
-        with stage("grounding_prompt"):
-            video_ans = self.ask(video, self.content(video, head, question, soft_video is not None), soft_video,
-                                 capture=True, decode_tokens=cfg.answer_tokens, one_word=True)
-            frame_ans = [self.ask(fb, self.content(fb, head, question, soft_frame is not None), soft_frame,
-                                  capture=True) for fb in frame_batches]
-        with stage("fusion"):
-            maps = fusion.steered_maps(self.volumes(video_ans)[0],
-                                       np.concatenate([v for a in frame_ans for v in self.volumes(a)]),
-                                       k, self.frames_per_step, cfg.video_kernel, cfg.frame_kernel,
-                                       cfg.gaussian_sigma)
-        class_word = questions.first_word(video_ans.texts[0])
-        text = f"attributes: {cot_text}\nanswer (video): {video_ans.texts[0]}"
-        return maps, class_word, attributes, text
 
     def _points(self, fused: np.ndarray, keyframes: list[Frame]) -> list[PointPrompt]:
         cfg = self.config
