@@ -1,6 +1,7 @@
 """The built-in tracker: a classical, weight-free fallback built on OpenCV.
 
-Owns `FlowTracker` and `FlowTrackerConfig`. It is what the node runs when no learned tracker is
+Owns `FlowTracker` and `FlowTrackerConfig`; the frames prepared once and the flow of each frame
+pair computed once are tracking/flow_frames.py's. It is what the node runs when no learned tracker is
 available, so that the whole pipeline works on any machine. It is a fallback, not a substitute
 for SAM2: it drifts on fast articulated motion, cannot see through occlusions, and never
 re-detects an object it has lost.
@@ -33,8 +34,6 @@ Measured on DAVIS 2016 val (10 sequences, seeded with the first ground-truth mas
 """
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -43,17 +42,12 @@ import numpy as np
 
 from steerseg_ros.frame import Frame
 from steerseg_ros.tracking.base import MaskCandidate, ObjectMask, ObjectState, Tracker, TrackerError
+from steerseg_ros.tracking.flow_frames import DIS_PRESETS, FlowPair, FrameFlows, PreparedFrame, colour_bins
 
-_DIS_PRESETS = {
-    "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
-    "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
-    "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
-}
 # Every probability is kept within [p, 1 - p] before its log-odds are taken, so that no single
 # piece of evidence is ever certain (logit(0.98) is about 3.9).
 _P_CLIP = 0.02
 _MAX_LOG_ODDS = float(np.log((1 - _P_CLIP) / _P_CLIP))
-_PREPARED_FRAMES = 4  # frames in use at once: the live pair and a catch-up pair
 
 
 @dataclass
@@ -115,8 +109,8 @@ class FlowTrackerConfig:
     def validate(self) -> None:
         if self.work_width < 32:
             raise ValueError(f"work_width must be >= 32, got {self.work_width}")
-        if self.flow_preset not in _DIS_PRESETS:
-            raise ValueError(f"flow_preset must be one of {sorted(_DIS_PRESETS)}, got {self.flow_preset!r}")
+        if self.flow_preset not in DIS_PRESETS:
+            raise ValueError(f"flow_preset must be one of {sorted(DIS_PRESETS)}, got {self.flow_preset!r}")
         for name in ("consistency_relative", "consistency_absolute", "band_fraction", "confidence_recovery_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -140,44 +134,11 @@ class FlowTrackerConfig:
             raise ValueError(f"segment_iterations must be >= 1, got {self.segment_iterations}")
 
 
-class _Prepared:
-    """One frame at working resolution: grey (for flow) and each pixel's colour-histogram bin."""
-
-    __slots__ = ("seq", "stamp_ns", "shape", "grey", "bins")
-
-    def __init__(self, frame: Frame, work_hw: tuple[int, int], colour_bins: int):
-        self.seq = frame.seq
-        self.stamp_ns = frame.stamp_ns
-        self.shape = frame.image.shape[:2]
-        h, w = work_hw
-        small = frame.image if (h, w) == self.shape else cv2.resize(frame.image, (w, h), interpolation=cv2.INTER_AREA)
-        self.grey = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
-        self.bins = _colour_bins(cv2.cvtColor(small, cv2.COLOR_RGB2LAB), colour_bins).astype(np.uint16)
-
-
-class _FlowPair:
-    """The backward flow of one frame pair (current -> previous pixel displacement, float16 to
-    keep the cache small) and how far each current pixel's motion is trusted (0..1)."""
-
-    __slots__ = ("disp", "trust")
-
-    def __init__(self, disp: np.ndarray, trust: np.ndarray):
-        self.disp = disp
-        self.trust = trust
-
-    def maps(self, y0: int, y1: int, x0: int, x1: int) -> tuple[np.ndarray, np.ndarray]:
-        """Absolute sampling maps (cv2.remap) into the previous frame for a box of the current one."""
-        d = self.disp[y0:y1, x0:x1].astype(np.float32)
-        map_x = d[..., 0] + np.arange(x0, x1, dtype=np.float32)[None, :]
-        map_y = d[..., 1] + np.arange(y0, y1, dtype=np.float32)[:, None]
-        return map_x, map_y
-
-
 class FlowObjectState(ObjectState):
     """What one object needs for its next step, and nothing that grows: its mask on the
     previous frame (working resolution), that frame, and its two colour models."""
 
-    def __init__(self, seq: int, result: ObjectMask, prev: _Prepared, mask: np.ndarray,
+    def __init__(self, seq: int, result: ObjectMask, prev: PreparedFrame, mask: np.ndarray,
                  fg_hist: np.ndarray, bg_hist: np.ndarray):
         super().__init__(seq, result)
         self.prev = prev
@@ -196,75 +157,11 @@ class FlowTracker(Tracker):
         self.config = config or FlowTrackerConfig()
         self.config.validate()
         self._objects: dict[int, FlowObjectState] = {}
-        # Prepared frames and flows are shared between the camera thread (step) and the grounding
-        # worker (start/advance); the lock guards the caches, never the computation (two threads
-        # may compute the same pair at worst, and both results are the same).
-        self._cache_lock = threading.Lock()
-        self._frames: OrderedDict[tuple[int, int], _Prepared] = OrderedDict()
-        self._flows: OrderedDict[tuple, _FlowPair] = OrderedDict()
-        # A DIS instance keeps working buffers between calls, so each thread has its own.
-        self._local = threading.local()
-
-    # ---- shared per-frame work -------------------------------------------------------------
-    def _work_hw(self, shape: tuple[int, int]) -> tuple[int, int]:
-        h, w = shape
-        if w <= self.config.work_width:
-            return h, w
-        return max(8, round(h * self.config.work_width / w)), self.config.work_width
-
-    def _prepare(self, frame: Frame) -> _Prepared:
-        key = (frame.seq, frame.stamp_ns)
-        with self._cache_lock:
-            p = self._frames.get(key)
-            if p is not None and p.shape == frame.image.shape[:2]:
-                self._frames.move_to_end(key)
-                return p
-        p = _Prepared(frame, self._work_hw(frame.image.shape[:2]), self.config.colour_bins)
-        with self._cache_lock:
-            self._frames[key] = p
-            while len(self._frames) > _PREPARED_FRAMES:
-                self._frames.popitem(last=False)
-        return p
-
-    def _dis(self):
-        dis = getattr(self._local, "dis", None)
-        if dis is None:
-            dis = cv2.DISOpticalFlow_create(_DIS_PRESETS[self.config.flow_preset])
-            self._local.dis = dis
-        return dis
-
-    def _flow(self, prev: _Prepared, cur: _Prepared) -> _FlowPair:
-        key = (prev.seq, prev.stamp_ns, cur.seq, cur.stamp_ns)
-        with self._cache_lock:
-            pair = self._flows.get(key)
-            if pair is not None:
-                self._flows.move_to_end(key)
-                return pair
-        dis = self._dis()
-        backward = dis.calc(cur.grey, prev.grey, None)
-        forward = dis.calc(prev.grey, cur.grey, None)
-        h, w = cur.grey.shape
-        map_x = backward[..., 0] + np.arange(w, dtype=np.float32)[None, :]
-        map_y = backward[..., 1] + np.arange(h, dtype=np.float32)[:, None]
-        # Following the backward flow and then the forward flow should come back to the start.
-        forward_there = cv2.remap(forward, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        bx, by = cv2.split(backward)
-        fx, fy = cv2.split(forward_there)
-        error2 = (bx + fx) ** 2 + (by + fy) ** 2
-        allowed2 = self.config.consistency_relative * (bx * bx + by * by + fx * fx + fy * fy) \
-            + self.config.consistency_absolute
-        trust = np.exp2(-error2 / allowed2)
-        # A pixel whose origin lies outside the previous frame came into view: no motion evidence.
-        trust[(map_x < 0) | (map_x > w - 1) | (map_y < 0) | (map_y > h - 1)] = 0
-        pair = _FlowPair(backward.astype(np.float16), trust.astype(np.float16))
-        with self._cache_lock:
-            self._flows[key] = pair
-            while len(self._flows) > self.config.flow_cache_pairs:
-                self._flows.popitem(last=False)
-        return pair
+        # Every object, live or catching up, draws its frames and flows from here.
+        self._shared = FrameFlows(self.config)
 
     # ---- colour models ---------------------------------------------------------------------
-    def _histograms(self, prepared: _Prepared, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _histograms(self, prepared: PreparedFrame, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Normalised colour histograms of the object and of a ring of background around it."""
         n_bins = self.config.colour_bins ** 3
         ring = 2 * _band(self.config, float(np.count_nonzero(mask)))
@@ -287,11 +184,11 @@ class FlowTracker(Tracker):
     def _propagate(self, state: FlowObjectState, frame: Frame) -> ObjectMask:
         """Move `state` to `frame` (the frame after state.prev) and return the new mask."""
         cfg = self.config
-        cur = self._prepare(frame)
+        cur = self._shared.prepare(frame)
         if cur.shape != state.prev.shape or state.area <= 0:
             # Nothing left to carry, or the camera changed resolution: the object is lost.
             return self._set_lost(state, cur)
-        flow = self._flow(state.prev, cur)
+        flow = self._shared.flow(state.prev, cur)
         h, w = cur.grey.shape
         band = _band(cfg, state.area)
         y0, y1, x0, x1 = self._reach_box(state, flow, band, (h, w))
@@ -336,7 +233,7 @@ class FlowTracker(Tracker):
         state.result = ObjectMask(full, score)
         return state.result
 
-    def _reach_box(self, state: FlowObjectState, flow: _FlowPair, band: int,
+    def _reach_box(self, state: FlowObjectState, flow: FlowPair, band: int,
                    hw: tuple[int, int]) -> tuple[int, int, int, int]:
         """y0, y1, x0, x1 of where the object can be now: its previous box grown by the largest
         motion around it and by the band."""
@@ -374,7 +271,7 @@ class FlowTracker(Tracker):
         dt = abs(stamp_ns - state.prev.stamp_ns) * 1e-9  # propagation may run backwards in time
         return min(now, state.result.score + dt / self.config.confidence_recovery_s)
 
-    def _set_lost(self, state: FlowObjectState, cur: _Prepared) -> ObjectMask:
+    def _set_lost(self, state: FlowObjectState, cur: PreparedFrame) -> ObjectMask:
         state.mask = np.zeros(cur.grey.shape, np.uint8)
         state.area = 0.0
         state.prev = cur
@@ -400,7 +297,7 @@ class FlowTracker(Tracker):
         mask = mask.astype(bool)
         if not mask.any():
             raise TrackerError("seed mask is empty")
-        cur = self._prepare(frame)
+        cur = self._shared.prepare(frame)
         h, w = cur.grey.shape
         small = (cv2.resize(mask.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA) >= 0.5).astype(np.uint8)
         if not small.any():
@@ -441,9 +338,7 @@ class FlowTracker(Tracker):
 
     def reset(self) -> None:
         self._objects.clear()
-        with self._cache_lock:
-            self._frames.clear()
-            self._flows.clear()
+        self._shared.clear()
 
     def close(self) -> None:
         self.reset()
@@ -510,12 +405,6 @@ def _logit(p: np.ndarray) -> np.ndarray:
     return np.log(p / (1.0 - p))
 
 
-def _colour_bins(lab: np.ndarray, bins: int) -> np.ndarray:
-    """Joint histogram bin of each pixel of a uint8 Lab image, `bins` levels per channel."""
-    q = lab.astype(np.int32) * bins >> 8
-    return (q[..., 0] * bins + q[..., 1]) * bins + q[..., 2]
-
-
 def _coarsen(hist: np.ndarray, bins: int, coarse: int) -> np.ndarray:
     """A joint histogram with `bins` levels per channel summed down to `coarse` levels."""
     k = bins // coarse
@@ -566,7 +455,7 @@ def _fit_affine(xs: np.ndarray, ys: np.ndarray, d: np.ndarray) -> np.ndarray:
     return solve(keep) if np.count_nonzero(keep) >= 6 else coef
 
 
-def _background_layer_log_odds(flow: _FlowPair, origin: tuple[int, int], map_x: np.ndarray, map_y: np.ndarray,
+def _background_layer_log_odds(flow: FlowPair, origin: tuple[int, int], map_x: np.ndarray, map_y: np.ndarray,
                                warped: np.ndarray, trust: np.ndarray) -> np.ndarray:
     """Motion layers: for each pixel, min(0, log-odds that it moves like the object rather than
     like the background around it), from an affine motion fitted to each among trusted pixels.
@@ -634,7 +523,7 @@ def _candidate_quality(bgr: np.ndarray, fg: np.ndarray, seeds: np.ndarray, box: 
     ring = cv2.dilate(fg, np.ones((9, 9), np.uint8)) & (1 - fg)
     if not ring.any():
         return 0.0
-    bins = _colour_bins(cv2.cvtColor(bgr, cv2.COLOR_BGR2LAB), 8)
+    bins = colour_bins(cv2.cvtColor(bgr, cv2.COLOR_BGR2LAB), 8)
     hf = np.bincount(bins[fg > 0], minlength=512).astype(np.float64)
     hb = np.bincount(bins[ring > 0], minlength=512).astype(np.float64)
     separation = 1.0 - np.minimum(hf / hf.sum(), hb / hb.sum()).sum()
