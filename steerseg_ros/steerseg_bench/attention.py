@@ -159,65 +159,75 @@ def _inputs(hidden: int, batch: int, grid: tuple[int, int, int], dtype):
     return embeds, positions[:, None].expand(3, batch, length), visual_mask
 
 
+def _model(shape: dict, layers: int, dtype):
+    """Random captured decoder layers of the shape (MLPs shrunk: they add nothing to the capture)."""
+    import torch
+    from transformers import Qwen2_5_VLTextConfig, Qwen2_5_VLTextModel
+
+    torch.manual_seed(0)
+    config = Qwen2_5_VLTextConfig(
+        hidden_size=shape["hidden_size"], num_attention_heads=shape["num_attention_heads"],
+        num_key_value_heads=shape["num_key_value_heads"], num_hidden_layers=layers,
+        intermediate_size=256, vocab_size=256, bos_token_id=None, eos_token_id=None, pad_token_id=None,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]})
+    config._attn_implementation = "sdpa"
+    return Qwen2_5_VLTextModel(config).to(dtype).eval()
+
+
+def _measured(fn):
+    """(fn's result, seconds, the process's peak resident MiB during the call)."""
+    _PEAK.start()
+    start = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - start, _PEAK.peak()
+
+
 def _worker(spec: dict) -> dict:
     """One measurement in this (fresh) process."""
     import torch
-    from transformers import Qwen2_5_VLTextConfig, Qwen2_5_VLTextModel
 
     from steerseg_ros.grounding.attention import RolloutConfig
 
     shape = SHAPES[spec["shape"]]
     dtype = getattr(torch, spec["dtype"])
-    torch.manual_seed(0)
-    config = Qwen2_5_VLTextConfig(
-        hidden_size=shape["hidden_size"], num_attention_heads=shape["num_attention_heads"],
-        num_key_value_heads=shape["num_key_value_heads"], num_hidden_layers=spec["layers"],
-        intermediate_size=256, vocab_size=256, bos_token_id=None, eos_token_id=None, pad_token_id=None,
-        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]})
-    config._attn_implementation = "sdpa"
-    model = Qwen2_5_VLTextModel(config).to(dtype).eval()
+    model = _model(shape, spec["layers"], dtype)
     embeds, positions, visual_mask = _inputs(shape["hidden_size"], spec["batch"], tuple(spec["grid"]), dtype)
-    length = embeds.shape[1]
     rollout_cls = _rollout_classes()[spec["method"]]
-    rollout_config = RolloutConfig(layer_start=0, block_rows=spec["block_rows"])
+
+    def forward():
+        return model(inputs_embeds=embeds, position_ids=positions, use_cache=False)
+
+    def captured_forward():
+        with rollout.capture(visual_mask):
+            return forward()
 
     with torch.no_grad():
         model(inputs_embeds=embeds[:, :64], position_ids=positions[:, :, :64], use_cache=False)  # warm-up
         gc.collect()
         base = _status_mib("VmRSS")
-        _PEAK.start()
-        start = time.perf_counter()
-        out = model(inputs_embeds=embeds, position_ids=positions, use_cache=False)
-        plain_seconds = time.perf_counter() - start
-        plain_peak = _PEAK.peak() - base
+        out, plain_seconds, plain_peak = _measured(forward)
+        plain_peak -= base
         del out
         gc.collect()
 
-        rollout = rollout_cls(model, rollout_config)
+        rollout = rollout_cls(model, RolloutConfig(layer_start=0, block_rows=spec["block_rows"]))
         base = _status_mib("VmRSS")
-        _PEAK.start()
-        start = time.perf_counter()
-        with rollout.capture(visual_mask):
-            out = model(inputs_embeds=embeds, position_ids=positions, use_cache=False)
-        forward_seconds = time.perf_counter() - start
-        forward_peak = _PEAK.peak() - base
+        out, forward_seconds, forward_peak = _measured(captured_forward)
+        forward_peak -= base
         del out
         gc.collect()
         held = _status_mib("VmRSS") - base  # what the method keeps between forward and rollout
         stored = sum(t.numel() * t.element_size() for layer in rollout._captured
                      for t in (layer.queries, layer.keys) if t is not None) / MIB
         before = _status_mib("VmRSS")
-        _PEAK.start()
-        start = time.perf_counter()
-        row = rollout.last_row()
-        rollout_seconds = time.perf_counter() - start
-        rollout_peak = _PEAK.peak() - before
+        row, rollout_seconds, rollout_peak = _measured(rollout.last_row)
+        rollout_peak -= before
         total_peak = max(forward_peak, before - base + rollout_peak)
 
     if spec.get("row_file"):
         torch.save(row, spec["row_file"])
     return dict(
-        spec, length=length, threads=torch.get_num_threads(),
+        spec, length=embeds.shape[1], threads=torch.get_num_threads(),
         plain_forward_s=plain_seconds, plain_forward_peak_mib=plain_peak,
         capture_s=rollout.capture_seconds, rollout_s=rollout_seconds,
         capture_rollout_s=rollout.capture_seconds + rollout_seconds,
@@ -271,43 +281,52 @@ def bench_rollout(shapes: Sequence[str] = tuple(SHAPES), cases: Sequence[str] = 
                     spec = dict(shape=shape_name, case=case_name, method=method, layers=captured, dtype=dtype,
                                 block_rows=block_rows, batch=case["batch"], grid=[t, h, w],
                                 row_file=str(Path(folder) / f"{shape_name}-{case_name}-{method}.pt"))
-                    scale = 1.0
-                    if method == "materialising":
-                        estimate = _reference_estimate_gib(shape, case["batch"], length)
-                        if estimate > max_reference_gib:
-                            scale = (max_reference_gib / estimate) ** 0.5
-                            spec["grid"] = [t, max(2, int(h * scale)), w]
-                            spec["row_file"] = None
-                    if progress:
-                        progress(f"{shape_name} {case_name} {method} ...")
-                    result = _run_worker(spec)
-                    if result["length"] != length:
-                        factor = length / result["length"]
-                        result["extrapolated_from_length"] = result["length"]
-                        result["length"] = length
-                        for key in ("own_peak_mib", "extra_peak_mib", "held_after_forward_mib",
-                                    "capture_call_transient_mib", "rollout_transient_mib"):
-                            result[key] *= factor ** 2
-                        for key in ("capture_s", "rollout_s", "capture_rollout_s"):
-                            result[key] *= factor ** 3
+                    pair[method] = result = _measure_method(spec, shape, length, max_reference_gib, progress)
                     rows.append(result)
-                    pair[method] = result
-                    if progress:
-                        progress(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in result.items()}))
-                if len(pair) < 2:
-                    continue
-                stream, reference = pair["streaming"], pair["materialising"]
-                entry = dict(shape=shape_name, case=case_name, batch=case["batch"], length=length, layers=captured,
-                             memory_ratio=reference["own_peak_mib"] / max(stream["own_peak_mib"], 1e-9),
-                             process_memory_ratio=reference["extra_peak_mib"] / max(stream["extra_peak_mib"], 1e-9),
-                             time_ratio=stream["capture_rollout_s"] / reference["capture_rollout_s"])
-                if reference.get("row_file") and stream.get("row_file"):
-                    import torch
-
-                    entry["max_abs_row_diff"] = float(
-                        (torch.load(stream["row_file"]) - torch.load(reference["row_file"])).abs().max())
-                summary.append(entry)
+                if len(pair) == 2:
+                    summary.append(_compare(pair, shape_name, case_name, case["batch"], length, captured))
     return {"rows": rows, "summary": summary}
+
+
+def _measure_method(spec: dict, shape: dict, length: int, max_reference_gib: float, progress) -> dict:
+    """One method on one shape and case, in a worker process; a reference that would not fit
+    `max_reference_gib` is measured on fewer visual tokens and scaled up to `length`."""
+    t, h, w = spec["grid"]
+    if spec["method"] == "materialising":
+        estimate = _reference_estimate_gib(shape, spec["batch"], length)
+        if estimate > max_reference_gib:
+            scale = (max_reference_gib / estimate) ** 0.5
+            spec["grid"] = [t, max(2, int(h * scale)), w]
+            spec["row_file"] = None
+    if progress:
+        progress(f"{spec['shape']} {spec['case']} {spec['method']} ...")
+    result = _run_worker(spec)
+    if result["length"] != length:
+        factor = length / result["length"]
+        result["extrapolated_from_length"] = result["length"]
+        result["length"] = length
+        for key in ("own_peak_mib", "extra_peak_mib", "held_after_forward_mib",
+                    "capture_call_transient_mib", "rollout_transient_mib"):
+            result[key] *= factor ** 2
+        for key in ("capture_s", "rollout_s", "capture_rollout_s"):
+            result[key] *= factor ** 3
+    if progress:
+        progress(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in result.items()}))
+    return result
+
+
+def _compare(pair: dict, shape_name: str, case_name: str, batch: int, length: int, captured: int) -> dict:
+    stream, reference = pair["streaming"], pair["materialising"]
+    entry = dict(shape=shape_name, case=case_name, batch=batch, length=length, layers=captured,
+                 memory_ratio=reference["own_peak_mib"] / max(stream["own_peak_mib"], 1e-9),
+                 process_memory_ratio=reference["extra_peak_mib"] / max(stream["extra_peak_mib"], 1e-9),
+                 time_ratio=stream["capture_rollout_s"] / reference["capture_rollout_s"])
+    if reference.get("row_file") and stream.get("row_file"):
+        import torch
+
+        entry["max_abs_row_diff"] = float(
+            (torch.load(stream["row_file"]) - torch.load(reference["row_file"])).abs().max())
+    return entry
 
 
 def format_table(result: dict) -> str:

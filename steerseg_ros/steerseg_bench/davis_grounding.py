@@ -12,7 +12,7 @@ grounder runs on `--frames` uniformly spaced frames, and the figures are:
 The same figures for a command with no word the grounder knows ("the object", the prior
 alone) are printed beside them, so it is visible whether the words help.
 
-    python benchmarks/davis_grounding.py [--root ../shared/data/davis16] [--backend builtin]
+    python -m steerseg_bench.davis_grounding [--root ../shared/data/davis16] [--backend builtin]
 """
 from __future__ import annotations
 
@@ -30,9 +30,9 @@ import numpy as np
 from steerseg_ros.streaming.backends import make_grounder
 from steerseg_ros.frame import NS_PER_S, Frame
 from steerseg_ros.grounding.base import GroundingResult
+from steerseg_ros.testing.davis import davis_root
 
 PRIOR_COMMAND = "the object"
-DEFAULT_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "davis16"
 
 
 def load_keyframes(root: Path, seq: str, count: int, fps: float = 24.0):
@@ -70,7 +70,7 @@ def score(result: GroundingResult, masks: list[np.ndarray]) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--root", type=Path, default=Path(os.environ.get("STEERSEG_DAVIS", DEFAULT_ROOT)))
+    parser.add_argument("--root", type=Path, default=Path(os.environ.get("STEERSEG_DAVIS", davis_root())))
     parser.add_argument("--backend", default="builtin")
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3, help="timing: best of this many runs per command")

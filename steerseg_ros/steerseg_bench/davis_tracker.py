@@ -10,10 +10,10 @@ work is the same as for distinct objects of that size).
 each sequence's first and middle ground-truth mask farthest from its edge, J of the top
 candidate and of the best candidate.
 
-    python benchmarks/davis_tracker.py [--davis DIR] [--sequences blackswan dog ...]
+    python -m steerseg_bench.davis_tracker [--davis DIR] [--sequences blackswan dog ...]
         [--segment] [--no-timing] [--set name=value ...]   (FlowTrackerConfig fields, for ablations)
 
-The measurement itself lives in steerseg_ros/tools/bench_tracker.py (also `steerseg-bench
+The measurement itself lives in steerseg_bench/tracker.py (also `steerseg-bench
 --sections tracker`, which reports the same figures in the common table); this script prints
 them per sequence and adds the ablation and `segment` options.
 """
@@ -32,17 +32,16 @@ import numpy as np
 
 from steerseg_ros.frame import Frame
 from steerseg_ros.offline.metrics import region_j, score_object, summarize
-from steerseg_bench.tracker import load_sequence, track_sequence
+from steerseg_bench.tracker import track_sequence
+from steerseg_ros.testing.davis import davis_root, load_sequence
 from steerseg_ros.tracking.flow import FlowTracker, FlowTrackerConfig
-
-DEFAULT_DAVIS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "davis16"
 
 
 def measure_segment(config: FlowTrackerConfig, root: Path, sequences: list[str]) -> None:
     tracker = FlowTracker(config)
     top, best, times = [], [], []
     for seq in sequences:
-        images, masks = load_sequence(root, seq)
+        _, images, masks = load_sequence(root, seq)
         for i in (0, len(images) // 2):
             dist = cv2.distanceTransform(masks[i].astype(np.uint8), cv2.DIST_L2, 5)
             y, x = np.unravel_index(np.argmax(dist), dist.shape)
@@ -54,6 +53,20 @@ def measure_segment(config: FlowTrackerConfig, root: Path, sequences: list[str])
             best.append(max(js))
     print(f"segment() from one interior point, {len(top)} frames: J of the top candidate {100 * np.mean(top):.1f}, "
           f"of the best candidate {100 * np.mean(best):.1f}; median {1000 * np.median(times):.0f} ms per call")
+
+
+def time_objects(config: FlowTrackerConfig, root: Path, sequence: str) -> None:
+    """Per-frame cost against the number of live objects (1, 2, 4) on `sequence`: the copies of
+    the seed share the flow, as distinct objects do, and cost what an object that size costs."""
+    _, images, masks = load_sequence(root, sequence)
+    base = None
+    for n in (1, 2, 4):
+        _, w, c, _ = track_sequence(config, images, masks, n_objects=n)
+        med = 1000 * np.median(w)
+        base = base or med
+        extra = f" (+{(med - base) / (n - 1):.1f} ms per added object)" if n > 1 else ""
+        print(f"{n} live object(s) on {sequence}: wall median {med:.1f} ms/frame{extra}; "
+              f"process CPU median {1000 * np.median(c):.1f} ms")
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -69,7 +82,7 @@ def parse_overrides(items: list[str]) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--davis", type=Path, default=Path(os.environ.get("STEERSEG_DAVIS", DEFAULT_DAVIS)),
+    parser.add_argument("--davis", type=Path, default=Path(os.environ.get("STEERSEG_DAVIS", davis_root())),
                         help="DAVIS 2016 folder (JPEGImages/480p, Annotations/480p)")
     parser.add_argument("--sequences", nargs="*", help="sequence names (default: all in the folder)")
     parser.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
@@ -92,7 +105,7 @@ def main(argv=None) -> int:
     scores, all_wall, all_cpu = [], [], []
     print(f"{'sequence':<12} {'frames':>6} {'J':>6} {'F':>6} {'J&F':>6} {'ms med':>7} {'score med':>9} {'min':>5}")
     for seq in sequences:
-        images, masks = load_sequence(root, seq)
+        _, images, masks = load_sequence(root, seq)
         preds, wall, cpu, conf = track_sequence(config, images, masks)
         s = score_object(seq, 1, preds, masks, skip_first_last=True)
         scores.append(s)
@@ -110,17 +123,7 @@ def main(argv=None) -> int:
           f"process CPU median {1000 * np.median(cpu):.1f} ms, p90 {1000 * np.percentile(cpu, 90):.1f} ms")
 
     if not args.no_timing:
-        # Cost against the number of live objects, on the first sequence given: the copies of
-        # the seed share the flow, as distinct objects do, and cost what an object that size costs.
-        images, masks = load_sequence(root, sequences[0])
-        base = None
-        for n in (1, 2, 4):
-            _, w, c, _ = track_sequence(config, images, masks, n_objects=n)
-            med = 1000 * np.median(w)
-            base = base or med
-            extra = f" (+{(med - base) / (n - 1):.1f} ms per added object)" if n > 1 else ""
-            print(f"{n} live object(s) on {sequences[0]}: wall median {med:.1f} ms/frame{extra}; "
-                  f"process CPU median {1000 * np.median(c):.1f} ms")
+        time_objects(config, root, sequences[0])
     if args.segment:
         measure_segment(config, root, sequences)
     print("load average (1, 5, 15 min):", " ".join(f"{x:.2f}" for x in os.getloadavg()),

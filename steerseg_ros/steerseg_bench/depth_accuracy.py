@@ -6,7 +6,7 @@ sequence's frame) and each corruption (steerseg_ros.testing.synthetic_rgbd), the
 3D error is within 2 cm and whose depth error is within 2% of the true depth, the median and
 worst 3D error, and the median error per axis (a bias shows there).
 
-    python benchmarks/depth_accuracy.py [--davis DIR] [--frames 20]
+    python -m steerseg_bench.depth_accuracy [--davis DIR] [--frames 20]
         [--objects dog:goat:1 cows:camel:2 ...] [--corruptions holes flying spill all]
 """
 from __future__ import annotations

@@ -117,7 +117,6 @@ def bench_sam2(config: str = "tiny", image_size: Optional[int] = None, frames: i
     import torch
 
     from steerseg_ros.tracking.sam2 import Sam2Tracker, Sam2TrackerConfig
-    from steerseg_ros.tracking.sam2_encoder import OnnxEncoder, TorchEncoder, export_onnx
 
     if threads > 0:
         torch.set_num_threads(threads)
@@ -138,36 +137,8 @@ def bench_sam2(config: str = "tiny", image_size: Optional[int] = None, frames: i
                    parameters=sum(p.numel() for p in t.model.parameters()))
         video = synthetic_frames(frames + 3, height, width)
         masks = seed_masks(max(objects), height, width)
-
-        # Per-frame tracking time by number of live objects (encoder once per frame), objects
-        # batched and one by one (tracker.batch_objects), the two stepped in turn on every frame
-        # so that both see the same machine load. Medians: load spikes hit single frames.
-        step_ms, step_ms_mean, step_ms_unbatched = {}, {}, {}
-        # Also this thread's CPU time per step: with one torch thread (--threads 1) the step runs
-        # on this thread only, and CPU time hardly moves with what else loads a shared machine.
-        cpu_ms: dict[bool, dict[int, float]] = {True: {}, False: {}}
-        one_by_one = tracker(batch_objects=False)
-        for n in objects:
-            times: dict[bool, list[float]] = {True: [], False: []}
-            cpu: dict[bool, list[float]] = {True: [], False: []}
-            for run in (t, one_by_one):
-                run.reset()
-                for k in range(n):
-                    run.attach(k + 1, run.start(video[0], mask=masks[k]))
-                for f in video[1:3]:
-                    run.step(f)
-            for f in video[3:]:
-                for run in (t, one_by_one):
-                    start, start_cpu = time.perf_counter(), time.thread_time()
-                    run.step(f)
-                    times[run.config.batch_objects].append(1000 * (time.perf_counter() - start))
-                    cpu[run.config.batch_objects].append(1000 * (time.thread_time() - start_cpu))
-            step_ms[n], step_ms_mean[n] = float(np.median(times[True])), float(np.mean(times[True]))
-            step_ms_unbatched[n] = float(np.median(times[False]))
-            for batched in (True, False):
-                cpu_ms[batched][n] = float(np.median(cpu[batched]))
-        one_by_one.close()
-        del one_by_one
+        step_ms, step_ms_mean, step_ms_unbatched, cpu_ms = _step_times(t, tracker(batch_objects=False), video,
+                                                                       masks, objects)
         with torch.inference_mode():
             pixel_values = t._preprocess(video[0].image)
             t.encoder(pixel_values)
@@ -175,71 +146,119 @@ def bench_sam2(config: str = "tiny", image_size: Optional[int] = None, frames: i
         out["step_ms"], out["step_ms_mean"] = step_ms, step_ms_mean
         out["object_step_parts_ms"] = _object_step_parts(t, video)
         out["step_ms_unbatched"] = step_ms_unbatched
-        counts = sorted(step_ms)
-        if len(counts) > 1:
-            out["added_object_ms"] = (step_ms[counts[-1]] - step_ms[counts[0]]) / (counts[-1] - counts[0])
-            out["first_object_ms"] = step_ms[counts[0]]
-        out["step_cpu_ms"], out["step_cpu_ms_unbatched"] = cpu_ms[True], cpu_ms[False]
-        if counts and counts[0] == 1:
-            # The goal's measure: the cost of n objects over one, and of each added object as a
-            # share of the first ((step(n) - step(1)) / (n - 1) / step(1); goal <= 0.4).
-            for name, ms in (("", step_ms), ("_unbatched", step_ms_unbatched), ("_cpu", cpu_ms[True]),
-                             ("_cpu_unbatched", cpu_ms[False])):
-                out[f"cost_ratio{name}"] = {n: ms[n] / ms[1] for n in counts}
-                out[f"added_object_ratio{name}"] = {n: (ms[n] - ms[1]) / (n - 1) / ms[1] for n in counts if n > 1}
-        out["fps"] = {n: 1000.0 / ms for n, ms in step_ms.items()}
-
-        # Memory growth per 1,000 frames, pruned and unpruned (one object).
-        memory = {}
+        out.update(_step_ratios(step_ms, step_ms_unbatched, cpu_ms))
         long_video = synthetic_frames(memory_frames + 1, height // 4, width // 4) if config == "tiny" \
             else synthetic_frames(memory_frames + 1, height, width)
-        for prune in (True, False):
-            m = tracker(prune_memory=prune)
-            m.attach(1, m.start(long_video[0], mask=seed_masks(1, *long_video[0].image.shape[:2])[0]))
-            half = memory_frames // 2
-            for f in long_video[1:half + 1]:
-                m.step(f)
-            bytes_half, rss_half = m.memory_bytes(), _rss()
-            for f in long_video[half + 1:]:
-                m.step(f)
-            span = memory_frames - half
-            memory["pruned" if prune else "unpruned"] = {
-                "tracker_bytes_per_1000_frames": (m.memory_bytes() - bytes_half) / span * 1000,
-                "rss_bytes_per_1000_frames": (_rss() - rss_half) / span * 1000,
-                "tracker_bytes_at_end": m.memory_bytes(),
-                "frames": memory_frames,
-            }
-            m.close()
-            del m
-        out["memory"] = memory
-
-        # Catch-up: a detached object advanced through frames nobody has encoded yet.
-        buffered = synthetic_frames(catch_up_frames + 1, height, width, start_seq=10_000)
-        state = t.start(buffered[0], mask=masks[0])
-        times = []
-        for f in buffered[1:]:
-            start = time.perf_counter()
-            t.advance(state, f)
-            times.append(1000 * (time.perf_counter() - start))
-        out["catch_up_ms_per_frame"] = float(np.median(times))
-
-        # ONNX encoder against torch.
+        out["memory"] = {"pruned" if prune else "unpruned": _memory_growth(tracker(prune_memory=prune), long_video)
+                         for prune in (True, False)}
+        out["catch_up_ms_per_frame"] = _catch_up_ms(t, masks[0], catch_up_frames, height, width)
         if onnx:
-            path = Path(tmp) / "encoder.onnx"
-            start = time.perf_counter()
-            export_onnx(t.model, path)
-            export_s = time.perf_counter() - start
-            runners = {"torch": TorchEncoder(t.model), "onnx": OnnxEncoder(path, torch.device("cpu"), torch.float32)}
-            x = pixel_values.float().cpu()
-            results, timing = {}, {}
-            for name, run in runners.items():
-                results[name] = run(x)
-                timing[name] = _median_ms(lambda: run(x), max(3, frames // 3))
-            out["onnx"] = {"export_s": export_s, "torch_ms": timing["torch"], "onnx_ms": timing["onnx"],
-                           "max_abs_diff": max(float((a.float() - b.float()).abs().max())
-                                               for a, b in zip(results["torch"], results["onnx"]))}
+            out["onnx"] = _onnx_against_torch(t, pixel_values, Path(tmp) / "encoder.onnx", frames)
         t.close()
     return out
+
+
+def _step_times(batched, one_by_one, video: list[Frame], masks: list[np.ndarray], objects: Sequence[int]):
+    """Per-frame tracking time by number of live objects (encoder once per frame), objects
+    batched and one by one (tracker.batch_objects), the two stepped in turn on every frame so
+    that both see the same machine load. Medians: load spikes hit single frames. Also this
+    thread's CPU time per step: with one torch thread (--threads 1) the step runs on this thread
+    only, and CPU time hardly moves with what else loads a shared machine. Closes `one_by_one`."""
+    step_ms, step_ms_mean, step_ms_unbatched = {}, {}, {}
+    cpu_ms: dict[bool, dict[int, float]] = {True: {}, False: {}}
+    for n in objects:
+        times: dict[bool, list[float]] = {True: [], False: []}
+        cpu: dict[bool, list[float]] = {True: [], False: []}
+        for run in (batched, one_by_one):
+            run.reset()
+            for k in range(n):
+                run.attach(k + 1, run.start(video[0], mask=masks[k]))
+            for f in video[1:3]:
+                run.step(f)
+        for f in video[3:]:
+            for run in (batched, one_by_one):
+                start, start_cpu = time.perf_counter(), time.thread_time()
+                run.step(f)
+                times[run.config.batch_objects].append(1000 * (time.perf_counter() - start))
+                cpu[run.config.batch_objects].append(1000 * (time.thread_time() - start_cpu))
+        step_ms[n], step_ms_mean[n] = float(np.median(times[True])), float(np.mean(times[True]))
+        step_ms_unbatched[n] = float(np.median(times[False]))
+        for batched_run in (True, False):
+            cpu_ms[batched_run][n] = float(np.median(cpu[batched_run]))
+    one_by_one.close()
+    return step_ms, step_ms_mean, step_ms_unbatched, cpu_ms
+
+
+def _step_ratios(step_ms: dict, step_ms_unbatched: dict, cpu_ms: dict[bool, dict[int, float]]) -> dict:
+    out: dict = {}
+    counts = sorted(step_ms)
+    if len(counts) > 1:
+        out["added_object_ms"] = (step_ms[counts[-1]] - step_ms[counts[0]]) / (counts[-1] - counts[0])
+        out["first_object_ms"] = step_ms[counts[0]]
+    out["step_cpu_ms"], out["step_cpu_ms_unbatched"] = cpu_ms[True], cpu_ms[False]
+    if counts and counts[0] == 1:
+        # The goal's measure: the cost of n objects over one, and of each added object as a
+        # share of the first ((step(n) - step(1)) / (n - 1) / step(1); goal <= 0.4).
+        for name, ms in (("", step_ms), ("_unbatched", step_ms_unbatched), ("_cpu", cpu_ms[True]),
+                         ("_cpu_unbatched", cpu_ms[False])):
+            out[f"cost_ratio{name}"] = {n: ms[n] / ms[1] for n in counts}
+            out[f"added_object_ratio{name}"] = {n: (ms[n] - ms[1]) / (n - 1) / ms[1] for n in counts if n > 1}
+    out["fps"] = {n: 1000.0 / ms for n, ms in step_ms.items()}
+    return out
+
+
+def _memory_growth(m, long_video: list[Frame]) -> dict:
+    """Tracker and process memory growth per 1,000 frames over the second half of `long_video`,
+    one object. Closes the tracker."""
+    memory_frames = len(long_video) - 1
+    m.attach(1, m.start(long_video[0], mask=seed_masks(1, *long_video[0].image.shape[:2])[0]))
+    half = memory_frames // 2
+    for f in long_video[1:half + 1]:
+        m.step(f)
+    bytes_half, rss_half = m.memory_bytes(), _rss()
+    for f in long_video[half + 1:]:
+        m.step(f)
+    span = memory_frames - half
+    figures = {
+        "tracker_bytes_per_1000_frames": (m.memory_bytes() - bytes_half) / span * 1000,
+        "rss_bytes_per_1000_frames": (_rss() - rss_half) / span * 1000,
+        "tracker_bytes_at_end": m.memory_bytes(),
+        "frames": memory_frames,
+    }
+    m.close()
+    return figures
+
+
+def _catch_up_ms(t, mask: np.ndarray, catch_up_frames: int, height: int, width: int) -> float:
+    """Median time to advance a detached object through a frame nobody has encoded yet."""
+    buffered = synthetic_frames(catch_up_frames + 1, height, width, start_seq=10_000)
+    state = t.start(buffered[0], mask=mask)
+    times = []
+    for f in buffered[1:]:
+        start = time.perf_counter()
+        t.advance(state, f)
+        times.append(1000 * (time.perf_counter() - start))
+    return float(np.median(times))
+
+
+def _onnx_against_torch(t, pixel_values, path: Path, frames: int) -> dict:
+    """The image encoder exported to ONNX and run through onnxruntime, against torch's."""
+    import torch
+
+    from steerseg_ros.tracking.sam2_encoder import OnnxEncoder, TorchEncoder, export_onnx
+
+    start = time.perf_counter()
+    export_onnx(t.model, path)
+    export_s = time.perf_counter() - start
+    runners = {"torch": TorchEncoder(t.model), "onnx": OnnxEncoder(path, torch.device("cpu"), torch.float32)}
+    x = pixel_values.float().cpu()
+    results, timing = {}, {}
+    for name, run in runners.items():
+        results[name] = run(x)
+        timing[name] = _median_ms(lambda: run(x), max(3, frames // 3))
+    return {"export_s": export_s, "torch_ms": timing["torch"], "onnx_ms": timing["onnx"],
+            "max_abs_diff": max(float((a.float() - b.float()).abs().max())
+                                for a, b in zip(results["torch"], results["onnx"]))}
 
 
 def main(argv: Optional[list[str]] = None) -> int:
