@@ -1,7 +1,7 @@
 """The built-in grounder: a command turned into maps and point prompts with no learned model.
 
 Owns `BuiltinGrounder`, `BuiltinGrounderConfig`, the word lists it understands and
-`parse_command`. It is the fallback for machines without model weights, and it does not
+`parse_command`; the motion cue (camera motion and object-motion energy) is builtin_motion's. It is the fallback for machines without model weights, and it does not
 understand language: it reads a few kinds of cue words from the command (colour, position, size,
 motion), turns each into a map over the keyframes, multiplies them with a generic prior for "the
 main object of the clip", and reads point prompts off the result. A command with no cue word it
@@ -33,6 +33,7 @@ import numpy as np
 
 from steerseg_ros.frame import Frame
 from steerseg_ros.grounding.base import Grounder, GroundingError, GroundingResult, clean_command
+from steerseg_ros.grounding.builtin_motion import motion_maps
 from steerseg_ros.grounding.prompts import points_from_maps
 
 # ---- vocabulary -------------------------------------------------------------------------------
@@ -368,26 +369,6 @@ def centre_bias(h: int, w: int, sigma: float) -> np.ndarray:
     return np.exp(-0.5 * (y[:, None] ** 2 + x[None, :] ** 2) / sigma ** 2)
 
 
-def _scale_homography(H: np.ndarray, sx: float, sy: float) -> np.ndarray:
-    """H between images of one size, re-expressed for the same images resized by (sx, sy)
-    (pixel-centre convention of cv2.resize)."""
-    S = np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1]], np.float64)
-    return S @ H @ np.linalg.inv(S)
-
-
-def _plausible(H: np.ndarray, w: int, h: int) -> bool:
-    """A camera motion between two keyframes: corners move less than the image size and the
-    area changes less than 2x."""
-    corners = np.array([[0, 0], [w, 0], [w, h], [0, h]], np.float32).reshape(-1, 1, 2)
-    moved = cv2.perspectiveTransform(corners, H)
-    if not np.all(np.isfinite(moved)):
-        return False
-    if np.abs(moved - corners).max() > max(w, h):
-        return False
-    area = cv2.contourArea(moved.reshape(-1, 2))
-    return 0.5 < area / float(w * h) < 2.0
-
-
 # ---- the grounder -----------------------------------------------------------------------------
 
 
@@ -417,106 +398,6 @@ class BuiltinGrounder(Grounder):
         while image.shape[1] >= 2 * self.config.motion_width and image.shape[0] >= 64:
             image = cv2.pyrDown(image)
         return image
-
-    # -- camera motion --
-    def _camera_motion(self, a: tuple, b: tuple, size: tuple[int, int]) -> Optional[np.ndarray]:
-        """The camera motion from keyframe a to b (3x3, motion-image pixels) from ORB matches;
-        None when it cannot be estimated."""
-        (kp_a, des_a), (kp_b, des_b) = a, b
-        if des_a is None or des_b is None or len(kp_a) < 8 or len(kp_b) < 8:
-            return None
-        matches = cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True).match(des_a, des_b)
-        if len(matches) < 8:
-            return None
-        src = np.float32([kp_a[m.queryIdx].pt for m in matches]).reshape(-1, 1, 2)
-        dst = np.float32([kp_b[m.trainIdx].pt for m in matches]).reshape(-1, 1, 2)
-        w, h = size
-        if self.config.camera_model == "homography":
-            H, inliers = cv2.findHomography(src, dst, cv2.RANSAC, 2.0)
-            if H is not None and inliers is not None and inliers.sum() >= 12 and _plausible(H, w, h):
-                return H
-        similarity = self.config.camera_model == "similarity"
-        estimate = cv2.estimateAffinePartial2D if similarity else cv2.estimateAffine2D
-        A, inliers = estimate(src, dst, method=cv2.RANSAC, ransacReprojThreshold=2.0)
-        if A is not None and inliers is not None and inliers.sum() >= 6:
-            H = np.vstack([A, [0, 0, 1]])
-            if _plausible(H, w, h):
-                return H
-        return None
-
-    def _motion_maps(self, motion_images: list[np.ndarray], labs: list[np.ndarray]
-                     ) -> tuple[Optional[np.ndarray], str]:
-        """Per-keyframe motion energy (K, h, w) in [0, 1] at the working resolution, or None
-        when no object motion is measured; and a few words on how it went."""
-        k = len(labs)
-        if k < 2:
-            return None, "one keyframe, no motion"
-        h, w = labs[0].shape[:2]
-        mh, mw = motion_images[0].shape[:2]
-        homographies: list[np.ndarray] = [np.eye(3)] * (k - 1)
-        failed = 0
-        if self.config.camera_model != "none":
-            # Small patches and few levels: the images are only about 200 px wide.
-            orb = cv2.ORB_create(nfeatures=self.config.orb_features, edgeThreshold=15, patchSize=15,
-                                 nlevels=3)
-            feats = [orb.detectAndCompute(cv2.cvtColor(m, cv2.COLOR_RGB2GRAY), None) for m in motion_images]
-            homographies = []
-            for i in range(k - 1):
-                H = self._camera_motion(feats[i], feats[i + 1], (mw, mh))
-                failed += H is None
-                homographies.append(np.eye(3) if H is None else H)
-        blurred = [cv2.GaussianBlur(lab, (3, 3), 0) for lab in labs]
-        ones = np.ones((h, w), np.float32)
-        # Keyframe -> keyframe 0 camera motion, chained, at the working resolution.
-        to_first = [np.eye(3)]
-        for H in homographies:
-            to_first.append(to_first[-1] @ np.linalg.inv(_scale_homography(H, w / mw, h / mh)))
-
-        def residual(t: int, u: int) -> tuple[np.ndarray, np.ndarray]:
-            """Colour difference of keyframe t and keyframe u aligned to it, in t's pixels."""
-            M = np.linalg.inv(to_first[t]) @ to_first[u]  # u's pixels -> t's pixels
-            warped = cv2.warpPerspective(blurred[u], M, (w, h), flags=cv2.INTER_LINEAR,
-                                         borderMode=cv2.BORDER_REPLICATE)
-            valid = cv2.warpPerspective(ones, M, (w, h), flags=cv2.INTER_NEAREST) > 0.5
-            valid = cv2.erode(valid.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
-            return np.sqrt(((blurred[t] - warped) ** 2).sum(-1)), valid
-
-        energies, valids, levels = [], [], []
-        for t in range(k):
-            # Two partners, the neighbours where there are two. The object shows in both
-            # differences at its place in frame t, its ghosts (where it is in the partners) in
-            # one each: the minimum keeps the object and drops the ghosts.
-            partners = [u for u in (t - 1, t + 1) if 0 <= u < k]
-            if len(partners) < 2 and k >= 3:
-                partners = [1, 2] if t == 0 else [k - 2, k - 3]
-            parts = [residual(t, u) for u in partners]
-            if len(parts) == 2:
-                (r1, v1), (r2, v2) = parts
-                r = np.where(v1 & v2, np.minimum(r1, r2), np.where(v1, r1, r2))
-                v = v1 | v2
-            else:
-                r, v = parts[0]
-            rv = r[v] if v.any() else np.zeros(1, np.float32)
-            median = float(np.median(rv))
-            spread = 1.4826 * float(np.median(np.abs(rv - median)))
-            excess = np.where(v, np.maximum(r - median, 0.0), 0.0)
-            levels.append(float(np.percentile(excess[v], 99.5)) if v.any() else 0.0)
-            # In units of this frame's own alignment noise (robust spread, at least 1 delta E),
-            # so that a frame whose camera motion was estimated badly, and differs everywhere,
-            # does not outshine the others.
-            energies.append(excess / (spread + 1.0))
-            valids.append(v)
-        level = max(levels)
-        note = (f"camera motion estimated on {k - 1 - failed}/{k - 1} keyframe pairs"
-                if self.config.camera_model != "none" else "camera motion not compensated")
-        if level < self.config.min_motion:
-            return None, (note + f"; no object motion measured (residual {level:.1f} < "
-                          f"{self.config.min_motion:g})")
-        energy = np.stack(energies).astype(np.float32)
-        scale = float(np.percentile(energy[np.stack(valids)], 99.5))
-        motion = np.clip(energy / max(scale, 1e-6), 0.0, 1.0)
-        motion = np.stack([cv2.GaussianBlur(m, (5, 5), 0) for m in motion])
-        return motion, note
 
     # -- candidate regions for position and size words --
     def _region_weights(self, pixel_map: np.ndarray, parsed: ParsedCommand) -> np.ndarray:
@@ -587,12 +468,10 @@ class BuiltinGrounder(Grounder):
         contrast = cv2.GaussianBlur(border_contrast(small), (3, 3), 0)
         return cv2.resize(contrast, (w, h), interpolation=cv2.INTER_LINEAR)
 
-    def ground(self, keyframes: Sequence[Frame], command: str) -> GroundingResult:
-        cfg = self.config
-        t_start = time.perf_counter()
-        timings: dict[str, float] = {}
-        command = clean_command(command)
-        keyframes = list(keyframes)
+    @staticmethod
+    def _keyframe_size(keyframes: list[Frame]) -> tuple[int, int]:
+        """(width, height) the keyframes share; GroundingError when there are none, one is not an
+        RGB image, or their sizes differ."""
         if not keyframes:
             raise GroundingError("no keyframes to ground on")
         for f in keyframes:
@@ -602,7 +481,40 @@ class BuiltinGrounder(Grounder):
         sizes = {(f.width, f.height) for f in keyframes}
         if len(sizes) > 1:
             raise GroundingError(f"keyframes differ in size: {sorted(sizes)}")
-        width, height = sizes.pop()
+        return sizes.pop()
+
+    def _cue_maps(self, parsed: ParsedCommand, rgb: list[np.ndarray], centre: np.ndarray, saliency: np.ndarray,
+                  motion: Optional[np.ndarray]):
+        """(pixels, frame_pixels, video_pixels or None, motion_cue or None): the command's maps
+        at the working resolution over the full, the appearance and the motion prior."""
+        cfg = self.config
+        colour = None
+        if parsed.colours:
+            hsv = np.stack([cv2.cvtColor(x, cv2.COLOR_RGB2HSV) for x in rgb])
+            colour = np.max([colour_likelihood(hsv, c) for c in parsed.colours], axis=0)
+            colour = np.stack([cv2.GaussianBlur(c, (3, 3), 0) for c in colour])
+        motion_cue = None
+        if parsed.motion and motion is not None:
+            motion_cue = {"moving": motion, "fast": motion ** 2, "static": 1.0 - motion}[parsed.motion]
+
+        appearance_prior = centre * saliency
+        frame_pixels = self._answer(appearance_prior, colour, None, parsed)
+        video_pixels = None
+        if motion is not None:
+            mixed = centre * ((1 - cfg.prior_motion_weight) * saliency + cfg.prior_motion_weight * motion)
+            pixels = self._answer(mixed, colour, motion_cue, parsed)
+            video_pixels = self._answer(centre * motion, colour, motion_cue, parsed)
+        else:
+            pixels = frame_pixels
+        return pixels, frame_pixels, video_pixels, motion_cue
+
+    def ground(self, keyframes: Sequence[Frame], command: str) -> GroundingResult:
+        cfg = self.config
+        t_start = time.perf_counter()
+        timings: dict[str, float] = {}
+        command = clean_command(command)
+        keyframes = list(keyframes)
+        width, height = self._keyframe_size(keyframes)
         grid = self.grid_shape(width, height)
         work_h, work_w = grid[0] * cfg.work_px_per_cell, grid[1] * cfg.work_px_per_cell
 
@@ -625,27 +537,10 @@ class BuiltinGrounder(Grounder):
         centre = (1 - cfg.centre_weight) + cfg.centre_weight * centre_bias(work_h, work_w, cfg.centre_sigma)
         t = lap("prior", t)
 
-        motion, motion_note = self._motion_maps(motion_images, labs)
+        motion, motion_note = motion_maps(cfg, motion_images, labs)
         t = lap("motion", t)
 
-        colour = None
-        if parsed.colours:
-            hsv = np.stack([cv2.cvtColor(x, cv2.COLOR_RGB2HSV) for x in rgb])
-            colour = np.max([colour_likelihood(hsv, c) for c in parsed.colours], axis=0)
-            colour = np.stack([cv2.GaussianBlur(c, (3, 3), 0) for c in colour])
-        motion_cue = None
-        if parsed.motion and motion is not None:
-            motion_cue = {"moving": motion, "fast": motion ** 2, "static": 1.0 - motion}[parsed.motion]
-
-        appearance_prior = centre * saliency
-        frame_pixels = self._answer(appearance_prior, colour, None, parsed)
-        video_pixels = None
-        if motion is not None:
-            mixed = centre * ((1 - cfg.prior_motion_weight) * saliency + cfg.prior_motion_weight * motion)
-            pixels = self._answer(mixed, colour, motion_cue, parsed)
-            video_pixels = self._answer(centre * motion, colour, motion_cue, parsed)
-        else:
-            pixels = frame_pixels
+        pixels, frame_pixels, video_pixels, motion_cue = self._cue_maps(parsed, rgb, centre, saliency, motion)
         t = lap("cues", t)
 
         maps = self._to_grid(pixels, grid)
