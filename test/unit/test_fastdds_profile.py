@@ -28,8 +28,8 @@ def test_the_segment_holds_several_4k_frames():
 def test_readme_and_profile_state_the_same_segment_size():
     size = _segment_bytes()
     readme = (REPO / "README.md").read_text()
-    stated = re.search(r"`config/fastdds_shm\.xml`\s+sets\s+(\d+)\s*(MiB|MB)", readme)
-    assert stated, "README does not say what segment size config/fastdds_shm.xml sets"
+    stated = re.search(r"`steerseg_ros/config/fastdds_shm\.xml`\s+sets\s+(\d+)\s*(MiB|MB)", readme)
+    assert stated, "README does not say what segment size steerseg_ros/config/fastdds_shm.xml sets"
     value, unit = int(stated.group(1)), stated.group(2)
     assert value * (2**20 if unit == "MiB" else 10**6) == size, (stated.group(0), size)
     xml_text = (PKG / "config" / "fastdds_shm.xml").read_text()
