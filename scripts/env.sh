@@ -16,5 +16,5 @@ if [ -n "$_steerseg_nounset" ]; then set -u; fi
 unset _steerseg_nounset
 export PIP_CONSTRAINT=$_steerseg_root/requirements/constraints.txt
 # The default Fast DDS shared-memory segment (512 KiB) is smaller than one camera frame.
-export FASTDDS_DEFAULT_PROFILES_FILE=${FASTDDS_DEFAULT_PROFILES_FILE:-$_steerseg_root/config/fastdds_shm.xml}
+export FASTDDS_DEFAULT_PROFILES_FILE=${FASTDDS_DEFAULT_PROFILES_FILE:-$_steerseg_root/steerseg_ros/config/fastdds_shm.xml}
 unset _steerseg_root
