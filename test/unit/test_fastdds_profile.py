@@ -34,3 +34,20 @@ def test_readme_and_profile_state_the_same_segment_size():
     assert value * (2**20 if unit == "MiB" else 10**6) == size, (stated.group(0), size)
     xml_text = (PKG / "config" / "fastdds_shm.xml").read_text()
     assert f"{size // 2**20} MiB" in xml_text  # the comment says the size it sets
+
+
+def test_env_sh_points_fast_dds_at_the_shipped_profile():
+    """scripts/env.sh's default profile is the file the package ships: where it names a missing
+    file, Fast DDS only logs an error and falls back to a segment smaller than one camera frame."""
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "FASTDDS_DEFAULT_PROFILES_FILE"}
+    script = REPO / "scripts" / "env.sh"
+    text = script.read_text()
+    line = next(ln for ln in text.splitlines() if "FASTDDS_DEFAULT_PROFILES_FILE=" in ln)
+    # Evaluate just that line, with the checkout root env.sh works out for itself.
+    out = subprocess.run(["bash", "-c", f'_steerseg_root={REPO}; {line}; echo "$FASTDDS_DEFAULT_PROFILES_FILE"'],
+                         capture_output=True, text=True, env=env, check=True)
+    path = Path(out.stdout.strip())
+    assert path.is_file() and path.resolve() == (PKG / "config" / "fastdds_shm.xml").resolve(), path
