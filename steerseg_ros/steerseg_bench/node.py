@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
-import subprocess
 import sys
 import threading
 import time
@@ -16,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from steerseg_ros.testing.node_process import Process, random_domain_id, ros_env, write_params
+
 
 class NodeRun:
     """The node as its own process on a private ROS domain, plus this process as camera and
@@ -23,11 +23,8 @@ class NodeRun:
 
     def __init__(self, args: argparse.Namespace, params: dict[str, Any], tag: str = "bench",
                  grounder_node: bool = False):
-        # 1..100, or the range STEERSEG_TEST_DOMAINS gives (runs sharing a machine stay apart).
-        low, _, high = os.environ.get("STEERSEG_TEST_DOMAINS", "1-100").partition("-")
-        self.domain = random.SystemRandom().randint(int(low), int(high or low))
-        env = os.environ.copy()
-        env.update(ROS_DOMAIN_ID=str(self.domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
+        self.domain = random_domain_id()
+        env = ros_env(self.domain)
         os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
         self.workdir = Path(args.workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -39,25 +36,18 @@ class NodeRun:
             node_params = {**{k: v for k, v in node_params.items() if k not in grounder_params},
                            "grounder.backend": "remote"}
         self.log_path = self.workdir / f"{tag}_node_{self.domain}.log"
-        self._log = open(self.log_path, "wb")
-        self.process = self._start("steerseg_ros.ros.tracker_node", "steerseg", node_params,
-                                   self.workdir / f"{tag}_params_{self.domain}.yaml", self._log, env)
-        self.grounder = None
+        params_file = write_params(self.workdir / f"{tag}_params_{self.domain}.yaml", node_params, "steerseg")
+        self._node = Process([sys.executable, "-m", "steerseg_ros.ros.tracker_node", "--ros-args",
+                              "--params-file", str(params_file)], env, self.log_path)
+        self.process = self._node.popen
+        self._grounder = None
         if grounder_node:
-            self._grounder_log = open(self.workdir / f"bench_grounder_{self.domain}.log", "wb")
-            self.grounder = self._start("steerseg_ros.ros.grounder_node", "steerseg_grounder",
-                                        {"autostart": True, **grounder_params},
-                                        self.workdir / f"bench_grounder_params_{self.domain}.yaml",
-                                        self._grounder_log, env)
+            grounder_file = write_params(self.workdir / f"bench_grounder_params_{self.domain}.yaml",
+                                         {"autostart": True, **grounder_params}, "steerseg_grounder")
+            self._grounder = Process([sys.executable, "-m", "steerseg_ros.ros.grounder_node", "--ros-args",
+                                      "--params-file", str(grounder_file)], env,
+                                     self.workdir / f"bench_grounder_{self.domain}.log")
         self._join()
-
-    @staticmethod
-    def _start(module: str, node_name: str, params: dict[str, Any], params_file: Path, log, env: dict):
-        import yaml
-
-        params_file.write_text(yaml.safe_dump({f"/**/{node_name}": {"ros__parameters": params}}))
-        return subprocess.Popen([sys.executable, "-m", module, "--ros-args", "--params-file", str(params_file)],
-                                env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
     def _join(self) -> None:
         """This process's participant: the camera and command publishers, the recorders."""
@@ -125,17 +115,9 @@ class NodeRun:
         return process.memory_info().rss / 2**20, process.num_threads(), process.num_fds()
 
     def close(self) -> None:
-        for process in (self.process, self.grounder):
-            if process is not None and process.poll() is None:
-                process.send_signal(2)
-                try:
-                    process.wait(20)
-                except subprocess.TimeoutExpired:
-                    process.terminate()
-                    process.wait(5)
-        self._log.close()
-        if self.grounder is not None:
-            self._grounder_log.close()
+        for process in (self._node, self._grounder):
+            if process is not None:
+                process.stop(timeout=20.0)
         self.executor.shutdown(timeout_sec=2.0)
         self.node.destroy_node()
         self.context.try_shutdown()

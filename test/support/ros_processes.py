@@ -1,49 +1,29 @@
 """Helpers for the tests that run the node over real DDS (not a test module).
 
 Each test module gets its own random ROS_DOMAIN_ID with discovery kept on localhost and the
-shipped Fast DDS profile (large shared-memory segment). Processes are stopped with SIGINT (a
-SIGKILL leaves files in /dev/shm) and every wait is bounded. The test process itself joins as a
-third participant through `Recorder`, in its own rclpy context.
+shipped Fast DDS profile (large shared-memory segment); the domain, the environment, the
+parameters file and the node's process come from the fixture steerseg_ros.testing.node_process,
+which the benchmarks' node sections use too. The test process itself joins as a third
+participant through `Recorder`, in its own rclpy context.
 """
 from __future__ import annotations
 
 import os
-import random
-import signal
-import subprocess
 import threading
 import time
 from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
-import yaml
+
+from steerseg_ros.testing.node_process import (NODE_NAME, Process, random_domain_id, ros_env,  # noqa: F401
+                                               write_params)
 
 REPO = Path(__file__).resolve().parents[2]
 PKG = REPO / "steerseg_ros"
-NODE_NAME = "steerseg"
 # The state each lifecycle transition leads to when it succeeds.
 TRANSITION_GOALS = {"configure": "inactive", "activate": "active", "deactivate": "inactive",
                     "cleanup": "unconfigured", "shutdown": "finalized"}
-
-
-def random_domain_id() -> int:
-    # 1..100 stays inside the port range every DDS vendor accepts on Linux. Test runs that share
-    # one machine keep apart by giving each its own range: STEERSEG_TEST_DOMAINS="21-40".
-    low, _, high = os.environ.get("STEERSEG_TEST_DOMAINS", "1-100").partition("-")
-    return random.SystemRandom().randint(int(low), int(high or low))
-
-
-def ros_env(domain_id: int) -> dict[str, str]:
-    env = os.environ.copy()
-    env.update(
-        ROS_DOMAIN_ID=str(domain_id),
-        ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
-        FASTDDS_DEFAULT_PROFILES_FILE=env.get("FASTDDS_DEFAULT_PROFILES_FILE", str(PKG / "config" / "fastdds_shm.xml")),
-        RCUTILS_COLORIZED_OUTPUT="0",
-        PYTHONUNBUFFERED="1",
-    )
-    return env
 
 
 def node_command() -> list[str]:
@@ -51,46 +31,6 @@ def node_command() -> list[str]:
     from ament_index_python.packages import get_package_prefix
 
     return [str(Path(get_package_prefix("steerseg_ros")) / "lib" / "steerseg_ros" / "steerseg_node")]
-
-
-def write_params(path: Path, params: dict) -> Path:
-    """A parameters file for the node, in the same form as config/steerseg.yaml."""
-    path.write_text(yaml.safe_dump({f"/**/{NODE_NAME}": {"ros__parameters": params}}))
-    return path
-
-
-class Process:
-    """A child process whose stdout and stderr go to a log file."""
-
-    def __init__(self, args: list[str], env: dict, log_path: Path):
-        self.args = args
-        self.log_path = log_path
-        self._log = open(log_path, "wb")
-        self.popen = subprocess.Popen(args, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL)
-
-    def wait(self, timeout: float) -> Optional[int]:
-        try:
-            return self.popen.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return None
-
-    def stop(self, timeout: float = 15.0) -> Optional[int]:
-        """SIGINT, then (only if it hangs) SIGTERM and SIGKILL; returns the exit code."""
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGINT)
-            if self.wait(timeout) is None:
-                self.popen.terminate()
-                if self.wait(5.0) is None:
-                    self.popen.kill()
-                    self.popen.wait(5.0)
-        self._log.close()
-        return self.popen.returncode
-
-    def text(self) -> str:
-        if not self._log.closed:
-            self._log.flush()
-        return self.log_path.read_text(errors="replace")
 
 
 def start_node(env: dict, tmp_path: Path, params: dict, extra_args: tuple[str, ...] = ()) -> Process:
