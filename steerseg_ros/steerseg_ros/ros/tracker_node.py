@@ -4,13 +4,13 @@ markers) out, at camera rate. With depth and camera_info (optional,
 see steerseg_ros.ros.depth_input) the tracks carry 3D, and target_point and object_points go out.
 
 Owns `SteerSegNode` (the lifecycle node `steerseg`) and `main()`: its lifecycle transitions, its
-subscriptions, the backends it loads, and the wiring of the parts it is made of, each in its own
-module of this folder: its parameters (node_config: declared from the config dataclasses of the
-node, the pipeline and the chosen backends, validated whenever they change), the camera frames
-and seed masks on their way in (frame_input: the one-slot mailbox that keeps only the newest
-camera frame, the processing thread that converts, steps the pipeline and publishes), what it
-publishes (outputs), the Follow action and ~/stop (follow), and what the three nodes share
-(node_base: counters of rejected and dropped input, logged periodically and published on
+subscriptions, and the wiring of the parts it is made of, each in its own module of this folder:
+its parameters (node_config: declared from the config dataclasses of the node, the pipeline and
+the chosen backends, validated whenever they change), its backends (backend_loader), the camera
+frames and seed masks on their way in (frame_input: the one-slot mailbox that keeps only the
+newest camera frame, the processing thread that converts, steps the pipeline and publishes),
+what it publishes (outputs), the Follow action and ~/stop (follow), and what the three nodes
+share (node_base: counters of rejected and dropped input, logged periodically and published on
 /diagnostics, and the bridge that forwards the core's Python logging, loggers "steerseg_ros.*",
 to the node's logger).
 
@@ -41,17 +41,17 @@ from std_msgs.msg import Header, String
 
 from steerseg_msgs.action import Follow
 from steerseg_ros.grounding.base import GroundingError
-from steerseg_ros.streaming import backends
 from steerseg_ros.streaming.pipeline import FrameRejected, Pipeline, PipelineConfig, PipelineOutput
 from steerseg_ros.ros import main_loop
+from steerseg_ros.ros.backend_loader import BackendLoader
 from steerseg_ros.ros.depth_input import DepthInput, Frame3D
 from steerseg_ros.ros.follow import FollowServer, short
 from steerseg_ros.ros.frame_input import FrameThread, SeedQueue, incoming_rgb
 from steerseg_ros.ros.image_conversion import ImageConversionError
 from steerseg_ros.ros.messages import MarkerConfig, stamp_to_ns
 from steerseg_ros.ros.node_base import NodeBase, input_qos
-from steerseg_ros.ros.node_config import (BACKEND_KINDS, NODE_NAME, NodeConfig, backend_options, backend_specs,
-                                          check_changes, declare, read_section, static_specs)
+from steerseg_ros.ros.node_config import (BACKEND_KINDS, NODE_NAME, NodeConfig, check_changes, declare,
+                                          read_section, static_specs)
 # The parameters file's generator: test_node_parameters' hint names it here.
 from steerseg_ros.ros.node_config import write_default_params  # noqa: F401
 from steerseg_ros.ros.outputs import TrackerOutputs
@@ -88,9 +88,8 @@ class SteerSegNode(NodeBase):
         self._last_reject_log: dict[str, float] = {}
         # Rejections + internal errors at each of the last diagnostics publications.
         self._bad_history: collections.deque[int] = collections.deque([0], maxlen=DIAGNOSTICS_WINDOW_PERIODS + 1)
-        self._backend_errors: dict[tuple[str, str], str] = {}
         self._pipeline: Optional[Pipeline] = None
-        self._backend_names = {"grounder": "", "tracker": ""}
+        self._backends = BackendLoader(self, self._count)
         self._frames = FrameThread(self._handle, self._apply_live_parameters, self._count, self.get_logger())
         self._seeds = SeedQueue(self._reject, self._count)
         self._outputs = TrackerOutputs(self)
@@ -104,7 +103,7 @@ class SteerSegNode(NodeBase):
         for spec in static_specs():
             declare(self, spec)
         for kind in BACKEND_KINDS:
-            self._declare_backend_parameters(kind, self.get_parameter(f"{kind}.backend").value)
+            self._backends.declare(kind, self.get_parameter(f"{kind}.backend").value)
         self.add_on_set_parameters_callback(lambda params: check_changes(self, params))
         self.add_post_set_parameters_callback(lambda _params: self._frames.parameters_changed.set())
 
@@ -119,19 +118,6 @@ class SteerSegNode(NodeBase):
         self._follow = FollowServer(self, self._count, lambda: self._node_config.follow_feedback_hz)
 
     # ---- parameters -----------------------------------------------------------------------
-    def _declare_backend_parameters(self, kind: str, name: str) -> bool:
-        """Declare backend `name`'s parameters; False (logged) when its module cannot load."""
-        try:
-            for spec in backend_specs(kind, name):
-                declare(self, spec)
-            return True
-        except Exception as e:  # an unknown name, a missing optional dependency
-            # Logged once: configure, which tries again, reports it in its own failure line.
-            if self._backend_errors.get((kind, name)) != str(e):
-                self.get_logger().error(f"cannot declare the parameters of {kind} backend {name!r}: {e}")
-            self._backend_errors[(kind, name)] = str(e)
-            return False
-
     def _apply_live_parameters(self) -> None:
         """Apply changed parameters that can change on the fly (called in the processing thread,
         between frames): the node's drawing settings, the markers, and the pipeline's settings
@@ -168,7 +154,7 @@ class SteerSegNode(NodeBase):
         made = {}
         try:
             for kind in BACKEND_KINDS:
-                made[kind] = self._make_backend(kind)
+                made[kind] = self._backends.load(kind)
             self._pipeline = Pipeline(made["grounder"], made["tracker"], pipeline_config)
         except Exception:
             for backend in made.values():
@@ -177,30 +163,7 @@ class SteerSegNode(NodeBase):
         self._start_stats_timer(self._node_config.stats_period_s)
         self._lifecycle = "inactive"
         self.get_logger().info(
-            f"configured: grounder {self._backend_names['grounder']!r}, tracker {self._backend_names['tracker']!r}")
-
-    def _make_backend(self, kind: str):
-        name = self.get_parameter(f"{kind}.backend").value
-        make = backends.make_grounder if kind == "grounder" else backends.make_tracker
-        try:
-            if not self._declare_backend_parameters(kind, name):
-                raise RuntimeError(self._backend_errors.get((kind, name), "it cannot be loaded"))
-            options = backend_options(self, kind, name)
-            if name == "remote" and not options.get("namespace"):
-                options["namespace"] = self.get_namespace()  # the grounder node beside this one
-            backend = make(name, options)
-            self._backend_names[kind] = name
-            return backend
-        except Exception as e:
-            if name == "builtin" or not self.get_parameter(f"{kind}.fallback_to_builtin").value:
-                raise RuntimeError(f"{kind} backend {name!r} failed to load: {e}") from e
-            self.get_logger().error(f"{kind} backend {name!r} failed to load: {e}")
-            self.get_logger().warning(f"{kind}.fallback_to_builtin is true: using the built-in {kind} instead")
-            self._declare_backend_parameters(kind, "builtin")
-            backend = make("builtin", backend_options(self, kind, "builtin"))
-            self._backend_names[kind] = f"builtin (fallback from {name})"
-            self._count(f"{kind}_fallbacks")
-            return backend
+            f"configured: grounder {self._backends.names['grounder']!r}, tracker {self._backends.names['tracker']!r}")
 
     def _activate(self) -> None:
         if self._pipeline is None:
@@ -383,7 +346,7 @@ class SteerSegNode(NodeBase):
         else:
             level, message = DiagnosticStatus.OK, self._lifecycle
         values = {"lifecycle": self._lifecycle, "rejected_recently": recent,
-                  "grounder": self._backend_names["grounder"], "tracker": self._backend_names["tracker"]}
+                  "grounder": self._backends.names["grounder"], "tracker": self._backends.names["tracker"]}
         if self._pipeline is not None:
             values["pipeline_state"] = self._pipeline.state.name
             # With the last processed frame's stamp: a player in lockstep (steerseg-play
@@ -407,7 +370,7 @@ class SteerSegNode(NodeBase):
     @property
     def backend_names(self) -> dict[str, str]:
         """The backends in use ("builtin (fallback from steerseg)" after a fallback)."""
-        return dict(self._backend_names)
+        return dict(self._backends.names)
 
 
 def main(args: Optional[list[str]] = None) -> int:
