@@ -44,8 +44,9 @@ from typing import Any, Optional
 import cv2
 
 from steerseg_bench import sections
-from steerseg_bench.common import SectionSkipped, default_data, flatten
+from steerseg_bench.common import SectionSkipped, flatten
 from steerseg_bench.sections import OPT_IN, REQUIRES, SECTIONS
+from steerseg_ros.testing.davis import davis_root
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="for the torch sections; auto: cuda if available, else cpu")
     parser.add_argument("--real-size", action="store_true",
                         help="model sections on real layer shapes (random weights) instead of tiny configs")
-    parser.add_argument("--data", type=Path, default=default_data(), help="the davis16 folder")
+    parser.add_argument("--data", type=Path, default=davis_root(), help="the davis16 folder")
     parser.add_argument("--sequence", default="blackswan", help="DAVIS sequence of the node sections")
     parser.add_argument("--frames", type=int, default=None, help="frames of that sequence to use (default: all)")
     parser.add_argument("--warmup", type=int, default=5, help="frames left out of the timings at the start")

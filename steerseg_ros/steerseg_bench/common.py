@@ -37,10 +37,6 @@ def ms_figures(values: list[float]) -> dict[str, float]:
     return {"median_ms": round(1e3 * statistics.median(values), 3), "mean_ms": round(1e3 * statistics.fmean(values), 3)}
 
 
-def default_data() -> Path:
-    return davis.davis_root()
-
-
 def load_sequence(data: Path, sequence: str, count: Optional[int] = None):
     """(names, RGB frames, boolean masks) of a DAVIS sequence; none there skips the section."""
     names, images, masks = davis.load_sequence(data, sequence, count)
