@@ -1,6 +1,6 @@
 """The built-in tracker (steerseg_ros.tracking.flow) on real DAVIS frames.
 
-Floors are set from benchmarks/davis_tracker.py and the measurements noted beside each, with a
+Floors are set from steerseg_bench/davis_tracker.py and the measurements noted beside each, with a
 margin; they guard against a tracker that stops tracking, not against small regressions.
 """
 from __future__ import annotations

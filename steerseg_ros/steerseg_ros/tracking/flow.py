@@ -28,7 +28,7 @@ how abruptly its area changed; the weakest of the three counts, and after a fail
 confidence climbs back only gradually.
 
 Measured on DAVIS 2016 val (10 sequences, seeded with the first ground-truth mask): J&F 61.0
-(J 63.4, F 58.6); see benchmarks/davis_tracker.py.
+(J 63.4, F 58.6); see steerseg_bench/davis_tracker.py.
 
 `segment` turns point prompts into masks with GrabCut at a few box sizes around the points.
 """

@@ -14,7 +14,7 @@ best of three candidate masks. The SAM 2 paper predicts several masks only for a
 (a single click); a mask is not one, and the authors' code decides such details: Meta's is the
 reference. The pointer feeds every later frame's memory attention, so masks can drift apart:
 per-frame IoU down to 0.970 over 30 DAVIS frames against 1.000 with the correction
-(`benchmarks/sam2_parity.py --size 64 --half 0 --memory-scale 30 --attention-scale 30
+(`python -m steerseg_bench.sam2_parity --size 64 --half 0 --memory-scale 30 --attention-scale 30
 --uncorrected`; on other random models and clips the effect is smaller or none). The correction
 passes multimask_output=False to that one decoder call; the seed pointers then agree to float
 rounding (9e-8, values up to 0.4; uncorrected 0.077).
