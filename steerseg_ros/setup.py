@@ -3,8 +3,8 @@
 `pip install ./steerseg_ros` gives the ROS-free core (frame, streaming, grounding, tracking,
 depth, offline) and the command-line tools; `pip install ./steerseg_ros[models]` adds the model
 backends. The ROS 2 nodes, the messages (steerseg_msgs) and the launch file are built with colcon
-(see README). The test fixtures (steerseg_ros.testing) and the benchmarks (steerseg_bench) are
-not installed: they are for a development checkout (scripts/setup_env.sh).
+(see README). The test fixtures (steerseg_testing) and the benchmarks (steerseg_bench) beside it
+are not installed: they are for a development checkout (scripts/setup_env.sh).
 """
 from setuptools import find_packages, setup
 
@@ -23,7 +23,7 @@ setup(
     description="Follow spoken object references: language-grounded segmentation and tracking",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["steerseg_ros", "steerseg_ros.*"], exclude=["steerseg_ros.testing"]),
+    packages=find_packages(include=["steerseg_ros", "steerseg_ros.*"]),
     install_requires=["numpy", "opencv-python-headless", "pyyaml", "tqdm", "psutil"],
     extras_require={
         "models": ["torch", "transformers==5.23.0", "safetensors", "pillow"],

@@ -63,7 +63,7 @@ def load_davis_frames(root: Path, seq: str, count: int, size: tuple[int, int]):
 
 def load_davis(root: Path, seq: str, count: int | None = None, step: int = 1):
     """(names, RGB frames, boolean ground-truth masks) of a DAVIS sequence."""
-    from steerseg_ros.testing.davis import load_sequence
+    from steerseg_testing.davis import load_sequence
 
     return load_sequence(root, seq, count, step)
 
@@ -103,6 +103,6 @@ def one_torch_thread():
 def sam2_checkpoint(tmp_path_factory) -> Path:
     """A tiny random SAM2 checkpoint (64 px input) saved to a folder, built once per run."""
     pytest.importorskip("transformers")
-    from steerseg_ros.testing.tiny_sam2 import save_random_sam2, tiny_config
+    from steerseg_testing.tiny_sam2 import save_random_sam2, tiny_config
 
     return save_random_sam2(tmp_path_factory.mktemp("sam2") / "tiny", tiny_config(64))

@@ -46,7 +46,7 @@ import cv2
 from steerseg_bench import sections
 from steerseg_bench.common import SectionSkipped, flatten
 from steerseg_bench.sections import OPT_IN, REQUIRES, SECTIONS
-from steerseg_ros.testing.davis import davis_root
+from steerseg_testing.davis import davis_root
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,7 +11,7 @@ import statistics
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from steerseg_ros.testing import davis
+from steerseg_testing import davis
 
 SectionFn = Callable[[argparse.Namespace], dict[str, Any]]
 

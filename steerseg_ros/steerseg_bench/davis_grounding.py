@@ -30,7 +30,7 @@ import numpy as np
 from steerseg_ros.streaming.backends import make_grounder
 from steerseg_ros.frame import NS_PER_S, Frame
 from steerseg_ros.grounding.base import GroundingResult
-from steerseg_ros.testing.davis import davis_root
+from steerseg_testing.davis import davis_root
 
 PRIOR_COMMAND = "the object"
 

@@ -33,7 +33,7 @@ import numpy as np
 from steerseg_ros.frame import Frame
 from steerseg_ros.offline.metrics import region_j, score_object, summarize
 from steerseg_bench.tracker import track_sequence
-from steerseg_ros.testing.davis import davis_root, load_sequence
+from steerseg_testing.davis import davis_root, load_sequence
 from steerseg_ros.tracking.flow import FlowTracker, FlowTrackerConfig
 
 

@@ -22,7 +22,7 @@ SIZES = ((640, 480), (1280, 720))
 
 
 def _scene(args: argparse.Namespace, n: int, width: int, height: int):
-    from steerseg_ros.testing.synthetic_rgbd import CORRUPTIONS, SceneConfig, SyntheticRGBDScene, default_camera
+    from steerseg_testing.synthetic_rgbd import CORRUPTIONS, SceneConfig, SyntheticRGBDScene, default_camera
 
     return SyntheticRGBDScene(SceneConfig(n_frames=n, corruptions=CORRUPTIONS),
                               camera=default_camera(width, height), davis_root=args.data)
@@ -33,7 +33,7 @@ def depth3d(args: argparse.Namespace) -> dict[str, Any]:
     """The 3D step (depth.estimate_object_3d) per object per frame on the synthetic RGB-D scene
     with every corruption on, at 640x480 and 1280x720, against the built-in tracker's step on
     the same frames (its share of a frame's time = 3D / (tracker step + 3D))."""
-    from steerseg_ros.testing.synthetic_rgbd import CORRUPTIONS
+    from steerseg_testing.synthetic_rgbd import CORRUPTIONS
 
     n = min(args.frames or 30, 60)
     repeats = 5
@@ -90,7 +90,7 @@ def depth3d_node(args: argparse.Namespace) -> dict[str, Any]:
     """The synthetic RGB-D scene through the node process (built-in or chosen backends): per frame
     camera_info, depth (16UC1) and colour, the first with the true mask as seed, the next once the
     previous frame's tracks came back. Reads the node's own timings from /diagnostics."""
-    from steerseg_ros.testing.synthetic_rgbd import CORRUPTIONS
+    from steerseg_testing.synthetic_rgbd import CORRUPTIONS
 
     n = min(args.frames or 30, 60)
     out: dict[str, Any] = {"frames": n, "corruptions": "+".join(CORRUPTIONS)}
@@ -127,7 +127,7 @@ def _play_scene(run: NodeRun, scene, n: int) -> dict[str, str]:
 
     from steerseg_ros.ros.image_conversion import array_to_image, depth_array_to_image, rgb_to_image
     from steerseg_ros.ros.messages import header_at
-    from steerseg_ros.testing.synthetic_rgbd import camera_info_fields
+    from steerseg_testing.synthetic_rgbd import camera_info_fields
 
     reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
     depth_pub = run.node.create_publisher(Image, "depth", reliable)

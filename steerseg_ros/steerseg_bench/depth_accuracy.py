@@ -2,7 +2,7 @@
 seeds than the tests use (a measurement, not a test).
 
 For each object (cut out of its sequence's first frame; the wall textured with another
-sequence's frame) and each corruption (steerseg_ros.testing.synthetic_rgbd), the share of frames whose
+sequence's frame) and each corruption (steerseg_testing.synthetic_rgbd), the share of frames whose
 3D error is within 2 cm and whose depth error is within 2% of the true depth, the median and
 worst 3D error, and the median error per axis (a bias shows there).
 
@@ -17,7 +17,7 @@ import json
 import numpy as np
 
 from steerseg_ros.depth import estimate_object_3d
-from steerseg_ros.testing.synthetic_rgbd import CORRUPTIONS, SceneConfig, SyntheticRGBDScene
+from steerseg_testing.synthetic_rgbd import CORRUPTIONS, SceneConfig, SyntheticRGBDScene
 
 DEFAULT_OBJECTS = ["dog:goat:1", "cows:camel:2", "breakdance:car-shadow:3", "bmx-trees:dog:4", "goat:cows:5"]
 

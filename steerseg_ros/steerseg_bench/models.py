@@ -81,7 +81,7 @@ def grounding(args: argparse.Namespace) -> dict[str, Any]:
 def sam2(args: argparse.Namespace) -> dict[str, Any]:
     from steerseg_bench.sam2 import bench_sam2
 
-    from steerseg_ros.testing.tiny_sam2 import REAL_BACKBONES
+    from steerseg_testing.tiny_sam2 import REAL_BACKBONES
 
     configs = args.sam2_configs.split(",") if args.sam2_configs else (
         list(REAL_BACKBONES) if args.real_size else ["tiny"])

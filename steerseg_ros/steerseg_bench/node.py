@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from steerseg_ros.testing.node_process import Process, random_domain_id, ros_env, write_params
+from steerseg_testing.node_process import Process, random_domain_id, ros_env, write_params
 
 
 class NodeRun:
@@ -182,8 +182,8 @@ def tiny_model_params(folder: Path) -> dict[str, Any]:
     enough that a CPU grounds in a second or two. The VLM's weights are drawn with std 0.3: at
     the usual 0.02 its attention is uniform, every map is flat, no grounding finds a target and
     SAM2 would never track (the soak must run the tracking path too)."""
-    from steerseg_ros.testing.tiny_vlm import build_tiny_checkpoint
-    from steerseg_ros.testing.tiny_sam2 import save_random_sam2, tiny_config
+    from steerseg_testing.tiny_vlm import build_tiny_checkpoint
+    from steerseg_testing.tiny_sam2 import save_random_sam2, tiny_config
 
     vlm, sam2 = folder / "qwen2_5_vl_init0.3", folder / "sam2"
     if not (vlm / "config.json").is_file():

@@ -60,7 +60,7 @@ def seed_masks(count: int, height: int, width: int) -> list[np.ndarray]:
 
 
 def _model_folder(config: str, image_size: Optional[int], folder: Path) -> Path:
-    from steerseg_ros.testing.tiny_sam2 import real_config, save_random_sam2, tiny_config
+    from steerseg_testing.tiny_sam2 import real_config, save_random_sam2, tiny_config
 
     model_config = tiny_config(image_size or 64) if config == "tiny" else real_config(config, image_size or 1024)
     return save_random_sam2(folder / config, model_config)
@@ -263,7 +263,7 @@ def _onnx_against_torch(t, pixel_values, path: Path, frames: int) -> dict:
 
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    from steerseg_ros.testing.tiny_sam2 import REAL_BACKBONES
+    from steerseg_testing.tiny_sam2 import REAL_BACKBONES
 
     p.add_argument("--config", default="tiny", choices=["tiny", *REAL_BACKBONES])
     p.add_argument("--image-size", type=int, default=None, help="model input size (64 tiny, 1024 real)")

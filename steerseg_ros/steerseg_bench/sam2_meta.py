@@ -30,7 +30,7 @@ from steerseg_bench.sam2 import _rss, seed_masks, synthetic_frames
 
 def _shapes(config: str, image_size: Optional[int]):
     from steerseg_ros.tracking.sam2_checkpoints import meta_compatible
-    from steerseg_ros.testing.tiny_sam2 import real_config, tiny_config
+    from steerseg_testing.tiny_sam2 import real_config, tiny_config
 
     # The real SAM2.1 shapes are Meta's own; the tiny test config needs Meta's fixed widths.
     return meta_compatible(tiny_config(image_size or 64)) if config == "tiny" else real_config(config, image_size or 1024)
@@ -93,7 +93,7 @@ def bench_backends(config: str = "tiny", image_size: Optional[int] = None, frame
     import torch
 
     from steerseg_ros.tracking.sam2 import Sam2Tracker, Sam2TrackerConfig
-    from steerseg_ros.testing.meta_checkpoint import random_meta_checkpoint
+    from steerseg_testing.meta_checkpoint import random_meta_checkpoint
     from steerseg_ros.tracking.sam2_checkpoints import meta_to_hf
     from steerseg_ros.tracking.sam2_meta import MetaSam2Tracker, MetaSam2TrackerConfig
 
@@ -138,7 +138,7 @@ def bench_backends(config: str = "tiny", image_size: Optional[int] = None, frame
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from steerseg_ros.testing.tiny_sam2 import REAL_BACKBONES
+    from steerseg_testing.tiny_sam2 import REAL_BACKBONES
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default="tiny", choices=["tiny", *REAL_BACKBONES])

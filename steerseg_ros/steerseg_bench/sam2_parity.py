@@ -22,7 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from steerseg_ros.testing.davis import davis_root, load_sequence
+from steerseg_testing.davis import davis_root, load_sequence
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -85,10 +85,10 @@ def iou(x, y):
 def trackers(a: argparse.Namespace, seed: int, folder: Path):
     """Meta's tracker and the transformers one(s) on one random checkpoint: (meta, {label: tracker})."""
     from steerseg_ros.tracking import sam2_checkpoints as sam2_convert
-    from steerseg_ros.testing.meta_checkpoint import random_meta_checkpoint
+    from steerseg_testing.meta_checkpoint import random_meta_checkpoint
     from steerseg_ros.tracking.sam2 import Sam2Tracker, Sam2TrackerConfig
     from steerseg_ros.tracking.sam2_meta import MetaSam2Tracker, MetaSam2TrackerConfig
-    from steerseg_ros.testing.tiny_sam2 import tiny_config
+    from steerseg_testing.tiny_sam2 import tiny_config
 
     pt, yaml = random_meta_checkpoint(
         folder / "m.pt", sam2_convert.meta_compatible(tiny_config(a.size)), seed=seed,

@@ -17,7 +17,7 @@ import numpy as np
 
 from steerseg_ros.frame import Frame
 from steerseg_ros.offline.metrics import score_object, summarize
-from steerseg_ros.testing import davis
+from steerseg_testing import davis
 from steerseg_ros.tracking.flow import FlowTracker, FlowTrackerConfig
 
 STEP_GOAL_MS = 30.0

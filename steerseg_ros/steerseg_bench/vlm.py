@@ -48,7 +48,7 @@ def _build(shape: str, family: str, num_layers: Optional[int], vision_depth: Opt
     real-shape model built in memory (saving gigabytes of random weights would only cost time)."""
     import torch
 
-    from steerseg_ros.testing import tiny_vlm as tiny_models
+    from steerseg_testing import tiny_vlm as tiny_models
     from steerseg_ros.grounding.vlm import VLMGrounder, VLMGrounderConfig, resolve_device, resolve_dtype
     from steerseg_ros.grounding.vlm_inputs import model_class_for, processor_class
 

@@ -21,7 +21,7 @@ torch = pytest.importorskip("torch")
 
 from conftest import load_davis_frames  # noqa: E402
 from steerseg_ros.tracking.sam2 import Sam2ObjectState, Sam2Tracker, Sam2TrackerConfig  # noqa: E402
-from steerseg_ros.testing.tiny_sam2 import save_random_sam2, tiny_config  # noqa: E402
+from steerseg_testing.tiny_sam2 import save_random_sam2, tiny_config  # noqa: E402
 
 pytestmark = [pytest.mark.models, pytest.mark.usefixtures("one_torch_thread")]
 

@@ -21,11 +21,11 @@ from conftest import load_davis_frames  # noqa: E402
 from steerseg_ros.streaming import backends  # noqa: E402
 from steerseg_ros.frame import Frame  # noqa: E402
 from steerseg_ros.grounding.base import ModelUnavailableError  # noqa: E402
-from steerseg_ros.testing.meta_checkpoint import random_meta_checkpoint  # noqa: E402
+from steerseg_testing.meta_checkpoint import random_meta_checkpoint  # noqa: E402
 from steerseg_ros.tracking import sam2_checkpoints as sam2_convert  # noqa: E402
 from steerseg_ros.tracking.base import MaskCandidate, ObjectMask, TrackerError  # noqa: E402
 from steerseg_ros.tracking.sam2_meta import MetaSam2Tracker, MetaSam2TrackerConfig  # noqa: E402
-from steerseg_ros.testing.tiny_sam2 import random_sam2, real_config, tiny_config  # noqa: E402
+from steerseg_testing.tiny_sam2 import random_sam2, real_config, tiny_config  # noqa: E402
 
 pytestmark = [pytest.mark.models, pytest.mark.usefixtures("one_torch_thread")]
 

@@ -22,11 +22,11 @@ pytest.importorskip("sam2", reason="needs Meta's sam2 package (scripts/setup_env
 
 from conftest import load_davis  # noqa: E402
 from steerseg_ros.frame import Frame  # noqa: E402
-from steerseg_ros.testing.meta_checkpoint import random_meta_checkpoint  # noqa: E402
+from steerseg_testing.meta_checkpoint import random_meta_checkpoint  # noqa: E402
 from steerseg_ros.tracking import sam2_checkpoints as sam2_convert  # noqa: E402
 from steerseg_ros.tracking.sam2 import Sam2Tracker, Sam2TrackerConfig  # noqa: E402
 from steerseg_ros.tracking.sam2_meta import MetaSam2Tracker, MetaSam2TrackerConfig  # noqa: E402
-from steerseg_ros.testing.tiny_sam2 import tiny_config  # noqa: E402
+from steerseg_testing.tiny_sam2 import tiny_config  # noqa: E402
 
 pytestmark = [pytest.mark.models, pytest.mark.usefixtures("one_torch_thread")]
 

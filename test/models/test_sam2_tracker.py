@@ -25,7 +25,7 @@ from steerseg_ros.frame import Frame  # noqa: E402
 from steerseg_ros.grounding.base import ModelUnavailableError  # noqa: E402
 from steerseg_ros.tracking.base import MaskCandidate, ObjectMask, TrackerError  # noqa: E402
 from steerseg_ros.tracking.sam2 import Sam2Tracker, Sam2TrackerConfig  # noqa: E402
-from steerseg_ros.testing.tiny_sam2 import random_sam2, save_random_sam2, tiny_config  # noqa: E402
+from steerseg_testing.tiny_sam2 import random_sam2, save_random_sam2, tiny_config  # noqa: E402
 
 
 pytestmark = [pytest.mark.models, pytest.mark.usefixtures("one_torch_thread")]

@@ -13,7 +13,7 @@ pytest.importorskip("rosbags", reason="needs rosbags (requirements/python.txt)")
 
 from steerseg_ros.offline.bags import (CAMERA_INFO_TOPIC, COLOUR_TOPIC, DEPTH_TOPIC, BagError, BagFrameSource,  # noqa: E402
                                        BagTopics, camera_info_fields, find_topics, read_bag)
-from steerseg_ros.testing.synthetic_rgbd import write_scene_bag  # noqa: E402
+from steerseg_testing.synthetic_rgbd import write_scene_bag  # noqa: E402
 from steerseg_ros.depth import CameraModel, DepthPairer, depth_to_metres  # noqa: E402
 
 N = 6
@@ -21,7 +21,7 @@ N = 6
 
 @pytest.fixture(scope="module")
 def scene(davis_root):
-    from steerseg_ros.testing.synthetic_rgbd import CORRUPTIONS, SceneConfig, SyntheticRGBDScene
+    from steerseg_testing.synthetic_rgbd import CORRUPTIONS, SceneConfig, SyntheticRGBDScene
 
     return SyntheticRGBDScene(SceneConfig(n_frames=N, corruptions=CORRUPTIONS), davis_root=davis_root)
 
@@ -108,7 +108,7 @@ def test_bag_errors(tmp_path, scene):
 
 
 def test_synthetic_rgbd_command(tmp_path, davis_root):
-    from steerseg_ros.testing import write_synthetic_bag as synthetic_rgbd
+    from steerseg_testing import write_synthetic_bag as synthetic_rgbd
 
     bag, truth = tmp_path / "cli", tmp_path / "truth.jsonl"
     assert synthetic_rgbd.main(["--out", str(bag), "--frames", "3", "--davis", str(davis_root), "--truth", str(truth),

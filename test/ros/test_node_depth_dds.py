@@ -31,7 +31,7 @@ from steerseg_ros.frame import NS_PER_S  # noqa: E402
 from steerseg_ros.streaming.pipeline import TrackState  # noqa: E402
 from steerseg_ros.ros.image_conversion import array_to_image, depth_array_to_image, rgb_to_image  # noqa: E402
 from steerseg_ros.ros.messages import header_at, stamp_to_ns  # noqa: E402
-from steerseg_ros.testing.synthetic_rgbd import (CORRUPTIONS, SceneConfig, SyntheticRGBDScene, camera_info_fields,  # noqa: E402
+from steerseg_testing.synthetic_rgbd import (CORRUPTIONS, SceneConfig, SyntheticRGBDScene, camera_info_fields,  # noqa: E402
                                          default_camera)
 
 pytestmark = [pytest.mark.ros, pytest.mark.timeout(300)]

@@ -15,9 +15,9 @@ pytest.importorskip("sam2", reason="needs Meta's sam2 package (scripts/setup_env
 import ros_processes as rp  # noqa: E402
 
 from steerseg_ros.streaming.pipeline import TrackState  # noqa: E402
-from steerseg_ros.testing.meta_checkpoint import random_meta_checkpoint  # noqa: E402
+from steerseg_testing.meta_checkpoint import random_meta_checkpoint  # noqa: E402
 from steerseg_ros.tracking.sam2_checkpoints import meta_compatible  # noqa: E402
-from steerseg_ros.testing.tiny_sam2 import tiny_config  # noqa: E402
+from steerseg_testing.tiny_sam2 import tiny_config  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.models, pytest.mark.timeout(300)]
 

@@ -14,7 +14,7 @@ pytest.importorskip("transformers")
 import ros_processes as rp  # noqa: E402
 
 from steerseg_ros.streaming.pipeline import TrackState  # noqa: E402
-from steerseg_ros.testing.tiny_sam2 import save_random_sam2, tiny_config  # noqa: E402
+from steerseg_testing.tiny_sam2 import save_random_sam2, tiny_config  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.models, pytest.mark.timeout(300)]
 

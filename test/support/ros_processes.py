@@ -2,7 +2,7 @@
 
 Each test module gets its own random ROS_DOMAIN_ID with discovery kept on localhost and the
 shipped Fast DDS profile (large shared-memory segment); the domain, the environment, the
-parameters file and the node's process come from the fixture steerseg_ros.testing.node_process,
+parameters file and the node's process come from the fixture steerseg_testing.node_process,
 which the benchmarks' node sections use too. The test process itself joins as a third
 participant through `Recorder`, in its own rclpy context.
 """
@@ -16,7 +16,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from steerseg_ros.testing.node_process import (NODE_NAME, Process, random_domain_id, ros_env,  # noqa: F401
+from steerseg_testing.node_process import (NODE_NAME, Process, random_domain_id, ros_env,  # noqa: F401
                                                write_params)
 
 REPO = Path(__file__).resolve().parents[2]

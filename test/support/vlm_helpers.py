@@ -23,7 +23,7 @@ def _root() -> Path:
 
 @functools.lru_cache(maxsize=1)
 def tokenizer():
-    from steerseg_ros.testing.tiny_vlm import build_tokenizer
+    from steerseg_testing.tiny_vlm import build_tokenizer
 
     return build_tokenizer()
 
@@ -31,7 +31,7 @@ def tokenizer():
 @functools.lru_cache(maxsize=None)
 def checkpoint(family: str) -> Path:
     """Folder of a tiny random `family` checkpoint (model, tokenizer, image processor, template)."""
-    from steerseg_ros.testing.tiny_vlm import build_tiny_checkpoint
+    from steerseg_testing.tiny_vlm import build_tiny_checkpoint
 
     return build_tiny_checkpoint(_root() / family, family, tokenizer=tokenizer())
 

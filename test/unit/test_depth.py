@@ -1,6 +1,6 @@
 """The ROS-free depth core: camera model, depth encodings, stamp pairing and the 3D estimate.
 
-The accuracy tests run the estimator on the synthetic RGB-D scene (steerseg_ros.testing.synthetic_rgbd:
+The accuracy tests run the estimator on the synthetic RGB-D scene (steerseg_testing.synthetic_rgbd:
 a DAVIS object on a card at 1-2 m in front of a wall 1.2 m or more behind it, seen through a
 distorted wide-angle camera) with each corruption on its own and all together. The bound is
 the issue's: the 3D error within 2 cm and the depth error within 2% of the true depth, on at
@@ -227,7 +227,7 @@ def test_pairing_threads():
 
 @pytest.fixture(scope="module")
 def scene_cache(davis_root):
-    from steerseg_ros.testing.synthetic_rgbd import SceneConfig, SyntheticRGBDScene
+    from steerseg_testing.synthetic_rgbd import SceneConfig, SyntheticRGBDScene
 
     cache = {}
 

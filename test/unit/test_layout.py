@@ -1,5 +1,5 @@
 """The shape of the code, read from its import statements (every `import`, module level or inside
-a function): runtime code never imports the test fixtures (steerseg_ros.testing) or the benchmarks
+a function): runtime code never imports the test fixtures (steerseg_testing) or the benchmarks
 (steerseg_bench); each layer imports only from itself and the layers below it, so nothing below
 the ROS layer imports it or ROS; and no module imports itself through others (no import circle).
 
@@ -22,7 +22,7 @@ LAYERS = [
     ["steerseg_ros.tools"],
 ]
 # Development code: may import any of the above, but the runtime never imports it.
-DEVELOPMENT = ("steerseg_ros.testing", "steerseg_bench")
+DEVELOPMENT = ("steerseg_testing", "steerseg_bench")
 # Top-level modules that only the ROS layer (and what sits above it) may import.
 ROS_MODULES = ("rclpy", "rosidl_runtime_py", "launch", "launch_ros", "ament_index_python", "tf2_ros")
 
@@ -34,7 +34,7 @@ def _module_name(root: Path, path: Path) -> str:
     return ".".join(parts)
 
 
-def read_imports(root: Path, packages=("steerseg_ros", "steerseg_bench")) -> dict[str, set[str]]:
+def read_imports(root: Path, packages=("steerseg_ros", "steerseg_testing", "steerseg_bench")) -> dict[str, set[str]]:
     """{module: every module name it imports} for the packages' sources under `root`. A relative
     import is resolved; `from a import b` counts as importing `a.b` when that is a module."""
     files = {_module_name(root, p): p for package in packages for p in sorted((root / package).rglob("*.py"))}
@@ -96,7 +96,7 @@ def import_circle(graph: dict[str, set[str]]):
 
 def test_the_package_keeps_its_import_rules():
     graph = read_imports(PKG)
-    assert "steerseg_ros.streaming.pipeline" in graph and "steerseg_bench.cli" in graph
+    assert {"steerseg_ros.streaming.pipeline", "steerseg_testing.tiny_vlm", "steerseg_bench.cli"} <= set(graph)
     assert rule_violations(graph) == []
 
 
@@ -106,15 +106,16 @@ def test_no_import_circle():
 
 
 def _tree(tmp_path: Path, files: dict[str, str]) -> Path:
-    for name, text in {"steerseg_ros/__init__.py": "", "steerseg_bench/__init__.py": "", **files}.items():
+    for name, text in {"steerseg_ros/__init__.py": "", "steerseg_testing/__init__.py": "",
+                       "steerseg_bench/__init__.py": "", **files}.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
     return tmp_path
 
 
 @pytest.mark.parametrize("files, message", [
-    ({"steerseg_ros/streaming/pipeline.py": "def f():\n    from steerseg_ros.testing import tiny_vlm\n",
-      "steerseg_ros/testing/tiny_vlm.py": ""}, "never imports fixtures"),
+    ({"steerseg_ros/streaming/pipeline.py": "def f():\n    from steerseg_testing import tiny_vlm\n",
+      "steerseg_testing/tiny_vlm.py": ""}, "never imports fixtures"),
     ({"steerseg_ros/tools/demo.py": "from steerseg_bench.cli import main\n"}, "never imports fixtures"),
     ({"steerseg_ros/grounding/vlm.py": "from ..ros import messages\n", "steerseg_ros/ros/messages.py": ""},
      "a layer above"),
@@ -127,9 +128,9 @@ def test_the_rules_catch_a_runtime_module_that_breaks_them(tmp_path, files, mess
 
 
 def test_the_rules_allow_fixtures_and_the_ros_layer_their_imports(tmp_path):
-    root = _tree(tmp_path, {"steerseg_ros/testing/scene.py": "import rclpy\nfrom steerseg_ros.ros import messages\n",
+    root = _tree(tmp_path, {"steerseg_testing/scene.py": "import rclpy\nfrom steerseg_ros.ros import messages\n",
                             "steerseg_ros/ros/messages.py": "import rclpy\nfrom steerseg_msgs.msg import Track\n",
-                            "steerseg_bench/node.py": "from steerseg_ros.testing import scene\n"})
+                            "steerseg_bench/node.py": "from steerseg_testing import scene\n"})
     assert rule_violations(read_imports(root)) == []
 
 

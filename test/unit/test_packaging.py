@@ -26,7 +26,7 @@ def test_setup_py_builds_a_wheel_with_the_core_and_the_tools(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     shutil.copy(PKG / "setup.py", src)
-    for package in ("steerseg_ros", "steerseg_bench"):
+    for package in ("steerseg_ros", "steerseg_testing", "steerseg_bench"):
         shutil.copytree(PKG / package, src / package, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
                     "-w", str(tmp_path / "dist"), str(src)], check=True, capture_output=True)
@@ -37,7 +37,7 @@ def test_setup_py_builds_a_wheel_with_the_core_and_the_tools(tmp_path):
     for m in ("frame", "streaming/buffer", "streaming/pipeline", "offline/metrics", "streaming/selection"):
         assert f"steerseg_ros/{m}.py" in names
     # Fixtures and benchmarks are for a development checkout, never installed.
-    assert not [n for n in names if n.startswith(("steerseg_ros/testing/", "steerseg_bench/"))]
+    assert not [n for n in names if n.startswith(("steerseg_testing/", "steerseg_bench/"))]
     assert "steerseg-demo = steerseg_ros.tools.demo:main" in entry_points
     assert "steerseg-eval = steerseg_ros.tools.eval:main" in entry_points
 

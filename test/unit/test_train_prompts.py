@@ -120,7 +120,7 @@ def test_training_raises_the_attention_mass_inside_the_mask_and_keeps_held_out_c
     0.103 on the EPYC. So the clear gain is asserted on the training clips (at least 1.3x; an
     untrained prompt stays at 1.0x), and held-out clips are held to 0.75x of where they started
     (a broken evaluation or a diverged training falls far below)."""
-    from steerseg_ros.testing.tiny_vlm import build_tiny_checkpoint
+    from steerseg_testing.tiny_vlm import build_tiny_checkpoint
 
     videos = sorted(json.loads((davis_root / "expressions.json").read_text())["videos"])[:3]
     data = build_from_davis(davis_root, tmp_path / "data", videos=videos, step=5, max_side=112, later_fraction=0.4)

@@ -14,9 +14,9 @@ from typing import Optional
 import cv2
 import numpy as np
 
-# steerseg_ros/steerseg_ros/testing/davis.py: four levels below the checkout (the colcon install
+# steerseg_ros/steerseg_testing/davis.py: three levels below the checkout (the colcon install
 # links to these files, and resolve() follows the link).
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def shared_root() -> Path:

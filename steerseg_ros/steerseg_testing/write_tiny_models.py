@@ -22,8 +22,8 @@ def main(argv=None) -> int:
     parser.add_argument("--sam2-size", type=int, default=128, help="SAM2 input size (a multiple of 64)")
     args = parser.parse_args(argv)
 
-    from steerseg_ros.testing.tiny_vlm import build_tiny_checkpoint
-    from steerseg_ros.testing.tiny_sam2 import save_random_sam2, tiny_config
+    from steerseg_testing.tiny_vlm import build_tiny_checkpoint
+    from steerseg_testing.tiny_sam2 import save_random_sam2, tiny_config
 
     vlm = build_tiny_checkpoint(args.out / args.family, args.family)
     sam2 = save_random_sam2(args.out / "sam2", tiny_config(args.sam2_size))

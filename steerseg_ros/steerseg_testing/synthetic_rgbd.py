@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 
 from steerseg_ros.depth import CameraModel
-from steerseg_ros.testing import davis
+from steerseg_testing import davis
 
 CORRUPTIONS = ("noise", "holes", "flying", "spill")
 NS_PER_S = 1_000_000_000

@@ -17,8 +17,8 @@ from typing import Optional
 
 import yaml
 
-# The ROS package folder (launch/, config/): steerseg_ros/steerseg_ros/testing/ is two below it.
-PKG = Path(__file__).resolve().parents[2]
+# The ROS package folder (launch/, config/), which holds steerseg_testing/.
+PKG = Path(__file__).resolve().parents[1]
 NODE_NAME = "steerseg"
 
 

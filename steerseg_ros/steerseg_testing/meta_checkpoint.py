@@ -7,7 +7,7 @@ from typing import Union
 
 import torch
 
-from steerseg_ros.testing.tiny_sam2 import tiny_config
+from steerseg_testing.tiny_sam2 import tiny_config
 from steerseg_ros.tracking.sam2_checkpoints import build_meta_model, meta_compatible, meta_config_from_hf, save_meta_checkpoint
 
 

@@ -1,4 +1,4 @@
-"""steerseg-synthetic-rgbd: write the synthetic RGB-D scene (steerseg_ros.testing.synthetic_rgbd) as a
+"""steerseg-synthetic-rgbd: write the synthetic RGB-D scene (steerseg_testing.synthetic_rgbd) as a
 ROS 2 bag, with its ground truth.
 
     steerseg-synthetic-rgbd --out /tmp/scene --corruptions noise holes flying spill
@@ -20,8 +20,8 @@ from typing import Optional
 import numpy as np
 
 from steerseg_ros.offline.bags import STORAGES
-from steerseg_ros.testing.synthetic_rgbd import write_scene_bag
-from steerseg_ros.testing.synthetic_rgbd import CORRUPTIONS, SceneConfig, SyntheticRGBDScene
+from steerseg_testing.synthetic_rgbd import write_scene_bag
+from steerseg_testing.synthetic_rgbd import CORRUPTIONS, SceneConfig, SyntheticRGBDScene
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    from steerseg_ros.testing.synthetic_rgbd import default_camera
+    from steerseg_testing.synthetic_rgbd import default_camera
 
     config = SceneConfig(n_frames=args.frames, fps=args.fps, corruptions=tuple(args.corruptions),
                          object_sequence=args.object, seed=args.seed)
