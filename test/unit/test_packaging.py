@@ -73,3 +73,13 @@ def test_tiny_models_tool_writes_checkpoints_the_backends_load(tmp_path):
     grounder = make_grounder("decaf", {"model": paths["grounder.model"], "device": "cpu"})
     tracker = make_tracker("sam2", {"model": paths["tracker.model"], "device": "cpu"})
     assert grounder.name == "decaf" and tracker.name == "sam2"
+
+
+def test_rviz_is_not_a_run_dependency():
+    """rosdep installs every run dependency: RViz must not land on a headless robot (the launch
+    file starts it only where it is installed)."""
+    import xml.etree.ElementTree as ET
+
+    root = ET.parse(PKG / "package.xml").getroot()
+    run_deps = {e.text.strip() for tag in ("exec_depend", "depend") for e in root.iter(tag)}
+    assert "rviz2" not in run_deps  # test_launch.py: rviz:=true where it is missing warns and goes on
