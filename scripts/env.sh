@@ -12,6 +12,11 @@ COLCON_TRACE= . "$_steerseg_root/install/setup.sh"
 if [ -f "$_steerseg_root/.ros2_launch/install/local_setup.sh" ]; then
   COLCON_TRACE= . "$_steerseg_root/.ros2_launch/install/local_setup.sh"
 fi
+# tf2 (Python) and the tf2_msgs and vision_msgs messages, built by setup_env.sh from source where
+# no ROS installation provides them (target_frame and the vision_msgs outputs need them).
+if [ -f "$_steerseg_root/.ros2_msgs/install/local_setup.sh" ]; then
+  COLCON_TRACE= . "$_steerseg_root/.ros2_msgs/install/local_setup.sh"
+fi
 if [ -n "$_steerseg_nounset" ]; then set -u; fi
 unset _steerseg_nounset
 export PIP_CONSTRAINT=$_steerseg_root/requirements/constraints.txt

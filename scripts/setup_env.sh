@@ -5,7 +5,8 @@
 # unchanged, and colcon rebuilds only what changed (a few seconds).
 # Where no ROS 2 launch system is installed (`ros2 launch`; PyPI has none) and the shared folder's
 # vendor/ros2_launch holds its sources, it also builds them once into the user's cache (about a
-# minute), and .ros2_launch in the checkout links to that build; scripts/env.sh sources it.
+# minute), and .ros2_launch in the checkout links to that build; scripts/env.sh sources it. The
+# same for tf2 and vision_msgs from vendor/ros2_msgs (about 75 s, once; .ros2_msgs).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PYTHON=${PYTHON:-python3}
@@ -134,5 +135,62 @@ else
   fi
   exec 9>&-
   ln -sfn "$LAUNCH_PREFIX" "$ROOT/.ros2_launch"
+fi
+
+# ---- tf2 (Python) and the tf2_msgs and vision_msgs message packages ----
+# Neither is on PyPI for Kilted: built from the upstream sources in the shared folder like the
+# launch system above (cached outside the venv and the checkout, keyed by the sources and the
+# venv, one builder at a time, marked complete once built). tf2's CMake needs four ament test
+# helpers at configure time only: installed without their dependencies into a tools folder that
+# this build alone puts on CMAKE_PREFIX_PATH. .ros2_msgs links to the build; env.sh sources it.
+MSGS_TOOLS="ros-ament-cmake-ros==0.14.5 ros-ament-cmake-gtest==2.7.3 ros-ament-cmake-gmock==2.7.3 ros-ament-cmake-pytest==2.7.3"
+msgs_installed() {
+  # A ROS installation's own tf2_ros and vision_msgs, not an earlier build of ours on the paths.
+  (
+    . "$VENV/bin/activate"
+    where=$(python -c "import tf2_ros, vision_msgs; print(tf2_ros.__file__, vision_msgs.__file__)" 2>/dev/null) || exit 1
+    case "$where" in *"$LAUNCH_CACHE/ros2_msgs-"*) exit 1 ;; esac
+  )
+}
+MSGS_VENDOR=${STEERSEG_SHARED:-$ROOT/../shared}/vendor/ros2_msgs
+if msgs_installed; then
+  log "tf2 and vision_msgs: already installed"
+  rm -f "$ROOT/.ros2_msgs"
+elif [ ! -d "$MSGS_VENDOR" ]; then
+  log "tf2 and vision_msgs: not installed and no sources at $MSGS_VENDOR; target_frame and the vision_msgs outputs are unavailable (their tests skip)"
+  rm -f "$ROOT/.ros2_msgs"
+else
+  MSGS_VENDOR=$(cd "$MSGS_VENDOR" && pwd)
+  key=$( { (cd "$MSGS_VENDOR" && find . -type f ! -name '*.pyc' -print0 | LC_ALL=C sort -z | xargs -0 sha256sum)
+           printf '%s\n' "$VENV" "$("$VENV/bin/python" -VV)" "$MSGS_TOOLS"; } | sha256sum | cut -c1-12)
+  MSGS_PREFIX=$LAUNCH_CACHE/ros2_msgs-$key
+  mkdir -p "$LAUNCH_CACHE"
+  exec 9>"$MSGS_PREFIX.lock"
+  if command -v flock >/dev/null; then flock 9; fi
+  if [ -f "$MSGS_PREFIX/.complete" ]; then
+    log "tf2 and vision_msgs: built ($MSGS_PREFIX)"
+  else
+    log "tf2 and vision_msgs: building them from $MSGS_VENDOR into $MSGS_PREFIX (about 75 s)"
+    tmp=$MSGS_PREFIX.partial
+    rm -rf "$tmp" "$MSGS_PREFIX" && mkdir -p "$tmp"
+    (
+      . "$VENV/bin/activate"
+      unset PYTHONPATH PIP_CONSTRAINT  # not an older build's modules; the tools are pinned above
+      # shellcheck disable=SC2086
+      quiet_pip --no-deps --prefix "$tmp/tools" $MSGS_TOOLS
+      export AMENT_PREFIX_PATH=$VENV CMAKE_PREFIX_PATH=$VENV:$tmp/tools
+      cd "$tmp"
+      colcon --log-base "$tmp/log" build --merge-install --base-paths "$MSGS_VENDOR" \
+        --build-base "$tmp/build" --install-base "$MSGS_PREFIX/install" \
+        --event-handlers console_cohesion- summary- \
+        --cmake-args -DBUILD_TESTING=OFF -Wno-dev >"$tmp/build.txt" 2>&1 \
+        || { cat "$tmp/build.txt" >&2; exit 1; }
+    ) || { rm -rf "$MSGS_PREFIX"; exit 1; }
+    mv "$tmp/build.txt" "$MSGS_PREFIX/build.txt"
+    rm -rf "$tmp"
+    touch "$MSGS_PREFIX/.complete"
+  fi
+  exec 9>&-
+  ln -sfn "$MSGS_PREFIX" "$ROOT/.ros2_msgs"
 fi
 log "ready: source scripts/env.sh"
