@@ -350,6 +350,47 @@ def test_object_points_while_subscribed(session, scene):
         session.recorder.node.destroy_subscription(sub)
 
 
+def test_depth_without_colour_says_the_colour_topic_is_silent(tmp_path):
+    """Depth and camera_info arrive, colour never does (the camera topic is wrong): the node says
+    that no colour frames arrive, naming its camera topic as remapped, and not that depth images
+    "arrive faster than they pair" (depth.queue_full), which sent users looking at the depth.
+    Its own node and domain: the module's session must keep its colour stream."""
+    domain = rp.random_domain_id()
+    recorder = rp.Recorder(domain)
+    node = rp.start_node(rp.ros_env(domain), tmp_path, {
+        "autostart": True, "stats_period_s": 0.25, "depth": {"qos": "reliable", "queue_size": 2}},
+        extra_args=("-r", "image:=/front/color/image_raw"))
+    try:
+        assert rp.wait_until(lambda: recorder.counters().get("lifecycle") == "active", 60.0), node.text()[-3000:]
+        depths = recorder.publisher(Image, "depth")
+        infos = recorder.publisher(CameraInfo, "camera_info")
+        assert rp.wait_until(lambda: depths.get_subscription_count() > 0 and infos.get_subscription_count() > 0,
+                             WAIT_S), node.text()[-3000:]
+        camera = default_camera(64, 48, CAMERA_FRAME)
+        stamp = 10_000 * NS_PER_S
+
+        def sent_until_reported() -> bool:
+            nonlocal stamp
+            stamp += NS_PER_S // 30
+            infos.publish(camera_info_msg(camera, stamp))
+            depths.publish(_depth_msg(np.full((48, 64), 1500, np.uint16), stamp))
+            return int(recorder.counters().get("rejected.depth.no_colour", 0)) >= 3
+
+        # Depth goes on arriving (as from a camera) until the node has reported it.
+        assert rp.wait_until(sent_until_reported, WAIT_S, interval=0.03), \
+            f"{recorder.counters()}\n{node.text()[-3000:]}"
+        counters = recorder.counters()
+        assert int(counters.get("rejected.depth.queue_full", 0)) == 0, counters
+        assert int(counters.get("frames_received", 0)) == 0, counters
+    finally:
+        assert node.stop() == 0, node.text()[-3000:]
+        recorder.close()
+    log = node.text()
+    assert "rejected (depth.no_colour) on /depth" in log, log[-3000:]
+    assert "no colour frames on /front/color/image_raw" in log, log[-3000:]
+    assert "arrive faster than they pair" not in log, log[-3000:]
+
+
 def test_rejections_were_logged_and_the_node_exits_cleanly(session, scene):
     # Runs last in this module: stop the node, then read everything it logged.
     f = scene[3]

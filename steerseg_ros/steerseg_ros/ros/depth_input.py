@@ -105,6 +105,9 @@ class DepthInput:
         self._camera_key: Any = None
         self._last_depth = -1e9  # time.monotonic() of the newest depth image
         self._last_colour_ns: Optional[int] = None
+        self._last_colour_arrival = -1e9  # time.monotonic() of the newest colour frame received
+        # The resolved topic names, for the warnings (the node sets them at activate).
+        self.colour_topic, self.depth_topic = "image", "depth"
         self._reported: dict[str, int] = {}
         self._warmed: set = set()  # (camera key, depth size) whose ray table is built
 
@@ -120,6 +123,15 @@ class DepthInput:
             self._last_colour_ns = None
 
     # ---- input ------------------------------------------------------------------------------
+    def colour_arrived(self) -> None:
+        """A colour frame came in (before any dropping or checks; the executor's thread)."""
+        self._last_colour_arrival = time.monotonic()
+
+    def _colour_missing(self) -> bool:
+        """No colour frame has arrived for DEPTH_STALE_S: depth then has nothing to pair with,
+        whatever the pairer's counters say."""
+        return time.monotonic() - self._last_colour_arrival > DEPTH_STALE_S
+
     def on_depth(self, msg: Image) -> None:
         self._count("depth_received")
         try:
@@ -176,8 +188,16 @@ class DepthInput:
                 new = int(counters.get(key, 0)) - self._reported.get(key, 0)
                 if new > 0:
                     self._reported[key] = int(counters.get(key, 0))
+                    if self._colour_missing():
+                        # Not a pairing fault: the colour stream is absent (a wrong camera
+                        # topic, or the camera stopped), so say that and where it was expected.
+                        reason = "depth.no_colour"
                     for _ in range(new):
-                        self._reject(reason, "a depth image found no processed colour frame within "
+                        self._reject(reason, f"depth images arrive on {self.depth_topic}, but no colour frames "
+                                     f"on {self.colour_topic} (for {DEPTH_STALE_S:.0f} s or more): nothing to pair "
+                                     "them with; check the camera topic"
+                                     if reason == "depth.no_colour" else
+                                     "a depth image found no processed colour frame within "
                                      f"depth.pairing_tolerance_s = {self.config.pairing_tolerance_s} s "
                                      "(its frame never came, or was dropped: see frames_dropped)"
                                      if key == "depth_unpaired" else
@@ -194,6 +214,7 @@ class DepthInput:
         """The 3D of every live track on the colour frame `stamp_ns` of size (w, h), with up to
         `max_points` inlier points each when > 0; None when this frame has no usable depth (it
         is published in 2D)."""
+        self.colour_arrived()  # a processed frame arrived, whoever calls this
         pairer = self._pairer
         if pairer is None or self._last_depth < 0:
             return None  # no depth has arrived: the node runs as without depth

@@ -50,8 +50,8 @@ from steerseg_ros.ros.frame_input import FrameThread, SeedQueue, incoming_rgb
 from steerseg_ros.ros.image_conversion import ImageConversionError
 from steerseg_ros.ros.messages import MarkerConfig, stamp_to_ns
 from steerseg_ros.ros.node_base import NodeBase, input_qos
-from steerseg_ros.ros.node_config import (BACKEND_KINDS, NODE_NAME, NodeConfig, check_changes, declare,
-                                          read_section, static_specs)
+from steerseg_ros.ros.node_config import (BACKEND_KINDS, LIVE_PIPELINE_FIELDS, NODE_NAME, NodeConfig,
+                                          check_changes, declare, read_section, static_specs, waiting_reason)
 # The parameters file's generator: test_node_parameters' hint names it here.
 from steerseg_ros.ros.node_config import write_default_params  # noqa: F401
 from steerseg_ros.ros.outputs import TrackerOutputs
@@ -61,6 +61,8 @@ from steerseg_ros.ros.outputs import TrackerOutputs
 SUBSCRIPTIONS = {"image": "sensor_msgs/Image", "image/compressed": "sensor_msgs/CompressedImage",
                  "command": "std_msgs/String", "seed_mask": "sensor_msgs/Image",
                  "depth": "sensor_msgs/Image", "camera_info": "sensor_msgs/CameraInfo"}
+# The input topic each rejection reason is about (by the reason's first part), for the warnings.
+INPUT_TOPICS = {"command": "command", "seed": "seed_mask", "depth": "depth", "camera_info": "camera_info"}
 # The Follow action (relative name, remappable) and the stop service (private, ~/stop).
 ACTIONS = {"follow": "steerseg_msgs/action/Follow"}
 SERVICES = {"~/stop": "std_srvs/srv/Trigger"}
@@ -70,11 +72,8 @@ PUBLICATIONS = {"mask": "sensor_msgs/Image", "overlay": "sensor_msgs/Image", "tr
 # /diagnostics says WARN while input was rejected within this many stats periods (not for the
 # rest of the process's life once anything was).
 DIAGNOSTICS_WINDOW_PERIODS = 6
-# The pipeline settings a parameter change updates on the fly; the others (buffer_size) take
-# effect at the next configure.
-LIVE_PIPELINE_FIELDS = ("keyframes", "min_keyframes", "regrounding_period_s", "grounding_retry_s",
-                        "lost_timeout_s", "min_confidence", "reconcile_iou", "time_jump_reset_s",
-                        "max_command_chars", "max_targets", "selection")
+# /diagnostics names at most this many of the recent rejection reasons in its message.
+DIAGNOSTICS_TOP_REASONS = 3
 
 
 class SteerSegNode(NodeBase):
@@ -88,6 +87,11 @@ class SteerSegNode(NodeBase):
         self._last_reject_log: dict[str, float] = {}
         # Rejections + internal errors at each of the last diagnostics publications.
         self._bad_history: collections.deque[int] = collections.deque([0], maxlen=DIAGNOSTICS_WINDOW_PERIODS + 1)
+        # The same per reason, for the message's top reasons.
+        self._reason_history: collections.deque[dict] = collections.deque([{}], maxlen=DIAGNOSTICS_WINDOW_PERIODS + 1)
+        self._waiting_logged: set[str] = set()  # parameters whose "takes effect at ..." was logged
+        self._camera_warning: Optional[str] = None  # frames on the other image transport only
+        self._frames_at_activate = 0
         self._pipeline: Optional[Pipeline] = None
         self._backends = BackendLoader(self, self._count)
         self._frames = FrameThread(self._handle, self._apply_live_parameters, self._count, self.get_logger())
@@ -118,13 +122,33 @@ class SteerSegNode(NodeBase):
         self._follow = FollowServer(self, self._count, lambda: self._node_config.follow_feedback_hz)
 
     # ---- parameters -----------------------------------------------------------------------
+    def _set_parameters_atomically_common(self, parameter_list, descriptors=None, allow_not_set_type=False):
+        """Every parameter change (set_parameters, the set_parameters services, not declaration,
+        which passes descriptors) goes through here. A change that waits for the next activate
+        or configure succeeds with a `reason` saying so (logged once per parameter): rclpy keeps
+        an on-set-parameters callback's reason only on failure, so it is added here."""
+        result = super()._set_parameters_atomically_common(parameter_list, descriptors, allow_not_set_type)
+        if result.successful and descriptors is None:
+            result.reason = waiting_reason([p.name for p in parameter_list])
+            for p in parameter_list:
+                text = waiting_reason([p.name])
+                if text and p.name not in self._waiting_logged:
+                    self._waiting_logged.add(p.name)
+                    self.get_logger().info(f"parameter {text}")
+        return result
+
     def _apply_live_parameters(self) -> None:
         """Apply changed parameters that can change on the fly (called in the processing thread,
-        between frames): the node's drawing settings, the markers, and the pipeline's settings
-        in LIVE_PIPELINE_FIELDS. The rest take effect at the next configure or activate."""
+        between frames): the node's drawing settings, the markers, the pipeline's settings in
+        LIVE_PIPELINE_FIELDS and the depth pairing's (node_config.takes_effect says which). The
+        rest take effect at the next configure or activate."""
         try:
-            self._node_config = read_section(self, "node")
+            self._node_config.overlay_alpha = read_section(self, "node").overlay_alpha
+            new_node = read_section(self, "node")
+            for name in ("overlay_alpha", "draw_unsubscribed", "follow_feedback_hz"):
+                setattr(self._node_config, name, getattr(new_node, name))
             self._markers = read_section(self, "markers")
+            self._depth.apply_live(read_section(self, "depth"))
             if self._pipeline is not None:
                 new = read_section(self, "pipeline")
                 for f in LIVE_PIPELINE_FIELDS:
@@ -190,6 +214,8 @@ class SteerSegNode(NodeBase):
         """The depth and camera_info subscriptions (part of activate)."""
         config = read_section(self, "depth")
         self._depth.start(config)
+        self._depth.colour_topic = self._input_topic("image")
+        self._depth.depth_topic = self._input_topic("depth")
         qos = input_qos(config.qos)
         self._subs.append(self.create_subscription(Image, "depth", self._depth.on_depth, qos))
         self._subs.append(self.create_subscription(CameraInfo, "camera_info", self._depth.on_camera_info, qos))
@@ -232,18 +258,30 @@ class SteerSegNode(NodeBase):
             self._log_handler.detach()
 
     # ---- input ------------------------------------------------------------------------------
+    def _input_topic(self, reason: str) -> str:
+        """The resolved topic (after remapping) of the input a rejection reason is about: a
+        user reading the warning must see which of their topics is wrong."""
+        kind = reason.split(".", 1)[0]
+        if kind == "image":
+            return self.resolve_topic_name("image/compressed" if self._node_config.image_transport == "compressed"
+                                           else "image")
+        return self.resolve_topic_name(INPUT_TOPICS.get(kind, kind))
+
     def _reject(self, reason: str, message: str) -> None:
-        """Count a rejected input and log it (each reason at most once per stats period)."""
+        """Count a rejected input and log it, naming its topic (each reason at most once per
+        stats period)."""
         self._count(f"rejected.{reason}")
         now = time.monotonic()
         period = self._node_config.stats_period_s or 5.0
         if now - self._last_reject_log.get(reason, -1e9) >= period:
             self._last_reject_log[reason] = now
             total = self._counts[f"rejected.{reason}"]
-            self.get_logger().warning(f"rejected ({reason}): {message} [{total} so far]")
+            self.get_logger().warning(f"rejected ({reason}) on {self._input_topic(reason)}: {message} "
+                                      f"[{total} so far]")
 
     def _on_image(self, kind: str, msg) -> None:
         self._count("frames_received")
+        self._depth.colour_arrived()
         if self._frames.put(kind, msg):
             self._count("frames_dropped")
 
