@@ -50,8 +50,8 @@ from steerseg_ros.ros.frame_input import FrameThread, SeedQueue, incoming_rgb
 from steerseg_ros.ros.image_conversion import ImageConversionError
 from steerseg_ros.ros.messages import MarkerConfig, stamp_to_ns
 from steerseg_ros.ros.node_base import NodeBase, input_qos
-from steerseg_ros.ros.node_config import (BACKEND_KINDS, LIVE_PIPELINE_FIELDS, NODE_NAME, NodeConfig,
-                                          check_changes, declare, read_section, static_specs, waiting_reason)
+from steerseg_ros.ros.node_config import (BACKEND_KINDS, NODE_NAME, NodeConfig, check_changes, declare,
+                                          read_section, static_specs)
 # The parameters file's generator: test_node_parameters' hint names it here.
 from steerseg_ros.ros.node_config import write_default_params  # noqa: F401
 from steerseg_ros.ros.outputs import TrackerOutputs
@@ -72,8 +72,11 @@ PUBLICATIONS = {"mask": "sensor_msgs/Image", "overlay": "sensor_msgs/Image", "tr
 # /diagnostics says WARN while input was rejected within this many stats periods (not for the
 # rest of the process's life once anything was).
 DIAGNOSTICS_WINDOW_PERIODS = 6
-# /diagnostics names at most this many of the recent rejection reasons in its message.
-DIAGNOSTICS_TOP_REASONS = 3
+# The pipeline settings a parameter change updates on the fly; the others (buffer_size) take
+# effect at the next configure.
+LIVE_PIPELINE_FIELDS = ("keyframes", "min_keyframes", "regrounding_period_s", "grounding_retry_s",
+                        "lost_timeout_s", "min_confidence", "reconcile_iou", "time_jump_reset_s",
+                        "max_command_chars", "max_targets", "selection")
 
 
 class SteerSegNode(NodeBase):
@@ -87,11 +90,6 @@ class SteerSegNode(NodeBase):
         self._last_reject_log: dict[str, float] = {}
         # Rejections + internal errors at each of the last diagnostics publications.
         self._bad_history: collections.deque[int] = collections.deque([0], maxlen=DIAGNOSTICS_WINDOW_PERIODS + 1)
-        # The same per reason, for the message's top reasons.
-        self._reason_history: collections.deque[dict] = collections.deque([{}], maxlen=DIAGNOSTICS_WINDOW_PERIODS + 1)
-        self._waiting_logged: set[str] = set()  # parameters whose "takes effect at ..." was logged
-        self._camera_warning: Optional[str] = None  # frames on the other image transport only
-        self._frames_at_activate = 0
         self._pipeline: Optional[Pipeline] = None
         self._backends = BackendLoader(self, self._count)
         self._frames = FrameThread(self._handle, self._apply_live_parameters, self._count, self.get_logger())
@@ -122,33 +120,13 @@ class SteerSegNode(NodeBase):
         self._follow = FollowServer(self, self._count, lambda: self._node_config.follow_feedback_hz)
 
     # ---- parameters -----------------------------------------------------------------------
-    def _set_parameters_atomically_common(self, parameter_list, descriptors=None, allow_not_set_type=False):
-        """Every parameter change (set_parameters, the set_parameters services, not declaration,
-        which passes descriptors) goes through here. A change that waits for the next activate
-        or configure succeeds with a `reason` saying so (logged once per parameter): rclpy keeps
-        an on-set-parameters callback's reason only on failure, so it is added here."""
-        result = super()._set_parameters_atomically_common(parameter_list, descriptors, allow_not_set_type)
-        if result.successful and descriptors is None:
-            result.reason = waiting_reason([p.name for p in parameter_list])
-            for p in parameter_list:
-                text = waiting_reason([p.name])
-                if text and p.name not in self._waiting_logged:
-                    self._waiting_logged.add(p.name)
-                    self.get_logger().info(f"parameter {text}")
-        return result
-
     def _apply_live_parameters(self) -> None:
         """Apply changed parameters that can change on the fly (called in the processing thread,
-        between frames): the node's drawing settings, the markers, the pipeline's settings in
-        LIVE_PIPELINE_FIELDS and the depth pairing's (node_config.takes_effect says which). The
-        rest take effect at the next configure or activate."""
+        between frames): the node's drawing settings, the markers, and the pipeline's settings
+        in LIVE_PIPELINE_FIELDS. The rest take effect at the next configure or activate."""
         try:
-            self._node_config.overlay_alpha = read_section(self, "node").overlay_alpha
-            new_node = read_section(self, "node")
-            for name in ("overlay_alpha", "draw_unsubscribed", "follow_feedback_hz"):
-                setattr(self._node_config, name, getattr(new_node, name))
+            self._node_config = read_section(self, "node")
             self._markers = read_section(self, "markers")
-            self._depth.apply_live(read_section(self, "depth"))
             if self._pipeline is not None:
                 new = read_section(self, "pipeline")
                 for f in LIVE_PIPELINE_FIELDS:
