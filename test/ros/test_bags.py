@@ -124,6 +124,8 @@ def test_synthetic_rgbd_command(tmp_path, davis_root):
 @pytest.mark.ros
 @pytest.mark.timeout(300)
 def test_play_bag_over_dds(tmp_path, scene, frames, domain):
+    """Without topic options the bag goes out on the launch file's default topics (a camera
+    driver's), so that a plain `ros2 launch` hears a plain `steerseg-play --bag`."""
     pytest.importorskip("rclpy", reason="needs the ROS 2 Python packages (scripts/setup_env.sh)")
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
@@ -133,6 +135,7 @@ def test_play_bag_over_dds(tmp_path, scene, frames, domain):
 
     import ros_processes
     from steerseg_ros.ros.messages import stamp_to_ns
+    from steerseg_ros.tools.play import CAMERA_INFO_TOPIC, DEPTH_TOPIC, IMAGE_TOPIC
 
     bag = tmp_path / "scene"
     write_scene_bag(bag, scene)
@@ -149,9 +152,9 @@ def test_play_bag_over_dds(tmp_path, scene, frames, domain):
         return on
 
     qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
-    node.create_subscription(Image, "image", keep("image"), qos)
-    node.create_subscription(Image, "depth", keep("depth"), qos)
-    node.create_subscription(CameraInfo, "camera_info", keep("camera_info"), qos)
+    node.create_subscription(Image, IMAGE_TOPIC, keep("image"), qos)
+    node.create_subscription(Image, DEPTH_TOPIC, keep("depth"), qos)
+    node.create_subscription(CameraInfo, CAMERA_INFO_TOPIC, keep("camera_info"), qos)
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(node)
     spinner = threading.Thread(target=executor.spin, daemon=True)
@@ -259,3 +262,57 @@ def test_compressed_colour_bag(tmp_path, frames):
     assert source.stamps() == [f.stamp_ns for f in frames[:3]]
     for (_, bgr), f in zip(source, frames):
         np.testing.assert_array_equal(bgr, f.bgr)
+
+
+def test_restamped_moves_only_the_stamp(tmp_path, scene):
+    """A looping replay rewrites each message's header stamp in the recorded bytes: read back,
+    every message type carries the new stamp and is otherwise what was recorded."""
+    from steerseg_ros.offline.bags import _typestore
+
+    bag = tmp_path / "scene"
+    write_scene_bag(bag, scene, storage="sqlite3", depth_encoding="32FC1")
+    ts = _typestore()
+    for m in read_bag(bag):
+        shifted = ts.deserialize_cdr(m.restamped(m.stamp_ns + 1_234_567_891), m.msgtype)
+        assert (shifted.header.stamp.sec, shifted.header.stamp.nanosec) == divmod(m.stamp_ns + 1_234_567_891, 10**9)
+        assert shifted.header.frame_id == m.frame_id
+        data = "k" if m.role == "camera_info" else "data"
+        np.testing.assert_array_equal(getattr(shifted, data), getattr(m.msg, data))
+
+
+@pytest.mark.ros
+@pytest.mark.timeout(300)
+def test_play_bag_loop_keeps_time_going_forward(tmp_path, scene, frames, domain):
+    """steerseg-play --bag --loop: each pass goes out with every stamp moved on by the bag's
+    length plus one frame period, on all three topics alike, so stamps only increase across
+    the loop and each depth image still has its colour frame's stamp."""
+    pytest.importorskip("rclpy", reason="needs the ROS 2 Python packages (scripts/setup_env.sh)")
+    import ros_processes
+    from topic_listener import TopicListener
+
+    bag = tmp_path / "scene"
+    write_scene_bag(bag, scene)
+    passes = 3
+    listener = TopicListener(domain, depth=passes * N + 10)
+    play = ros_processes.Process(["steerseg-play", "--bag", str(bag), "--loop", "--loops", str(passes),
+                                  "--qos", "reliable", "--rate", "15", "--wait-subscribers", "60", "--wait-all",
+                                  "--topic", "image", "--depth-topic", "depth", "--camera-info-topic", "camera_info",
+                                  "--manifest", str(tmp_path / "m.jsonl")],
+                                 ros_processes.ros_env(domain), tmp_path / "play.log")
+    try:
+        assert play.wait(180.0) == 0, play.text()[-3000:]
+        assert ros_processes.wait_until(lambda: all(listener.count(t) == passes * N for t in listener.got), 60.0), \
+            {t: listener.count(t) for t in listener.got}
+        got = {t: listener.stamps(t) for t in listener.got}
+    finally:
+        play.stop()
+        listener.close()
+    recorded = [f.stamp_ns for f in frames]
+    shift = recorded[-1] - recorded[0] + (recorded[-1] - recorded[0]) // (N - 1)
+    expected = [s + k * shift for k in range(passes) for s in recorded]
+    for topic, stamps in got.items():
+        assert stamps == expected, topic
+        assert all(b > a for a, b in zip(stamps, stamps[1:])), topic
+    manifest = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert [line["stamp_ns"] for line in manifest] == expected
+    assert [line["index"] for line in manifest] == list(range(passes * N))

@@ -14,6 +14,7 @@ Reading streams: nothing but the message at hand is held in memory.
 from __future__ import annotations
 
 import shutil
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
@@ -75,6 +76,22 @@ class BagMessage:
     frame_id: str
     raw: bytes
     msg: object  # the deserialised message (rosbags' own classes)
+
+    def restamped(self, stamp_ns: int) -> bytes:
+        """The recorded bytes with header.stamp set to `stamp_ns` (a looping replay's later
+        passes), everything else as recorded. Every message read here starts with its
+        std_msgs/Header, so the stamp is the 8 bytes after the 4-byte CDR encapsulation header;
+        only plain CDR (what rosbag2 records) is rewritten, checked against the stamp read."""
+        encapsulation = self.raw[1] if len(self.raw) >= 12 and self.raw[0] == 0 else None
+        if encapsulation not in (0, 1):  # CDR big / little endian
+            raise BagError(f"cannot restamp a {self.msgtype} on {self.topic}: not plain CDR")
+        layout = struct.Struct("<iI" if encapsulation else ">iI")
+        sec, nanosec = layout.unpack_from(self.raw, 4)
+        if sec * NS_PER_S + nanosec != self.stamp_ns:
+            raise BagError(f"cannot restamp a {self.msgtype} on {self.topic}: its header is not where expected")
+        out = bytearray(self.raw)
+        layout.pack_into(out, 4, stamp_ns // NS_PER_S, stamp_ns % NS_PER_S)
+        return bytes(out)
 
     def image(self) -> np.ndarray:
         """The pixels: HxWx3 uint8 RGB for colour, HxW uint16 (16UC1) or float32 (32FC1) for depth."""

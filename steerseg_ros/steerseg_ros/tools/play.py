@@ -13,16 +13,22 @@ machine is: for tests and evaluations, not for rate measurements (steerseg-bench
     steerseg-play --bag recording.mcap [--topics COLOUR DEPTH CAMERA_INFO] [--rate R]
 
 A bag (a rosbag2 folder, or one .mcap/.db3 file; read with `rosbags`, no ROS bag tools needed)
-replays its colour image, depth image and camera_info topics on `image`, `depth` and
-`camera_info` (the node's input names; --topic, --depth-topic, --camera-info-topic rename
-them) as the recorded bytes, so header stamps and frame ids are the recorded ones. Timing is
+replays its colour image, depth image and camera_info topics on /camera/image_raw,
+/camera/depth_registered/image_raw and /camera/camera_info (the launch file's defaults, what a
+camera driver publishes; --topic, --depth-topic, --camera-info-topic rename them) as the recorded bytes, so header stamps and frame ids are the recorded ones. Timing is
 the recorded one (log times), or scaled so the colour topic runs at --rate frames per second.
 Without --topics the colour, depth and camera_info topics are found by type and encoding.
+With --loop, each later pass goes out with every stamp (all three topics alike) moved on by
+the bag's length plus one colour frame period, so a node sees time go forward and depth keeps
+its colour partner; a --seed-mask goes out with the first colour frame's stamp and frame id.
+
+Ctrl-C ends any mode with exit code 0: the player handles SIGINT itself (see main).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -33,6 +39,22 @@ import cv2
 from steerseg_ros.offline.sources import FrameSource
 
 RAW_ENCODINGS = ("bgr8", "rgb8", "bgra8", "rgba8", "mono8")
+# Where frames go by default: the launch file's defaults, the names of a camera driver's topics
+# (image_pipeline's `camera` namespace, depth registered to the colour camera), so that a plain
+# `ros2 launch steerseg_ros steerseg.launch.py` hears a plain `steerseg-play`. The node's own
+# names are relative (image, depth, camera_info): launch remaps them to these.
+IMAGE_TOPIC = "/camera/image_raw"
+DEPTH_TOPIC = "/camera/depth_registered/image_raw"
+CAMERA_INFO_TOPIC = "/camera/camera_info"
+
+
+def to_node_inputs() -> list[str]:
+    """ROS arguments for the player that send its default topics to a node started without the
+    launch file's remappings (`steerseg_node`, as the demo and the tests run it), which listens
+    on its own relative names: image, image/compressed, depth, camera_info."""
+    names = ((IMAGE_TOPIC, "image"), (f"{IMAGE_TOPIC}/compressed", "image/compressed"),
+             (DEPTH_TOPIC, "depth"), (CAMERA_INFO_TOPIC, "camera_info"))
+    return ["--ros-args"] + [arg for ours, node in names for arg in ("-r", f"{ours}:={node}")]
 COMPRESSED_ENCODINGS = ("jpeg", "png")
 
 
@@ -48,11 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rate", type=float, default=None,
                         help="frames per second (default 10; with --bag: the recorded rate)")
     parser.add_argument("--count", type=int, default=None, help="publish only the first COUNT frames")
-    parser.add_argument("--loop", action="store_true", help="start over after the last frame (stamps keep increasing)")
+    parser.add_argument("--loop", action="store_true", help="start over after the last frame (stamps keep increasing: a bag's "
+                        "later passes are shifted by its length plus one frame period)")
     parser.add_argument("--loops", type=int, default=0, help="with --loop, stop after this many passes (0: until Ctrl-C)")
-    parser.add_argument("--topic", default=None, help="image topic (default: image, or image/compressed for jpeg/png)")
-    parser.add_argument("--depth-topic", default="depth", help="with --bag: the topic depth images go out on")
-    parser.add_argument("--camera-info-topic", default="camera_info", help="with --bag: the topic camera_info goes out on")
+    parser.add_argument("--topic", default=None,
+                        help=f"image topic (default: {IMAGE_TOPIC}, or {IMAGE_TOPIC}/compressed for jpeg/png)")
+    parser.add_argument("--depth-topic", default=DEPTH_TOPIC, help="with --bag: the topic depth images go out on")
+    parser.add_argument("--camera-info-topic", default=CAMERA_INFO_TOPIC,
+                        help="with --bag: the topic camera_info goes out on")
     parser.add_argument("--encoding", default="bgr8", choices=RAW_ENCODINGS + COMPRESSED_ENCODINGS)
     parser.add_argument("--frame-id", default="camera", help="header.frame_id of every frame")
     parser.add_argument("--qos", default="sensor_data", choices=("sensor_data", "reliable"), help="QoS of the image topic")
@@ -87,6 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--answer-timeout", type=float, default=60.0,
                         help="with --lockstep: seconds to wait for one frame's answer before going on")
     return parser
+
+
+def _unheard(publishers, images: int = 1) -> str:
+    """The topics of `publishers` with fewer subscribers than waited for (as _wait_for_subscribers
+    counts them), named as resolved, so that a user sees which of their topics is wrong."""
+    short = [(p, images if i == 0 else 1) for i, p in enumerate(publishers)]
+    return ", ".join(f"{p.topic_name} ({p.get_subscription_count()} of {need})" for p, need in short
+                     if p.get_subscription_count() < need) or "(every topic has one now)"
 
 
 def _wait_for_subscribers(publishers, timeout: float, images: int = 1) -> bool:
@@ -168,7 +201,7 @@ def play(args: argparse.Namespace, node) -> int:
     from steerseg_ros.ros.messages import header_at
 
     compressed = args.encoding in COMPRESSED_ENCODINGS
-    topic = args.topic or ("image/compressed" if compressed else "image")
+    topic = args.topic or (f"{IMAGE_TOPIC}/compressed" if compressed else IMAGE_TOPIC)
     image_pub, command_pub, seed_pub = _frame_publishers(args, node, topic, compressed)
     log = node.get_logger()
     source = FrameSource(frames=args.frames, video=args.video, limit=args.count)
@@ -221,8 +254,17 @@ def _frame_publishers(args: argparse.Namespace, node, topic: str, compressed: bo
     reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
     image_pub = node.create_publisher(CompressedImage if compressed else Image, topic, image_qos)
     command_pub = node.create_publisher(String, args.command_topic, reliable) if args.command is not None else None
-    seed_pub = node.create_publisher(Image, args.seed_topic, reliable) if args.seed_mask is not None else None
-    return image_pub, command_pub, seed_pub
+    return image_pub, command_pub, _seed_publisher(args, node)
+
+
+def _seed_publisher(args: argparse.Namespace, node):
+    """The seed mask publisher (reliable: it is sent once), or None without --seed-mask."""
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+
+    if args.seed_mask is None:
+        return None
+    return node.create_publisher(Image, args.seed_topic, QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
 
 
 def _read_seed_mask(path: Path):
@@ -238,7 +280,8 @@ def _wait_for_listeners(args: argparse.Namespace, node, publishers) -> Optional[
     node's answer topic; the answers to wait for in lockstep, or None."""
     log = node.get_logger()
     if args.wait_subscribers > 0 and not _wait_for_subscribers(publishers, args.wait_subscribers, args.min_subscribers):
-        log.warning(f"no subscriber on some topic after {args.wait_subscribers:.1f} s; publishing anyway")
+        log.warning(f"no subscriber on {_unheard(publishers, args.min_subscribers)} after "
+                    f"{args.wait_subscribers:.1f} s; publishing anyway")
     answers = _Answers(node, args.answer_topic) if args.lockstep else None
     if answers is not None and not answers.wait_for_publisher(max(args.wait_subscribers, 1.0)):
         log.warning(f"nothing publishes {node.resolve_topic_name(args.answer_topic)} after "
@@ -320,51 +363,107 @@ def _close(manifest, answers) -> None:
 
 
 def play_bag(args: argparse.Namespace, node) -> int:
-    """Replay a bag's colour, depth and camera_info messages (raw, stamps as recorded); returns
-    the colour frames published."""
+    """Replay a bag's colour, depth and camera_info messages (raw, stamps as recorded; with
+    --loop, each later pass shifted by the bag's length); returns the colour frames published."""
     from steerseg_ros.offline.bags import find_topics, read_bag
 
-    if args.loop:
-        raise SystemExit("--loop does not apply to --bag (its stamps would repeat)")
     topics = find_topics(args.bag, args.topics)
     log = node.get_logger()
     pubs, out, command_pub = _bag_publishers(args, node, topics)
-    if args.seed_mask is not None:
-        raise SystemExit("--seed-mask is not supported with --bag")
-    _wait_for_bag_listeners(args, node, topics, out, pubs, command_pub)
+    seed_pub = _seed_publisher(args, node)
+    seed = _read_seed_mask(args.seed_mask) if args.seed_mask is not None else None
+    _wait_for_bag_listeners(args, node, topics, out, pubs, [p for p in (command_pub, seed_pub) if p is not None])
 
     scale = _bag_time_scale(args, topics) if args.rate is not None else 1.0
+    stamp_shift, log_shift = _bag_loop_shift(args, topics) if args.loop else (0, 0)
     answers = _Answers(node, args.answer_topic) if args.lockstep else None
     manifest = open(args.manifest, "w") if args.manifest is not None else None
-    counts = {"colour": 0, "depth": 0, "camera_info": 0}
     command = _Command(args, command_pub, log)
-    t0 = time.monotonic()
-    first_log = None
-    # In lockstep the answer for a colour frame is awaited just before the next colour frame
-    # goes out, so the depth and camera_info recorded after it still reach the node first.
-    unanswered: Optional[int] = None
+    replay = _BagReplay(args, pubs, answers, manifest, command, scale, log)
+    replay.seed, replay.seed_pub = seed, seed_pub
     try:
-        for m in read_bag(args.bag, topics):
-            if m.role == "colour" and args.count is not None and counts["colour"] >= args.count:
+        passes = 0
+        while True:
+            replay.one_pass(read_bag(args.bag, topics), passes * stamp_shift, passes * log_shift)
+            passes += 1
+            if not args.loop or (args.loops and passes >= args.loops):
                 break
-            if m.role == "colour" and answers is not None and unanswered is not None:
-                _await_answer(answers, unanswered, args, log)
-            first_log = m.log_ns if first_log is None else first_log
-            _sleep_until(t0 + (m.log_ns - first_log) / 1e9 / scale)
-            command.send_when_due(time.monotonic() - t0)
-            pubs[m.role].publish(m.raw)
-            if m.role == "colour":
-                unanswered = m.stamp_ns
-                _record(manifest, counts["colour"], f"{counts['colour']:05d}", m.stamp_ns)
-            counts[m.role] += 1
-        if answers is not None and unanswered is not None:
-            _await_answer(answers, unanswered, args, log)
+        replay.await_last_answer()
         _finish(args, command)
     finally:
         _close(manifest, answers)
+    counts = replay.counts
     log.info(f"published {counts['colour']} colour, {counts['depth']} depth, {counts['camera_info']} camera_info "
-             f"messages from {args.bag}")
+             f"messages from {args.bag}" + (f" in {passes} passes" if args.loop else ""))
     return counts["colour"]
+
+
+class _BagReplay:
+    """Publishes a bag's messages pass after pass at the recorded pace (scaled), keeping the
+    counts, the manifest and, in lockstep, the colour frame whose answer is awaited."""
+
+    def __init__(self, args: argparse.Namespace, pubs, answers, manifest, command: _Command, scale: float, log):
+        self.args, self.pubs, self.answers, self.manifest = args, pubs, answers, manifest
+        self.command, self.scale, self.log = command, scale, log
+        self.seed = self.seed_pub = None
+        self.counts = {"colour": 0, "depth": 0, "camera_info": 0}
+        self.t0 = time.monotonic()
+        self.first_log: Optional[int] = None
+        # In lockstep the answer for a colour frame is awaited just before the next colour
+        # frame goes out, so the depth and camera_info recorded after it still reach the node first.
+        self.unanswered: Optional[int] = None
+
+    def one_pass(self, messages, stamp_shift: int, log_shift: int) -> None:
+        """One pass over the bag: stamps and log times moved on by the shifts (0 the first time)."""
+        colour = 0
+        for m in messages:
+            if m.role == "colour" and self.args.count is not None and colour >= self.args.count:
+                break
+            if m.role == "colour":
+                self.await_last_answer()
+            self.first_log = m.log_ns if self.first_log is None else self.first_log
+            _sleep_until(self.t0 + (m.log_ns + log_shift - self.first_log) / 1e9 / self.scale)
+            self.command.send_when_due(time.monotonic() - self.t0)
+            stamp_ns = m.stamp_ns + stamp_shift
+            if m.role == "colour" and self.seed is not None and self.counts["colour"] == 0:
+                from steerseg_ros.ros.messages import header_at
+
+                self.t0 += _send_seed(self.seed_pub, self.seed, m.image(), header_at(stamp_ns, m.frame_id),
+                                      self.args.rate or 10.0)
+            self.pubs[m.role].publish(m.restamped(stamp_ns) if stamp_shift else m.raw)
+            if m.role == "colour":
+                self.unanswered = stamp_ns
+                _record(self.manifest, self.counts["colour"], f"{self.counts['colour']:05d}", stamp_ns)
+                colour += 1
+            self.counts[m.role] += 1
+
+    def await_last_answer(self) -> None:
+        if self.answers is not None and self.unanswered is not None:
+            _await_answer(self.answers, self.unanswered, self.args, self.log)
+            self.unanswered = None
+
+
+def _bag_loop_shift(args: argparse.Namespace, topics) -> tuple[int, int]:
+    """How far each --loop pass moves the stamps and the log times on: the span of the replayed
+    messages (every topic, the first --count colour frames) plus one colour frame period, so
+    that every topic's stamps keep increasing across the loop and depth keeps its colour partner."""
+    from steerseg_ros.offline.bags import read_bag
+
+    stamps, logs, colour_stamps, colour_logs = [], [], [], []
+    for m in read_bag(args.bag, topics):
+        if m.role == "colour":
+            if args.count is not None and len(colour_stamps) >= args.count:
+                break
+            colour_stamps.append(m.stamp_ns)
+            colour_logs.append(m.log_ns)
+        stamps.append(m.stamp_ns)
+        logs.append(m.log_ns)
+
+    def period(values: list[int]) -> int:  # one colour frame period; 0.1 s for a one-frame bag
+        return (values[-1] - values[0]) // (len(values) - 1) if len(values) > 1 and values[-1] > values[0] \
+            else 100_000_000
+
+    return (max(stamps) - min(stamps) + period(colour_stamps), max(logs) - min(logs) + period(colour_logs))
 
 
 def _bag_publishers(args: argparse.Namespace, node, topics):
@@ -380,7 +479,7 @@ def _bag_publishers(args: argparse.Namespace, node, topics):
         depth=10, reliability=ReliabilityPolicy.RELIABLE)
     reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
     compressed = topics.colour_type == COMPRESSED
-    out = {"colour": args.topic or ("image/compressed" if compressed else "image"),
+    out = {"colour": args.topic or (f"{IMAGE_TOPIC}/compressed" if compressed else IMAGE_TOPIC),
            "depth": args.depth_topic, "camera_info": args.camera_info_topic}
     pubs = {"colour": node.create_publisher(CompressedImage if compressed else Image, out["colour"], qos)}
     if topics.depth:
@@ -391,7 +490,7 @@ def _bag_publishers(args: argparse.Namespace, node, topics):
     return pubs, out, command_pub
 
 
-def _wait_for_bag_listeners(args: argparse.Namespace, node, topics, out, pubs, command_pub) -> None:
+def _wait_for_bag_listeners(args: argparse.Namespace, node, topics, out, pubs, reliable_pubs) -> None:
     """Logs which bag topic goes out where, then waits (--wait-subscribers) for subscribers."""
     log = node.get_logger()
     log.info(f"bag {args.bag}: " + ", ".join(f"{t} -> {node.resolve_topic_name(out[r])}" for r, t in
@@ -400,9 +499,10 @@ def _wait_for_bag_listeners(args: argparse.Namespace, node, topics, out, pubs, c
     # By default only the colour topic (and the command) must be heard: a node without depth
     # input still runs. --wait-all waits for depth and camera_info subscribers too.
     waited = list(pubs.values()) if args.wait_all else [pubs["colour"]]
-    waited += [command_pub] if command_pub is not None else []
+    waited += reliable_pubs  # the command and the seed mask
     if args.wait_subscribers > 0 and not _wait_for_subscribers(waited, args.wait_subscribers, args.min_subscribers):
-        log.warning(f"no subscriber on some topic after {args.wait_subscribers:.1f} s; publishing anyway")
+        log.warning(f"no subscriber on {_unheard(waited, args.min_subscribers)} after "
+                    f"{args.wait_subscribers:.1f} s; publishing anyway")
 
 
 def _bag_time_scale(args: argparse.Namespace, topics) -> float:
@@ -435,17 +535,25 @@ def main(argv: Optional[list[str]] = None) -> int:
         raise SystemExit("--topics goes with --bag")
     import rclpy
     from rclpy.executors import ExternalShutdownException
+    from rclpy.signals import SignalHandlerOptions
 
-    rclpy.init(args=["steerseg-play"] + argv)
-    node = rclpy.create_node("steerseg_play")
+    # Ctrl-C is ours, not rclpy's: rclpy's handler shuts the context down at once, so a publish
+    # in progress fails ("publisher's context is invalid", a traceback and exit code 1). Python's
+    # own handler raises KeyboardInterrupt where the player is, and the node then goes down in
+    # order: exit code 0, nothing on stderr.
+    node = None
     try:
+        rclpy.init(args=["steerseg-play"] + argv, signal_handler_options=SignalHandlerOptions.NO)
+        node = rclpy.create_node("steerseg_play")
         play(args, node)
-        return 0
     except (KeyboardInterrupt, ExternalShutdownException):
-        return 0
+        pass
     finally:
-        node.destroy_node()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not break the teardown
+        if node is not None:
+            node.destroy_node()
         rclpy.try_shutdown()
+    return 0
 
 
 if __name__ == "__main__":
