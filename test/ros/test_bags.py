@@ -206,8 +206,6 @@ def test_demo_bag_direct(tmp_path, scene, frames):
     np.testing.assert_array_equal(first > 0, frames[0].mask_true)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["frames"] == N and summary["frames_without_mask"] == 0
-    with pytest.raises(SystemExit, match="needs --direct"):
-        demo.main(["--bag", str(bag), "--seed-mask", str(seed), "--out", str(tmp_path / "node")])
 
 
 @pytest.mark.ros
@@ -234,6 +232,81 @@ def test_demo_bag_through_the_node(tmp_path, scene, frames):
     assert summary["unmatched_stamps"] == 0 and summary["masks_received"] == N, summary
     manifest = [json.loads(line) for line in (tmp_path / "node" / "manifest.jsonl").read_text().splitlines()]
     assert [line["stamp_ns"] for line in manifest] == [f.stamp_ns for f in frames]
+
+
+@pytest.mark.ros
+@pytest.mark.timeout(300)
+def test_demo_bag_writes_each_frames_3d(tmp_path, davis_root):
+    """steerseg-demo --bag --seed-mask through the node (depth and all): OUT/tracks_3d.csv and
+    .jsonl hold a row per frame with a tracked 3D position, at the frame's stamp: the node's 3D
+    of that frame, within the depth tests' bounds of the scene's truth; OUT/target_path.png
+    plots that track's path."""
+    import csv
+    import itertools
+    import subprocess
+    import sys
+
+    import cv2
+
+    pytest.importorskip("rclpy", reason="needs the ROS 2 Python packages (scripts/setup_env.sh)")
+    import ros_processes
+    from steerseg_ros.depth import estimate_object_3d
+    from steerseg_testing.synthetic_rgbd import CORRUPTIONS, SceneConfig, SyntheticRGBDScene
+
+    # The first frames of the depth tests' slow path (1 m to 2 m over 120 frames), so that the
+    # built-in tracker keeps the object as it does there.
+    scene = SyntheticRGBDScene(SceneConfig(n_frames=240, corruptions=CORRUPTIONS), davis_root=davis_root)
+    count = 10
+
+    class FirstFrames:
+        camera = scene.camera
+
+        def __iter__(self):
+            return itertools.islice(iter(scene), count)
+
+    frames = list(FirstFrames())
+    bag, seed, out = tmp_path / "scene", tmp_path / "seed.png", tmp_path / "node"
+    write_scene_bag(bag, FirstFrames())
+    cv2.imwrite(str(seed), frames[0].mask_true.astype(np.uint8) * 255)
+    env = ros_processes.ros_env(ros_processes.random_domain_id())
+    run = subprocess.run([sys.executable, "-m", "steerseg_ros.tools.demo", "--bag", str(bag), "--seed-mask", str(seed),
+                          "--rate", "5", "--out", str(out), "--domain-id", env["ROS_DOMAIN_ID"]],
+                         capture_output=True, text=True, timeout=240, env=env)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["masks_received"] == count and summary["unmatched_stamps"] == 0, summary
+    with open(out / "tracks_3d.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    lines = [json.loads(line) for line in (out / "tracks_3d.jsonl").read_text().splitlines()]
+    assert len(rows) == len(lines) and [int(r["frame"]) for r in rows] == [line["frame"] for line in lines]
+    # One track, the seeded one, with 3D on every frame from the seed's on (the seed may reach
+    # the node just after frame 0; it is then applied from frame 1).
+    assert {line["track_id"] for line in lines} == {summary["target_track_id"]}
+    seen = [line["frame"] for line in lines]
+    assert seen == sorted(set(seen)) and set(range(1, count)) <= set(seen), seen
+    assert summary["frames_with_3d"] == len(seen)
+    rel = []
+    for line, row in zip(lines, rows):
+        truth = frames[line["frame"]]
+        assert line["stamp_ns"] == truth.stamp_ns and line["name"] == f"{line['frame']:05d}"
+        xyz = np.array([line["x"], line["y"], line["z"]])
+        assert np.allclose(xyz, [float(row["x"]), float(row["y"]), float(row["z"])])
+        lo, hi = np.array([line[k] for k in ("min_x", "min_y", "min_z")]), np.array([line[k] for k in ("max_x", "max_y", "max_z")])
+        assert np.all(lo <= xyz + 1e-6) and np.all(xyz <= hi + 1e-6) and line["position_stderr"] > 0
+        rel.append(float(np.linalg.norm(xyz - truth.position) / truth.position[2]))
+        # Exactly the node's 3D of that frame: the core estimator on the mask the demo wrote for
+        # it and the bag's depth for it (fails on another frame's row, pairing or units).
+        label = cv2.imread(str(out / "masks" / f"{line['name']}.png"), cv2.IMREAD_GRAYSCALE) > 0
+        own = estimate_object_3d(label, depth_to_metres(truth.depth_mm, "16UC1"), scene.camera)
+        assert np.allclose(xyz, own.position, atol=1e-4), (line["frame"], xyz, own.position)
+    # The depth tests' bounds (test_node_depth_dds): every frame within 5% of the true depth,
+    # the typical one within 2%. (Their 2%-on-90% share needs more frames than these: on the
+    # path's first frames at 1 m the built-in tracker's mask drifts a little onto the wall.)
+    rel = np.array(rel)
+    assert np.all(rel <= 0.05) and np.median(rel) <= 0.02, np.round(rel, 4)
+    assert summary["target_path"] == str(out / "target_path.png")
+    picture = cv2.imread(summary["target_path"])
+    assert picture is not None and picture.shape[0] > 100 and picture.shape[1] > 100
 
 
 def test_compressed_colour_bag(tmp_path, frames):

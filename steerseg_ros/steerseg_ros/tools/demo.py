@@ -15,7 +15,13 @@ stamp; the player waits for each frame's mask before it sends the next (steerseg
 With --bag (a ROS 2 bag: folder, .mcap or .db3), steerseg-play replays its colour, depth and
 camera_info topics with their recorded stamps onto the node's `image`, `depth` and
 `camera_info` inputs (at the recorded rate, or --rate colour frames per second); output frames
-are matched by those stamps and named by their frame number. --direct uses the colour frames.
+are matched by those stamps and named by their frame number. --direct uses the colour frames
+(no depth there, so no 3D).
+Through the node it also writes each frame's 3D per track, as the node published it on `tracks`
+(OUT/tracks_3d.csv and OUT/tracks_3d.jsonl: frame, stamp, track id, x, y, z, spread, standard
+error, extent; see tools/demo_3d.py) and OUT/target_path.png, the 3D path of the track with 3D on
+the most frames (needs matplotlib). --seed-mask goes with --bag through the node too: the player
+sends it with the first colour frame's stamp.
 
 Owns the demo's orchestration and output writing; the node, the player and the pipeline are
 used as they are.
@@ -99,6 +105,7 @@ class Outputs:
         self.out_dir = out_dir
         self.masks: dict[int, bytes] = {}      # index -> PNG of the label image
         self.overlays: dict[int, bytes] = {}   # index -> JPEG of the overlay (BGR)
+        self.tracks: dict[int, list] = {}      # index -> the frame's 3D rows (demo_3d.track_rows)
         self.lock = threading.Lock()
 
     def add_mask(self, index: int, label: np.ndarray) -> None:
@@ -110,6 +117,10 @@ class Outputs:
         ok, jpg = cv2.imencode(".jpg", overlay_bgr, [cv2.IMWRITE_JPEG_QUALITY, 92])
         with self.lock:
             self.overlays[index] = jpg.tobytes()
+
+    def add_tracks(self, index: int, rows: list) -> None:
+        with self.lock:
+            self.tracks[index] = rows
 
     def write(self, source: FrameSource, fps: float) -> dict[str, Any]:
         masks_dir = self.out_dir / "masks"
@@ -281,8 +292,10 @@ def _start_recorder(domain: int, index_of: _StampIndex, outputs: Outputs):
     from rclpy.signals import SignalHandlerOptions
     from sensor_msgs.msg import Image
 
+    from steerseg_msgs.msg import TrackArray
     from steerseg_ros.ros.image_conversion import image_to_array
     from steerseg_ros.ros.messages import stamp_to_ns
+    from steerseg_ros.tools.demo_3d import track_rows
 
     def on_mask(msg) -> None:
         index = index_of(stamp_to_ns(msg.header.stamp))
@@ -294,12 +307,19 @@ def _start_recorder(domain: int, index_of: _StampIndex, outputs: Outputs):
         if index is not None:
             outputs.add_overlay(index, np.array(image_to_array(msg)))
 
+    def on_tracks(msg) -> None:
+        stamp_ns = stamp_to_ns(msg.header.stamp)
+        index = index_of(stamp_ns)
+        if index is not None:
+            outputs.add_tracks(index, track_rows(index, stamp_ns, msg.tracks))
+
     context = rclpy.Context()
     rclpy.init(context=context, domain_id=domain, signal_handler_options=SignalHandlerOptions.NO)
     recorder = rclpy.create_node("steerseg_demo_recorder", context=context)
     reliable = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE)
     recorder.create_subscription(Image, "mask", on_mask, reliable)
     recorder.create_subscription(Image, "overlay", on_overlay, reliable)
+    recorder.create_subscription(TrackArray, "tracks", on_tracks, reliable)
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(recorder)
     spinner = threading.Thread(target=lambda: _spin(executor), daemon=True)
@@ -373,7 +393,11 @@ def _play_command(args: argparse.Namespace) -> list[str]:
         play_cmd += ["--command", args.command, "--command-at", "0"]
     else:
         play_cmd += ["--seed-mask", str(args.seed_mask)]
-    return play_cmd
+    # The node runs without the launch file's remappings: the player's default (camera driver)
+    # topics go to its own input names.
+    from steerseg_ros.tools.play import to_node_inputs
+
+    return play_cmd + to_node_inputs()
 
 
 def _await_player(args: argparse.Namespace, player: subprocess.Popen, expected: int) -> int:
@@ -393,7 +417,7 @@ def _await_outputs(outputs: Outputs, played: int, index_of: _StampIndex) -> None
     quiet_deadline = time.monotonic() + 60.0
     while time.monotonic() < quiet_deadline:
         with outputs.lock:
-            done = (played - 1) in outputs.masks
+            done = (played - 1) in outputs.masks and (played - 1) in outputs.tracks
         if done or time.monotonic() - index_of.last > 5.0:
             break
         time.sleep(0.1)
@@ -423,6 +447,7 @@ def run_node(args: argparse.Namespace, source: FrameSource, outputs: Outputs) ->
         _await_outputs(outputs, played, index_of)
         summary.update(seconds=round(time.perf_counter() - start, 2), frames_played=played,
                        masks_received=len(outputs.masks), overlays_received=len(outputs.overlays),
+                       tracks_received=len(outputs.tracks),
                        unmatched_stamps=index_of.unknown)
         if len(outputs.masks) < played:
             summary["note"] = ("some frames got no mask within steerseg-play's --answer-timeout; "
@@ -471,8 +496,6 @@ def main(argv: Optional[list[str]] = None) -> int:
         raise SystemExit("--rate must be > 0")
     if args.topics and args.bag is None:
         raise SystemExit("--topics goes with --bag")
-    if args.bag is not None and args.seed_mask is not None and not args.direct:
-        raise SystemExit("--seed-mask with --bag needs --direct (steerseg-play sends no seed mask with a bag)")
     if args.bag is not None:
         from steerseg_ros.offline.bags import BagError, BagFrameSource, find_topics
 
@@ -493,6 +516,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     written = outputs.write(source, args.rate)
     names = written.pop("names")
     summary.update(written)
+    if not args.direct:
+        from steerseg_ros.tools.demo_3d import write_3d
+
+        summary.update(write_3d(args.out, outputs.tracks, names))
     if args.ground_truth is not None:
         summary["score"] = score(args.ground_truth, names, args.out / "masks")
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
