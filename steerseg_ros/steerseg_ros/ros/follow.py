@@ -1,6 +1,8 @@
 """The tracker node's Follow action (`follow`) and its `~/stop` service.
 
-Owns `FollowServer`: one target per accepted goal, its feedback and its end (cancel, LOST
+Owns `FollowServer`: one target per accepted goal, its feedback, its target pose (a
+geometry_msgs/PoseStamped on the goal's pose_topic, by default target_<id>/pose: what Nav2's
+following server follows; created with the goal, gone with it) and its end (cancel, LOST
 timeout, preemption, ~/stop, deactivation; action/Follow.action). The action server and the stop
 service exist in every lifecycle state (a client can find them), but goals are accepted only
 while the node is active; deactivating ends them.
@@ -22,7 +24,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
+from geometry_msgs.msg import PoseStamped
 from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rclpy.task import Future
 from std_srvs.srv import Trigger
 
@@ -30,6 +34,7 @@ from steerseg_msgs.action import Follow
 from steerseg_msgs.msg import TrackArray
 from steerseg_ros.grounding.base import GroundingError, clean_command
 from steerseg_ros.streaming.pipeline import PipelineOutput, TargetLimitError
+from steerseg_ros.ros.standard_outputs import target_pose
 
 
 @dataclass
@@ -44,6 +49,13 @@ class _Goal:
     done: Any  # rclpy.task.Future
     tracks: list = field(default_factory=list)  # its Track messages on the last processed frame
     last_feedback: float = -1e9
+    pose_pub: Any = None  # its target pose's publisher
+
+
+def pose_topic(request_topic: str, target_id: int) -> str:
+    """Where a goal's target pose goes: the topic it names, else target_<id>/pose (relative:
+    in the node's namespace)."""
+    return request_topic.strip() or f"target_{target_id}/pose"
 
 
 # Follow.Result reasons by name, for the counters and logs.
@@ -142,6 +154,13 @@ class FollowServer:
             # future, so the awaiting coroutine resumes at once.
             done.add_done_callback(lambda _future: None)
             goal = _Goal(handle, target_id, command, float(request.lost_timeout_s), done)
+            try:
+                goal.pose_pub = self._node.create_publisher(
+                    PoseStamped, pose_topic(request.pose_topic, target_id),
+                    QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+            except Exception as e:  # an invalid topic name
+                pipeline.remove_target(target_id)
+                return None, f"pose_topic {request.pose_topic!r} is not a valid topic name: {e}"
             self._goals[target_id] = goal
         self._count("follow.goals_accepted")
         self._log().info(f"Follow goal accepted: target {target_id} {goal.command!r}"
@@ -157,6 +176,12 @@ class FollowServer:
         pipeline = self._node.pipeline
         if remove_target and pipeline is not None:
             pipeline.remove_target(goal.target_id)
+        if goal.pose_pub is not None:
+            pub, goal.pose_pub = goal.pose_pub, None
+            try:
+                self._node.destroy_publisher(pub)
+            except Exception as e:  # at process exit the node may be gone
+                self._log().debug(f"Follow goal's pose publisher not destroyed: {e}")
         try:
             goal.done.set_result((reason, message))
         except Exception as e:  # at process exit the executor may be gone: no client to tell
@@ -185,6 +210,7 @@ class FollowServer:
             if target is None:
                 continue  # ended meanwhile
             goal.tracks = [t for t in tracks.tracks if t.target_id == goal.target_id]
+            self._publish_pose(goal)
             if 0 < goal.lost_timeout_s < target.unseen_s:
                 self._end_goal(goal, Follow.Result.REASON_LOST_TIMEOUT,
                                f"target unseen for {target.unseen_s:.2f} s of camera time "
@@ -192,12 +218,24 @@ class FollowServer:
                 continue
             if now - goal.last_feedback >= period:
                 goal.last_feedback = now
+                pub = goal.pose_pub
                 feedback = Follow.Feedback(target_id=goal.target_id, state=int(target.state),
-                                           unseen_s=float(target.unseen_s), tracks=goal.tracks)
+                                           unseen_s=float(target.unseen_s), tracks=goal.tracks,
+                                           pose_topic=pub.topic_name if pub is not None else "")
                 try:
                     goal.handle.publish_feedback(feedback)
                 except Exception as e:  # the goal ended on another thread meanwhile
                     self._log().debug(f"Follow feedback not sent: {e}")
+
+    def _publish_pose(self, goal: _Goal) -> None:
+        """The goal's target pose on this frame, when one of its tracks has a position."""
+        pose, pub = target_pose(goal.tracks), goal.pose_pub
+        if pose is None or pub is None:
+            return
+        try:
+            pub.publish(pose)
+        except Exception as e:  # the goal ended on another thread meanwhile
+            self._log().debug(f"Follow target pose not sent: {e}")
 
     def _on_stop(self, request, response):
         pipeline = self._node.pipeline

@@ -56,6 +56,19 @@ class NodeConfig:
     follow_feedback_hz: float = field(default=5.0, metadata={"help": (
         "Each Follow goal gets feedback (its tracks) at most this often (per second of wall time), "
         "on processed frames.")})
+    target_frame: str = field(default="", metadata={"help": (
+        "The frame of every 3D output (Track positions, target_point, object_points, "
+        "detections_3d, the Follow goals' target poses), e.g. base_link, odom or map: looked up "
+        "with tf2 at each image's stamp. A frame whose transform is missing or stale gets no 3D "
+        "(counted as rejected.tf.*). Empty: the camera's optical frame (camera_info's frame_id). "
+        "Takes effect at the next activate.")})
+    tf_timeout_s: float = field(default=0.05, metadata={"help": (
+        "How long a frame's 3D waits for its transform into target_frame to arrive (seconds; "
+        "0: never wait). Takes effect at the next activate.")})
+    publish_target_tf: bool = field(default=False, metadata={"help": (
+        "Broadcast each target's position on tf as the frame target_<target id> (a child of the "
+        "3D outputs' frame, no rotation): Nav2's following server can follow a tf frame. Takes "
+        "effect at the next activate.")})
 
     def validate(self) -> None:
         check_finite(self)
@@ -64,6 +77,11 @@ class NodeConfig:
             raise ValueError(f"stats_period_s must be >= 0, got {self.stats_period_s}")
         if not self.follow_feedback_hz > 0:
             raise ValueError(f"follow_feedback_hz must be > 0, got {self.follow_feedback_hz}")
+        if not 0.0 <= self.tf_timeout_s <= 1.0:
+            raise ValueError(f"tf_timeout_s must be in [0, 1], got {self.tf_timeout_s}")
+        if self.target_frame != self.target_frame.strip() or self.target_frame.startswith("/"):
+            raise ValueError(f"target_frame must be a tf frame name without spaces or a leading '/', "
+                             f"got {self.target_frame!r}")
 
 
 # The tracker node's config sections by the first part of a parameter's name ("node": the

@@ -1,9 +1,11 @@
 """What the tracker node publishes for each processed frame.
 
 Owns `output_messages` (one frame's (topic, message) pairs: label mask, tracks, overlay,
-markers, groundings and the 3D outputs) and `TrackerOutputs`, the node's publishers and their
-QoS, which draws the overlay and markers (and gathers the object points) only for topics that
-something subscribes to.
+markers, groundings, the 3D outputs, and the vision_msgs detections built by standard_outputs)
+and `TrackerOutputs`, the node's publishers and their QoS, which draws the overlay and markers
+(and gathers the object points) only for topics that something subscribes to. The detections
+go out only where vision_msgs is installed (scripts/setup_env.sh builds it): without it the
+node says so once at activate and publishes the rest.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from steerseg_msgs.msg import TrackArray
 from steerseg_ros import render
 from steerseg_ros.streaming.pipeline import PipelineOutput
 from steerseg_ros.ros.depth_input import Frame3D
+from steerseg_ros.ros.standard_outputs import detections_2d, detections_3d, vision_msgs_available
 from steerseg_ros.ros.image_conversion import ImageBuffer, array_to_image
 from steerseg_ros.ros.messages import (MarkerConfig, active_target, drawn_tracks, grounding_to_msg, header_at,
                                        markers_from_tracks, points_to_cloud, stamp_to_ns, target_point_msg,
@@ -31,14 +34,15 @@ def output_messages(output: PipelineOutput, header: Header, rgb: np.ndarray, ove
                     marker_config: Optional[MarkerConfig] = None, overlay: bool = True,
                     markers: bool = True, frame3d: Optional[Frame3D] = None,
                     object_points: bool = False, overlay_buffer: Optional[ImageBuffer] = None,
-                    mask_buffer: Optional[ImageBuffer] = None) -> list[tuple[str, Any]]:
+                    mask_buffer: Optional[ImageBuffer] = None, detections: bool = False) -> list[tuple[str, Any]]:
     """The (topic, message) pairs the node publishes for one processed frame, all stamped with
     the frame's header: the label mask, the tracks, optionally the overlay and the markers, and
     the groundings that finished since the previous frame. With `frame3d` (the frame's 3D step)
     the tracks carry their 3D, the markers are drawn in 3D, and the active target goes out on
     target_point (and the tracks' points on object_points when `object_points`). With
     `overlay_buffer` the overlay is drawn straight into that reused message memory, and with
-    `mask_buffer` the label mask (publish the messages before the next call)."""
+    `mask_buffer` the label mask (publish the messages before the next call). With `detections`
+    the live tracks go out as vision_msgs detections too (2D always, 3D with `frame3d`)."""
     visible = output.visible_tracks()
     objects = frame3d.objects if frame3d is not None else {}
     camera_header = header_at(stamp_to_ns(header.stamp), frame3d.frame_id) if frame3d is not None else None
@@ -60,6 +64,10 @@ def output_messages(output: PipelineOutput, header: Header, rgb: np.ndarray, ove
     if markers:
         out.append(("markers", markers_from_tracks(drawn, header, (rgb.shape[1], rgb.shape[0]), marker_config)))
     out += _messages_3d(visible, frame3d, camera_header, object_points)
+    if detections:
+        out.append(("detections_2d", detections_2d(tracks.tracks, header)))
+        if frame3d is not None and camera_header is not None:
+            out.append(("detections_3d", detections_3d(tracks.tracks, frame3d.objects, camera_header)))
     out += [("grounding", grounding_to_msg(result)) for result in output.groundings]
     return out
 
@@ -108,6 +116,14 @@ class TrackerOutputs:
         self._pubs["target_point"] = node.create_publisher(PointStamped, "target_point", reliable)
         self._pubs["object_points"] = node.create_publisher(
             PointCloud2, "object_points", QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE))
+        if vision_msgs_available():
+            from vision_msgs.msg import Detection2DArray, Detection3DArray
+
+            self._pubs["detections_2d"] = node.create_publisher(Detection2DArray, "detections_2d", reliable)
+            self._pubs["detections_3d"] = node.create_publisher(Detection3DArray, "detections_3d", reliable)
+        else:
+            node.get_logger().warning("vision_msgs is not installed: detections_2d and detections_3d are not "
+                                      "published (scripts/setup_env.sh builds it from the shared vendor folder)")
 
     def destroy(self) -> None:
         for pub in self._pubs.values():
@@ -137,7 +153,8 @@ class TrackerOutputs:
             output, header, rgb, overlay_alpha, marker_config,
             overlay=wanted("overlay"), markers=wanted("markers"), frame3d=frame3d,
             object_points=self.subscribed("object_points"),
-            overlay_buffer=self._overlay_buffer, mask_buffer=self._mask_buffer)
+            overlay_buffer=self._overlay_buffer, mask_buffer=self._mask_buffer,
+            detections="detections_2d" in pubs)
         for topic, msg in messages:
             pubs[topic].publish(msg)
         return dict(messages)["tracks"]

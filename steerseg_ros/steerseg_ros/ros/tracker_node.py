@@ -55,6 +55,7 @@ from steerseg_ros.ros.node_config import (BACKEND_KINDS, NODE_NAME, NodeConfig, 
 # The parameters file's generator: test_node_parameters' hint names it here.
 from steerseg_ros.ros.node_config import write_default_params  # noqa: F401
 from steerseg_ros.ros.outputs import TrackerOutputs
+from steerseg_ros.ros.target_frame import TargetFrame
 
 # Relative topic names (remappable): what the node subscribes and publishes. /diagnostics is
 # absolute, as diagnostic aggregators expect.
@@ -62,13 +63,17 @@ SUBSCRIPTIONS = {"image": "sensor_msgs/Image", "image/compressed": "sensor_msgs/
                  "command": "std_msgs/String", "seed_mask": "sensor_msgs/Image",
                  "depth": "sensor_msgs/Image", "camera_info": "sensor_msgs/CameraInfo"}
 # The input topic each rejection reason is about (by the reason's first part), for the warnings.
-INPUT_TOPICS = {"command": "command", "seed": "seed_mask", "depth": "depth", "camera_info": "camera_info"}
+INPUT_TOPICS = {"command": "command", "seed": "seed_mask", "depth": "depth", "camera_info": "camera_info",
+                "tf": "/tf"}  # tf2's listener: /tf and /tf_static, absolute
 # The Follow action (relative name, remappable) and the stop service (private, ~/stop).
 ACTIONS = {"follow": "steerseg_msgs/action/Follow"}
 SERVICES = {"~/stop": "std_srvs/srv/Trigger"}
 PUBLICATIONS = {"mask": "sensor_msgs/Image", "overlay": "sensor_msgs/Image", "tracks": "steerseg_ros/TrackArray",
                 "grounding": "steerseg_ros/GroundingResult", "markers": "visualization_msgs/MarkerArray",
-                "target_point": "geometry_msgs/PointStamped", "object_points": "sensor_msgs/PointCloud2"}
+                "target_point": "geometry_msgs/PointStamped", "object_points": "sensor_msgs/PointCloud2",
+                # Where vision_msgs is installed (see ros/outputs.py); per Follow goal also a
+                # geometry_msgs/PoseStamped on its pose_topic (ros/follow.py).
+                "detections_2d": "vision_msgs/Detection2DArray", "detections_3d": "vision_msgs/Detection3DArray"}
 # /diagnostics says WARN while input was rejected within this many stats periods (not for the
 # rest of the process's life once anything was).
 DIAGNOSTICS_WINDOW_PERIODS = 6
@@ -100,6 +105,7 @@ class SteerSegNode(NodeBase):
         self._last_stamp_ns = 0  # of the last processed frame
         self._last_summary = ""
         self._depth = DepthInput(self._reject, self._count)
+        self._tf = TargetFrame(self, self._reject)  # target_frame: the 3D outputs' frame
         self._depth_times: collections.deque[float] = collections.deque(maxlen=200)
 
         for spec in static_specs():
@@ -171,6 +177,7 @@ class SteerSegNode(NodeBase):
         if self._pipeline is None:
             raise RuntimeError("not configured")
         config = self._node_config = read_section(self, "node")
+        self._tf.start(config.target_frame, config.tf_timeout_s, config.publish_target_tf)
         self._outputs.create(config.draw)
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         camera_qos = input_qos(config.image_qos)
@@ -204,6 +211,7 @@ class SteerSegNode(NodeBase):
             self.destroy_subscription(sub)
         self._subs = []
         self._outputs.destroy()
+        self._tf.stop()
         self._seeds.clear()
         self._follow.end_all(Follow.Result.REASON_ABORTED, "the node was deactivated")
         if self._lifecycle == "active":
@@ -316,6 +324,7 @@ class SteerSegNode(NodeBase):
                                        max_points)
         if frame3d is not None:
             self._depth_times.append(frame3d.seconds)
+            frame3d = self._tf.place(frame3d, stamp_to_ns(header.stamp))  # None: no transform
         return frame3d
 
     def _publish(self, output: PipelineOutput, header: Header, rgb: np.ndarray,
@@ -326,6 +335,7 @@ class SteerSegNode(NodeBase):
         if tracks is None:  # not active
             return
         self._follow.update(output, tracks)
+        self._tf.broadcast(tracks.tracks)
         self._count("groundings_published", len(output.groundings))
         self._count("masks_published")
 
