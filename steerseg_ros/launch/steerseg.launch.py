@@ -19,8 +19,11 @@ With drawer:=true (the default) the drawing node `steerseg_drawer` runs beside t
 camera image, `mask` and `tracks`, and the tracker node publishes neither (its `draw` is set
 false). With drawer:=false the tracker node draws them itself, when something subscribes.
 
-With an RGB-D camera, also depth_topic (depth registered to the colour image) and
-camera_info_topic (the colour camera's CameraInfo); the README lists them for the usual drivers.
+The default topics are a camera driver's (image_pipeline's `camera` namespace):
+/camera/image_raw, /camera/depth_registered/image_raw (depth registered to the colour image) and
+/camera/camera_info (the colour camera's CameraInfo), the same that `steerseg-play` publishes by
+default; camera_topic, depth_topic and camera_info_topic name others (the README lists them for
+the usual drivers).
 
 The nodes are lifecycle nodes. With autostart:=true (the default) this file configures each once
 its process is up and activates it once it is inactive, the usual launch_ros way (ChangeState
@@ -95,10 +98,10 @@ def generate_launch_description():
                                           "sibling is used when image_transport is compressed)"),
         DeclareLaunchArgument("command_topic", default_value="command",
                               description="std_msgs/String topic the language commands arrive on"),
-        DeclareLaunchArgument("depth_topic", default_value="depth",
+        DeclareLaunchArgument("depth_topic", default_value="/camera/depth_registered/image_raw",
                               description="sensor_msgs/Image depth registered to the colour image "
                                           "(16UC1 mm or 32FC1 m); nothing published there: 2D only"),
-        DeclareLaunchArgument("camera_info_topic", default_value="camera_info",
+        DeclareLaunchArgument("camera_info_topic", default_value="/camera/camera_info",
                               description="sensor_msgs/CameraInfo of the colour camera (needed for 3D)"),
         DeclareLaunchArgument("params_file", default_value=os.path.join(share, "config", "steerseg.yaml"),
                               description="Parameters file (the node's section is /**/steerseg)"),

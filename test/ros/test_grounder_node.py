@@ -135,7 +135,8 @@ def test_grounder_killed_and_restarted_mid_stream(tmp_path, domain, recorder, da
         frames = davis_root / "JPEGImages" / "480p" / "cows"
         play = rp.Process(["steerseg-play", "--frames", str(frames), "--rate", "5", "--loop", "--lockstep",
                            "--command", _command_for(davis_expressions, "cows"), "--command-at", "0",
-                           "--wait-subscribers", "20", "--manifest", str(tmp_path / "manifest.jsonl")],
+                           "--wait-subscribers", "20", "--manifest", str(tmp_path / "manifest.jsonl"),
+                           *rp.to_node_inputs()],
                           env, tmp_path / "play.log")
         assert rp.wait_until(lambda: _live_ids(recorder), 90.0), f"no track\n{node.text()[-3000:]}"
         (track_id,) = _live_ids(recorder)
@@ -216,7 +217,7 @@ def test_grounding_past_its_timeout_is_cancelled_and_retried(tmp_path, domain, r
         assert recorder.change_state("activate", timeout=30.0), node.text()[-3000:]
         frames = Path(os.environ.get("STEERSEG_SHARED", Path(rp.REPO).parent / "shared")) / "data/davis16/JPEGImages/480p/cows"
         play = rp.Process(["steerseg-play", "--frames", str(frames), "--rate", "5", "--loop", "--command", "the cow",
-                           "--wait-subscribers", "20"], env, tmp_path / "play.log")
+                           "--wait-subscribers", "20", *rp.to_node_inputs()], env, tmp_path / "play.log")
         assert rp.wait_until(lambda: int(recorder.counters().get("remote.timeouts", 0)) >= 2, 90.0), \
             f"{recorder.counters()}\n{node.text()[-3000:]}"
         counters = recorder.counters()

@@ -16,6 +16,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from steerseg_ros.tools.play import to_node_inputs  # noqa: F401 (the tests' players use it too)
 from steerseg_testing.node_process import (NODE_NAME, Process, random_domain_id, ros_env,  # noqa: F401
                                                write_params)
 
@@ -203,10 +204,17 @@ def play_through_node(tmp_path: Path, domain: int, recorder: "Recorder", node_pa
     stats_period_s, since the player learns that from /diagnostics), wait for the last frame's
     mask (and for `until`, when given), then stop the node.
     Returns (manifest: index, name, stamp_ns per published frame; the node's log; its last
-    /diagnostics counters). `node_env`: variables the node's process gets on top."""
+    /diagnostics counters). `node_env`: variables the node's process gets on top.
+    Frames go out reliable, to a reliable subscription (unless `node_params` or `play_args` say
+    otherwise): in lockstep one frame is in flight at a time, and a best-effort frame lost while
+    discovery is still matching the two ends (the first, on a busy machine) would leave the player
+    waiting out --answer-timeout and the frame without a mask."""
     import json
 
     env = ros_env(domain)
+    node_params = {"image_qos": "reliable", **node_params}
+    if "--qos" not in play_args:
+        play_args = ["--qos", "reliable", *play_args]
     node = start_node({**env, **(node_env or {})}, tmp_path, node_params)
     try:
         assert recorder.change_state("configure", timeout=configure_timeout), \
@@ -215,7 +223,8 @@ def play_through_node(tmp_path: Path, domain: int, recorder: "Recorder", node_pa
         manifest_path = tmp_path / "manifest.jsonl"
         play = Process(["steerseg-play", "--frames", str(frames), "--rate", str(rate),
                         "--manifest", str(manifest_path), "--wait-subscribers", "20", "--lockstep",
-                        *(["--hold-while-grounding"] if hold_while_grounding else []), *play_args],
+                        *(["--hold-while-grounding"] if hold_while_grounding else []), *play_args,
+                        *to_node_inputs()],
                        env, tmp_path / "play.log")
         try:
             assert play.wait(play_timeout) == 0, f"steerseg-play failed:\n{play.text()[-3000:]}"
