@@ -96,6 +96,10 @@ def generate_launch_description():
         DeclareLaunchArgument("camera_topic", default_value="/camera/image_raw",
                               description="sensor_msgs/Image topic of the camera (its /compressed "
                                           "sibling is used when image_transport is compressed)"),
+        DeclareLaunchArgument("image_transport", default_value="raw", choices=["raw", "compressed"],
+                              description="raw: sensor_msgs/Image on camera_topic; compressed: "
+                                          "sensor_msgs/CompressedImage (JPEG or PNG) on camera_topic/compressed "
+                                          "(the tracker and the drawing node both)"),
         DeclareLaunchArgument("command_topic", default_value="command",
                               description="std_msgs/String topic the language commands arrive on"),
         DeclareLaunchArgument("depth_topic", default_value="/camera/depth_registered/image_raw",
@@ -146,7 +150,8 @@ def generate_launch_description():
                 parameters=[params_file, {
                     "grounder.backend": LaunchConfiguration("grounder") if mode == "single" else "remote",
                     "tracker.backend": LaunchConfiguration("tracker"),
-                    "draw": not drawer}],
+                    "draw": not drawer,
+                    "image_transport": LaunchConfiguration("image_transport")}],
                 remappings=camera + [
                     ("command", command_topic),
                     ("depth", depth_topic),
@@ -172,7 +177,8 @@ def generate_launch_description():
                 name="steerseg_drawer",
                 namespace=namespace,
                 output="screen",
-                parameters=[LaunchConfiguration("drawer_params_file")],
+                parameters=[LaunchConfiguration("drawer_params_file"),
+                            {"image_transport": LaunchConfiguration("image_transport")}],
                 remappings=camera,
             )
             entities += lifecycle_startup(drawing, autostart)

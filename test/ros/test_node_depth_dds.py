@@ -248,8 +248,10 @@ def test_missing_depth_and_depth_at_half_rate_track_on_in_2d(session, scene):
     # every depth image pairs with its frame (one may come later than depth.wait_s on a heavily
     # loaded machine: that frame is 2D, as documented)
     assert paired >= sent - 1, f"3D on {paired} of the {sent} frames sent with depth"
-    # and the frames without depth are counted as such on /diagnostics
-    assert session.wait_counter("depth.colour_unpaired", unpaired_before + 11 - sent), session.recorder.counters()
+    # The frames without depth are counted as colour_unpaired only while depth is arriving: in
+    # the stretch without any (over a second on a slow machine) depth has stopped, which is said
+    # once (depth_stopped), not counted against every frame.
+    assert session.counter("depth.colour_unpaired") - unpaired_before <= 11 - sent
 
 
 def _seed(session, f) -> int:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import bisect
+import collections
 import threading
 import time
 from typing import Dict, Optional
@@ -39,6 +40,10 @@ class DepthPairer:
         self._last_add: Optional[float] = None
         self._cond = threading.Condition()
         self._counters: Dict[str, int] = {name: 0 for name in self.COUNTERS}
+        # The stamps of the depth frames counted as depth_unpaired, until taken: whoever reports
+        # them can tell a depth frame whose colour frame never came from one whose colour frame
+        # came but was never asked for (a consumer that drops frames under load).
+        self._unpaired_stamps: collections.deque = collections.deque(maxlen=1024)
 
     def __len__(self) -> int:
         with self._cond:
@@ -57,6 +62,7 @@ class DepthPairer:
             if self._last_colour_ns is not None and stamp_ns < self._last_colour_ns - self.tolerance_ns:
                 # Too old for any colour frame still to come.
                 self._counters["depth_unpaired"] += 1
+                self._unpaired_stamps.append(stamp_ns)
                 return
             i = bisect.bisect_right(self._stamps, stamp_ns)
             if i > 0 and self._stamps[i - 1] == stamp_ns:
@@ -111,9 +117,25 @@ class DepthPairer:
         limit = t - self.tolerance_ns
         n = bisect.bisect_left(self._stamps, limit)
         if n:
+            self._unpaired_stamps.extend(self._stamps[:n])
             del self._stamps[:n]
             del self._frames[:n]
             self._counters["depth_unpaired"] += n
+
+    def set_limits(self, tolerance_ns: int, capacity: int) -> None:
+        """Change the tolerance and the capacity on the fly (a smaller capacity drops the oldest
+        queued frames at the next add)."""
+        if tolerance_ns < 0 or capacity < 1:
+            raise ValueError(f"need tolerance_ns >= 0 and capacity >= 1, got {tolerance_ns}, {capacity}")
+        with self._cond:
+            self.tolerance_ns, self.capacity = int(tolerance_ns), int(capacity)
+
+    def take_unpaired_stamps(self) -> list:
+        """The stamps of the depth frames counted as depth_unpaired since the last call."""
+        with self._cond:
+            out = list(self._unpaired_stamps)
+            self._unpaired_stamps.clear()
+            return out
 
     def clear(self) -> None:
         with self._cond:

@@ -11,9 +11,17 @@ module; this file only picks what to compute and counts what went wrong.
 A frame without a depth partner, without a valid camera_info, or with a depth image that fails
 its checks is published in 2D (the Track's has_position false): the 2D outputs never wait for
 depth longer than `depth.wait_s`, and not at all while no depth is arriving.
+
+Also what is wrong with the depth stream as a whole, said once rather than counted per frame:
+depth that stopped arriving (normal for a node without depth), a steady offset between the
+depth and colour stamps (which nearest-stamp pairing cannot see), and the depth of colour frames
+the node itself dropped under load (counted apart, not as pairing faults). Its counters run on
+over re-activations.
 """
 from __future__ import annotations
 
+import collections
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -28,8 +36,19 @@ from steerseg_ros.config_checks import check_finite
 from steerseg_ros.streaming.pipeline import TrackState, TrackView
 from steerseg_ros.ros.image_conversion import ImageConversionError, depth_image_to_array
 
-# Without a depth image for this long, frames are no longer held back waiting for one.
+# Without a depth image for this long, frames are no longer held back waiting for one, and
+# depth counts as stopped (said once, not counted against every colour frame).
 DEPTH_STALE_S = 1.0
+# The depth/colour stamp offset is measured over this many recent depth images (each against the
+# colour frame that arrived nearest to it), and warned about when it exceeds this share of the
+# frame period.
+OFFSET_WINDOW = 30
+OFFSET_SHARE = 0.25
+# The colour stamps the node received but never processed (its mailbox keeps the newest frame),
+# kept to tell a depth image whose colour frame the node itself dropped from a pairing fault.
+DROPPED_COLOUR_KEPT = 256
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -42,17 +61,15 @@ class DepthConfig:
     pairing_tolerance_s: float = field(default=0.02, metadata={"help": (
         "A depth image pairs with the colour frame of the same stamp, or else the nearest one "
         "within this many seconds (for drivers that do not stamp both alike); keep it under half "
-        "the frame period, so that a frame never takes its neighbour's depth. Takes effect at the "
-        "next activate.")})
+        "the frame period, so that a frame never takes its neighbour's depth.")})
     wait_s: float = field(default=0.03, metadata={"help": (
         "How long a colour frame waits for its depth image when depth is arriving but this "
-        "frame's has not come yet (seconds; 0: never wait). Takes effect at the next activate.")})
+        "frame's has not come yet (seconds; 0: never wait).")})
     queue_size: int = field(default=8, metadata={"help": (
-        "Depth images kept waiting for their colour frame (the oldest goes when full). Takes "
-        "effect at the next activate.")})
+        "Depth images kept waiting for their colour frame (the oldest goes when full).")})
     object_points_max: int = field(default=2000, metadata={"help": (
         "Points per track on object_points (published only while something subscribes), "
-        "downsampled evenly from the object's depth points. Takes effect at the next activate.")})
+        "downsampled evenly from the object's depth points.")})
 
     def validate(self) -> None:
         check_finite(self, "depth.")
@@ -93,14 +110,39 @@ def same_aspect(size: tuple[int, int], reference: tuple[int, int]) -> bool:
 class DepthInput:
     """Depth and camera_info in, per-track 3D out (see the module docstring). `reject(reason,
     text)` counts and logs a rejection (the node's), `count(key, n)` counts an event. on_depth
-    and on_camera_info run in the executor's thread, estimate in the processing thread."""
+    and on_camera_info run in the executor's thread, estimate in the processing thread.
+    `clock` (nanoseconds, monotonic) times arrivals: the stamp offset check and depth stopping."""
 
-    def __init__(self, reject: Callable[[str, str], None], count: Callable[..., None]):
+    def __init__(self, reject: Callable[[str, str], None], count: Callable[..., None],
+                 clock: Callable[[], int] = time.monotonic_ns):
         self._reject = reject
         self._count = count
+        self._clock = clock
         self._lock = threading.Lock()
         self.config = DepthConfig()
         self._pairer: Optional[depth3d.DepthPairer] = None
+        # The counters of the pairers of earlier activations: the depth.* counters run on over
+        # the node's life like every other counter.
+        self._counter_base: collections.Counter = collections.Counter()
+        # Received colour stamps not yet processed, and those the node dropped (see
+        # DROPPED_COLOUR_KEPT).
+        self._colour_pending: collections.deque = collections.deque(maxlen=DROPPED_COLOUR_KEPT)
+        self._colour_dropped: collections.deque = collections.deque(maxlen=DROPPED_COLOUR_KEPT)
+        # (arrival ns, stamp ns) of the recent colour frames and of the depth images not yet
+        # compared with the colour frame that arrived nearest to them; the offsets found (depth
+        # stamp - that colour stamp) and the colour stamps give the steady stamp offset and the
+        # frame period. By arrival, not by stamp: a replay faster or slower than real time, or
+        # depth at half the colour rate, leaves each depth image next to its own colour frame.
+        self._colour_arrivals: collections.deque = collections.deque(maxlen=2 * OFFSET_WINDOW)
+        self._depth_arrivals: collections.deque = collections.deque(maxlen=2 * OFFSET_WINDOW)
+        self._offsets: collections.deque = collections.deque(maxlen=OFFSET_WINDOW)
+        self.stamp_offset_ns: Optional[int] = None  # measured, once both streams have a window
+        self.frame_period_ns: Optional[int] = None
+        self._offset_warned = False
+        self._depth_stopped = False
+        # Unpaired depth images found to belong to dropped colour frames and not yet taken off
+        # the pairer's depth_unpaired count (the two are read at slightly different moments).
+        self._skip_credit = 0
         self._camera: Optional[depth3d.CameraModel] = None
         self._camera_key: Any = None
         self._last_depth = -1e9  # time.monotonic() of the newest depth image
@@ -115,14 +157,88 @@ class DepthInput:
         """A fresh pairing queue with `config` (at activate)."""
         config.validate()
         with self._lock:
+            if self._pairer is not None:
+                self._counter_base.update(self._pairer.counters)
             self.config = config
             self._pairer = depth3d.DepthPairer(int(round(config.pairing_tolerance_s * NS_PER_S)), config.queue_size,
                                                idle_s=DEPTH_STALE_S)
             self._reported = {}
             self._last_depth = -1e9
             self._last_colour_ns = None
+            self._depth_stopped = False
+            self._colour_pending.clear()
+            for window in (self._colour_arrivals, self._depth_arrivals, self._offsets):
+                window.clear()
+
+    def apply_live(self, config: DepthConfig) -> None:
+        """Take changed settings between frames (processing thread): the pairing tolerance and
+        queue size, the wait and the point count apply at once; `qos` waits for the next
+        activate (it is the subscriptions')."""
+        config.validate()
+        with self._lock:
+            qos = self.config.qos
+            self.config = config
+            self.config.qos = qos
+            pairer = self._pairer
+        if pairer is not None:
+            pairer.set_limits(int(round(config.pairing_tolerance_s * NS_PER_S)), config.queue_size)
 
     # ---- input ------------------------------------------------------------------------------
+    def note_colour(self, stamp_ns: int) -> None:
+        """A colour frame stamped `stamp_ns` was received (executor thread, before the mailbox
+        may drop it): for the stamp offset check and to know which frames the node dropped."""
+        now = self._clock()
+        with self._lock:
+            self._colour_pending.append(stamp_ns)
+            self._colour_arrivals.append((now, stamp_ns))
+            self._compare_arrivals()
+
+    def _compare_arrivals(self) -> None:
+        """Compare each depth image that has a colour frame arrived after it (or with it) with
+        the colour frame that arrived nearest to it (under the lock)."""
+        colour = self._colour_arrivals
+        while self._depth_arrivals and colour and self._depth_arrivals[0][0] <= colour[-1][0]:
+            arrival, stamp = self._depth_arrivals.popleft()
+            nearest = min(colour, key=lambda c: abs(c[0] - arrival))
+            self._offsets.append(stamp - nearest[1])
+
+    def _check_offset(self) -> None:
+        """Measure the steady offset between the depth and the colour stamps of frames that
+        arrive together (median over OFFSET_WINDOW depth images); warn once when it is over
+        OFFSET_SHARE of the frame period. Pairing by nearest stamp cannot see it: at 30 fps,
+        depth stamped 30 ms late pairs 3 ms off with the next frame's colour image."""
+        with self._lock:
+            if len(self._offsets) < OFFSET_WINDOW:
+                return
+            offset = int(np.median(self._offsets))
+            steps = np.diff(np.asarray([c[1] for c in self._colour_arrivals], dtype=np.int64))
+            steps = steps[steps > 0]
+            period = int(np.median(steps)) if steps.size else None
+            self.stamp_offset_ns, self.frame_period_ns = offset, period
+        if period and abs(offset) > OFFSET_SHARE * period and not self._offset_warned:
+            self._offset_warned = True
+            log.warning(self.offset_warning())
+
+    def offset_warning(self) -> Optional[str]:
+        """What is wrong with the stamps, while the measured offset is over OFFSET_SHARE of the
+        frame period; None otherwise."""
+        offset, period = self.stamp_offset_ns, self.frame_period_ns
+        if offset is None or not period or abs(offset) <= OFFSET_SHARE * period:
+            return None
+        return (f"depth on {self.depth_topic} is stamped {offset / 1e6:+.1f} ms from the colour frames on "
+                f"{self.colour_topic} that arrive with it (median over {OFFSET_WINDOW} frames; frame period "
+                f"{period / 1e6:.1f} ms): colour frames pair with another frame's depth or none. Fix the "
+                "driver's stamps (or its sync setting)")
+
+    def status_values(self) -> dict[str, str]:
+        """What /diagnostics shows about the depth input beside the counters."""
+        out = {}
+        if self.stamp_offset_ns is not None:
+            out["depth.stamp_offset_ms"] = f"{self.stamp_offset_ns / 1e6:.1f}"
+        if self._last_depth >= 0:
+            out["depth.receiving"] = "false" if self._depth_stopped else "true"
+        return out
+
     def colour_arrived(self) -> None:
         """A colour frame came in (before any dropping or checks; the executor's thread)."""
         self._last_colour_arrival = time.monotonic()
@@ -144,9 +260,17 @@ class DepthInput:
             return
         self._warm_camera((pixels.shape[1], pixels.shape[0]))
         stamp = int(msg.header.stamp.sec) * NS_PER_S + int(msg.header.stamp.nanosec)
+        now = self._clock()
+        with self._lock:
+            self._depth_arrivals.append((now, stamp))
+            self._compare_arrivals()
         pairer.add(stamp, (pixels, encoding))
-        self._last_depth = time.monotonic()
+        self._last_depth = now / NS_PER_S
+        if self._depth_stopped:
+            self._depth_stopped = False
+            log.info(f"depth is arriving again on {self.depth_topic}")
         self._report_pairer()
+        self._check_offset()
 
     def on_camera_info(self, msg: CameraInfo) -> None:
         key = (msg.width, msg.height, tuple(msg.k), tuple(msg.d), msg.distortion_model, msg.header.frame_id)
@@ -182,12 +306,18 @@ class DepthInput:
         if pairer is None:
             return
         counters = dict(pairer.counters)
+        skipped = self._count_depth_of_dropped_frames(pairer)
         with self._lock:
             for key, reason in (("depth_unpaired", "depth.no_colour_partner"),
                                 ("depth_dropped_full", "depth.queue_full")):
                 new = int(counters.get(key, 0)) - self._reported.get(key, 0)
                 if new > 0:
                     self._reported[key] = int(counters.get(key, 0))
+                    if key == "depth_unpaired":  # not faults: counted as depth_of_dropped_frames
+                        self._skip_credit += skipped
+                        used = min(self._skip_credit, new)
+                        self._skip_credit -= used
+                        new -= used
                     if self._colour_missing():
                         # Not a pairing fault: the colour stream is absent (a wrong camera
                         # topic, or the camera stopped), so say that and where it was expected.
@@ -203,10 +333,43 @@ class DepthInput:
                                      if key == "depth_unpaired" else
                                      f"depth images arrive faster than they pair (queue of {self.config.queue_size})")
 
+    def _count_depth_of_dropped_frames(self, pairer: depth3d.DepthPairer) -> int:
+        """How many of the depth images the pairer gave up on since the last call belong to a
+        colour frame the node received and dropped unprocessed (its mailbox keeps the newest
+        frame under load): those are counted as depth_of_dropped_frames, not as pairing faults."""
+        stamps = pairer.take_unpaired_stamps()
+        if not stamps:
+            return 0
+        tolerance = pairer.tolerance_ns
+        with self._lock:
+            dropped = list(self._colour_dropped)
+        n = sum(1 for s in stamps if any(abs(s - c) <= tolerance for c in dropped))
+        if n:
+            self._count("depth_of_dropped_frames", n)
+        return n
+
+    def _colour_processed(self, stamp_ns: int) -> None:
+        """The colour frame `stamp_ns` reached the 3D step: the frames received before it and
+        never processed were dropped by the node."""
+        with self._lock:
+            if stamp_ns not in self._colour_pending:
+                return  # not noted on arrival (a caller other than the node)
+            # In arrival order: everything received before this frame was dropped (stamps may
+            # go back when a bag loops, so the order of arrival decides, not the stamps).
+            while self._colour_pending:
+                pending = self._colour_pending.popleft()
+                if pending == stamp_ns:
+                    break
+                self._colour_dropped.append(pending)
+
     def counters(self) -> dict[str, int]:
-        """The pairer's counters, as depth.<name>."""
+        """The pairer's counters, as depth.<name>, summed over the node's activations."""
         pairer = self._pairer
-        return {} if pairer is None else {f"depth.{k}": int(v) for k, v in dict(pairer.counters).items()}
+        with self._lock:
+            total = collections.Counter(self._counter_base)
+        if pairer is not None:
+            total.update(pairer.counters)
+        return {f"depth.{k}": int(v) for k, v in total.items()}
 
     # ---- the 3D step ------------------------------------------------------------------------
     def estimate(self, views: list[TrackView], stamp_ns: int, colour_size: tuple[int, int],
@@ -215,9 +378,18 @@ class DepthInput:
         `max_points` inlier points each when > 0; None when this frame has no usable depth (it
         is published in 2D)."""
         self.colour_arrived()  # a processed frame arrived, whoever calls this
+        self._colour_processed(stamp_ns)
         pairer = self._pairer
         if pairer is None or self._last_depth < 0:
             return None  # no depth has arrived: the node runs as without depth
+        if self._clock() / NS_PER_S - self._last_depth > DEPTH_STALE_S:
+            # Depth stopped: the node runs as without depth (normal, not a fault per frame).
+            if not self._depth_stopped:
+                self._depth_stopped = True
+                self._count("depth_stopped")
+                log.warning(f"no depth image on {self.depth_topic} for {DEPTH_STALE_S:.0f} s: tracks go "
+                            "out in 2D until depth arrives again")
+            return None
         if self._last_colour_ns is not None and stamp_ns < self._last_colour_ns:
             # The pipeline took a frame older than the last: its source restarted (a bag
             # looping). The pairer would refuse the new stream's depth as too old: start it over.

@@ -1,9 +1,10 @@
 """The nodes' parameters: declared from config dataclasses, read back into them.
 
 Owns the tracker node's own settings (`NodeConfig`), the parameter specs of the tracker node
-(static, per backend, all defaults) and its parameters file (`write_default_params`), and the
-one way every node declares a spec (`declare`) and reads a config dataclass from its
-parameters (`read_config`).
+(static, per backend, all defaults) and its parameters file (`write_default_params`), when a
+changed parameter takes effect (`takes_effect`: live, or at the next activate or configure; the
+README's table, `parameter_table`, is generated from it), and the one way every node declares a
+spec (`declare`) and reads a config dataclass from its parameters (`read_config`).
 """
 from __future__ import annotations
 
@@ -26,6 +27,17 @@ NODE_NAME = "steerseg"
 BACKEND_KINDS = ("grounder", "tracker")
 # Parameters under grounder.* / tracker.* that are the node's, not the backend config's.
 _CHOICE_FIELDS = ("backend", "fallback_to_builtin")
+# The parameters a change applies to on the fly, between two frames (the tracker node's
+# _apply_live_parameters); every other one waits for the next activate or configure
+# (takes_effect), and a change to it says so in its set-parameters result.
+LIVE_NODE_FIELDS = ("overlay_alpha", "draw_unsubscribed", "follow_feedback_hz")
+LIVE_PIPELINE_FIELDS = ("keyframes", "min_keyframes", "regrounding_period_s", "grounding_retry_s",
+                        "lost_timeout_s", "min_confidence", "reconcile_iou", "time_jump_reset_s",
+                        "max_command_chars", "max_targets", "selection")
+LIVE_DEPTH_FIELDS = ("pairing_tolerance_s", "wait_s", "queue_size", "object_points_max")
+# What takes_effect answers, and how the README's table says it.
+WHEN_TEXT = {"live": "live", "activate": "at the next activate", "configure": "at the next configure",
+             "start": "at start-up"}
 
 
 @dataclass
@@ -115,7 +127,7 @@ def static_specs() -> list[parameters.ParamSpec]:
         out.append(parameters.ParamSpec(
             f"{kind}.fallback_to_builtin", ("fallback_to_builtin",), Parameter.Type.BOOL.value, False,
             f"When the {kind} backend fails to load (e.g. missing weights), use the built-in one "
-            "instead of staying unconfigured."))
+            "instead of staying unconfigured. Takes effect at the next configure."))
     out += pipeline_specs()
     out += section_specs("markers")
     out += section_specs("depth")
@@ -146,6 +158,48 @@ def write_default_params(path: str, grounder: str = "builtin", tracker: str = "b
         "(a plain `steerseg:` would not apply under a namespace).")
     with open(path, "w") as f:
         f.write(parameters.render_yaml(f"/**/{NODE_NAME}", default_specs(grounder, tracker), header))
+
+
+def takes_effect(name: str) -> str:
+    """When a change of the tracker node's parameter `name` takes effect: "live" (between two
+    frames), "activate", "configure" (the next such transition) or "start" (autostart)."""
+    section, _, rest = name.partition(".")
+    if not rest:
+        if name == "autostart":
+            return "start"
+        if name in LIVE_NODE_FIELDS:
+            return "live"
+        # stats_period_s: the timer is made at configure; the camera and drawing choices are
+        # subscriptions and publishers, made at activate.
+        return "configure" if name == "stats_period_s" else "activate"
+    if section == "markers":
+        return "live"
+    if section == "depth":
+        return "live" if rest in LIVE_DEPTH_FIELDS else "activate"
+    if section == "pipeline":
+        return "live" if rest.split(".")[0] in LIVE_PIPELINE_FIELDS else "configure"
+    return "configure"  # grounder.* / tracker.*: the backends are built at configure
+
+
+def waiting_reason(names: list[str]) -> str:
+    """The set-parameters `reason` for a successful change of these parameters: empty when all
+    apply live, else which of them wait and for what."""
+    waiting = [(n, takes_effect(n)) for n in names if takes_effect(n) != "live"]
+    return "; ".join(f"{n} takes effect {WHEN_TEXT[when]}" + ("" if when == "start" else " (set now, "
+                     "not yet in use)") for n, when in waiting)
+
+
+def parameter_table() -> str:
+    """The README's parameter table (Markdown): every static parameter, its default and when a
+    change takes effect; the backends' own fields (grounder.*, tracker.*) in one row each."""
+    rows = ["| parameter | default | a change takes effect |", "|---|---|---|"]
+    for spec in static_specs():
+        default = parameters._yaml_value(spec.default)
+        rows.append(f"| `{spec.name}` | `{default}` | {WHEN_TEXT[takes_effect(spec.name)]} |")
+    for kind in BACKEND_KINDS:
+        rows.append(f"| `{kind}.*` (the chosen backend's fields) | (config/steerseg.yaml) | "
+                    f"{WHEN_TEXT[takes_effect(kind + '.model')]} |")
+    return "\n".join(rows) + "\n"
 
 
 # ---- a node's parameters ----------------------------------------------------------------------

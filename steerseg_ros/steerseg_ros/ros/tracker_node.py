@@ -50,8 +50,8 @@ from steerseg_ros.ros.frame_input import FrameThread, SeedQueue, incoming_rgb
 from steerseg_ros.ros.image_conversion import ImageConversionError
 from steerseg_ros.ros.messages import MarkerConfig, stamp_to_ns
 from steerseg_ros.ros.node_base import NodeBase, input_qos
-from steerseg_ros.ros.node_config import (BACKEND_KINDS, NODE_NAME, NodeConfig, check_changes, declare,
-                                          read_section, static_specs)
+from steerseg_ros.ros.node_config import (BACKEND_KINDS, LIVE_NODE_FIELDS, LIVE_PIPELINE_FIELDS, NODE_NAME, NodeConfig,
+                                          check_changes, declare, read_section, static_specs, waiting_reason)
 # The parameters file's generator: test_node_parameters' hint names it here.
 from steerseg_ros.ros.node_config import write_default_params  # noqa: F401
 from steerseg_ros.ros.outputs import TrackerOutputs
@@ -77,11 +77,8 @@ PUBLICATIONS = {"mask": "sensor_msgs/Image", "overlay": "sensor_msgs/Image", "tr
 # /diagnostics says WARN while input was rejected within this many stats periods (not for the
 # rest of the process's life once anything was).
 DIAGNOSTICS_WINDOW_PERIODS = 6
-# The pipeline settings a parameter change updates on the fly; the others (buffer_size) take
-# effect at the next configure.
-LIVE_PIPELINE_FIELDS = ("keyframes", "min_keyframes", "regrounding_period_s", "grounding_retry_s",
-                        "lost_timeout_s", "min_confidence", "reconcile_iou", "time_jump_reset_s",
-                        "max_command_chars", "max_targets", "selection")
+# /diagnostics names at most this many of the recent rejection reasons in its message.
+DIAGNOSTICS_TOP_REASONS = 3
 
 
 class SteerSegNode(NodeBase):
@@ -95,6 +92,11 @@ class SteerSegNode(NodeBase):
         self._last_reject_log: dict[str, float] = {}
         # Rejections + internal errors at each of the last diagnostics publications.
         self._bad_history: collections.deque[int] = collections.deque([0], maxlen=DIAGNOSTICS_WINDOW_PERIODS + 1)
+        # The same per reason, for the message's top reasons.
+        self._reason_history: collections.deque[dict] = collections.deque([{}], maxlen=DIAGNOSTICS_WINDOW_PERIODS + 1)
+        self._waiting_logged: set[str] = set()  # parameters whose "takes effect at ..." was logged
+        self._camera_warning: Optional[str] = None  # frames on the other image transport only
+        self._frames_at_activate = 0
         self._pipeline: Optional[Pipeline] = None
         self._backends = BackendLoader(self, self._count)
         self._frames = FrameThread(self._handle, self._apply_live_parameters, self._count, self.get_logger())
@@ -126,13 +128,32 @@ class SteerSegNode(NodeBase):
         self._follow = FollowServer(self, self._count, lambda: self._node_config.follow_feedback_hz)
 
     # ---- parameters -----------------------------------------------------------------------
+    def _set_parameters_atomically_common(self, parameter_list, descriptors=None, allow_not_set_type=False):
+        """Every parameter change (set_parameters, the set_parameters services, not declaration,
+        which passes descriptors) goes through here. A change that waits for the next activate
+        or configure succeeds with a `reason` saying so (logged once per parameter): rclpy keeps
+        an on-set-parameters callback's reason only on failure, so it is added here."""
+        result = super()._set_parameters_atomically_common(parameter_list, descriptors, allow_not_set_type)
+        if result.successful and descriptors is None:
+            result.reason = waiting_reason([p.name for p in parameter_list])
+            for p in parameter_list:
+                text = waiting_reason([p.name])
+                if text and p.name not in self._waiting_logged:
+                    self._waiting_logged.add(p.name)
+                    self.get_logger().info(f"parameter {text}")
+        return result
+
     def _apply_live_parameters(self) -> None:
         """Apply changed parameters that can change on the fly (called in the processing thread,
-        between frames): the node's drawing settings, the markers, and the pipeline's settings
-        in LIVE_PIPELINE_FIELDS. The rest take effect at the next configure or activate."""
+        between frames): the node's drawing settings, the markers, the pipeline's settings in
+        LIVE_PIPELINE_FIELDS and the depth pairing's (node_config.takes_effect says which). The
+        rest take effect at the next configure or activate."""
         try:
-            self._node_config = read_section(self, "node")
+            new_node = read_section(self, "node")
+            for name in LIVE_NODE_FIELDS:  # the others wait for the transition that uses them
+                setattr(self._node_config, name, getattr(new_node, name))
             self._markers = read_section(self, "markers")
+            self._depth.apply_live(read_section(self, "depth"))
             if self._pipeline is not None:
                 new = read_section(self, "pipeline")
                 for f in LIVE_PIPELINE_FIELDS:
@@ -177,6 +198,9 @@ class SteerSegNode(NodeBase):
         if self._pipeline is None:
             raise RuntimeError("not configured")
         config = self._node_config = read_section(self, "node")
+        self._waiting_logged.clear()
+        self._camera_warning = None
+        self._frames_at_activate = self.counters().get("frames_received", 0)
         self._tf.start(config.target_frame, config.tf_timeout_s, config.publish_target_tf)
         self._outputs.create(config.draw)
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
@@ -268,6 +292,7 @@ class SteerSegNode(NodeBase):
     def _on_image(self, kind: str, msg) -> None:
         self._count("frames_received")
         self._depth.colour_arrived()
+        self._depth.note_colour(stamp_to_ns(msg.header.stamp))
         if self._frames.put(kind, msg):
             self._count("frames_dropped")
 
@@ -351,7 +376,33 @@ class SteerSegNode(NodeBase):
         out.update(self._depth.counters())
         return out
 
+    def _camera_topics(self) -> tuple[str, str]:
+        """The resolved camera topic of the configured image_transport, and the other one's."""
+        raw, compressed = self.resolve_topic_name("image"), self.resolve_topic_name("image/compressed")
+        return (compressed, raw) if self._node_config.image_transport == "compressed" else (raw, compressed)
+
+    def check_camera_transport(self) -> Optional[str]:
+        """While active with no frame received on the configured camera topic, but something
+        publishing on the other transport's (JPEG on .../compressed while image_transport is
+        raw, or the reverse): say so once, naming both topics (also on /diagnostics until a
+        frame arrives). Looked up in the ROS graph, at each stats period."""
+        if self._lifecycle != "active" or self.counters().get("frames_received", 0) > self._frames_at_activate:
+            self._camera_warning = None
+            return None
+        configured, other = self._camera_topics()
+        if not self.get_publishers_info_by_topic(other) or self.get_publishers_info_by_topic(configured):
+            return self._camera_warning
+        if self._camera_warning is None:
+            wanted = "compressed" if self._node_config.image_transport == "raw" else "raw"
+            self._camera_warning = (f"no camera frame on {configured} (image_transport "
+                                    f"{self._node_config.image_transport}), but {other} has a publisher: set "
+                                    f"image_transport to {wanted} (launch argument image_transport:={wanted}) "
+                                    "and re-activate")
+            self.get_logger().warning(self._camera_warning)
+        return self._camera_warning
+
     def _on_stats_timer(self) -> None:
+        self.check_camera_transport()
         counts = self.counters()
         summary = " ".join(f"{k}={v}" for k, v in sorted(counts.items()))
         if summary != self._last_summary:
@@ -362,17 +413,31 @@ class SteerSegNode(NodeBase):
         self._publish_diagnostics(counts)
 
     def _status(self, counts: dict) -> tuple[int, str, dict]:
-        bad = sum(v for k, v in counts.items() if k.startswith("rejected.")) + counts.get("internal_errors", 0)
+        by_reason = {k[len("rejected."):]: v for k, v in counts.items() if k.startswith("rejected.")}
+        if counts.get("internal_errors"):
+            by_reason["internal_errors"] = counts["internal_errors"]
+        bad = sum(by_reason.values())
         self._bad_history.append(bad)
+        self._reason_history.append(by_reason)
         recent = bad - self._bad_history[0]
+        level, message = DiagnosticStatus.OK, self._lifecycle
         if recent:
+            # The reasons themselves, most frequent first: a count alone sends the user to the log.
+            oldest = self._reason_history[0]
+            recent_by = sorted(((n - oldest.get(k, 0), k) for k, n in by_reason.items() if n > oldest.get(k, 0)),
+                               key=lambda nk: (-nk[0], nk[1]))
+            top = ", ".join(f"{k} {n}" for n, k in recent_by[:DIAGNOSTICS_TOP_REASONS])
+            more = len(recent_by) - DIAGNOSTICS_TOP_REASONS
             level, message = DiagnosticStatus.WARN, (
                 f"{self._lifecycle}; {recent} input(s) rejected or failed in the last "
-                f"{len(self._bad_history) - 1} stats period(s)")
-        else:
-            level, message = DiagnosticStatus.OK, self._lifecycle
+                f"{len(self._bad_history) - 1} stats period(s): {top}"
+                + (f" and {more} more reason(s)" if more > 0 else ""))
+        for warning in (self._camera_warning, self._depth.offset_warning()):
+            if warning:
+                level, message = DiagnosticStatus.WARN, f"{message}; {warning}"
         values = {"lifecycle": self._lifecycle, "rejected_recently": recent,
-                  "grounder": self._backends.names["grounder"], "tracker": self._backends.names["tracker"]}
+                  "grounder": self._backends.names["grounder"], "tracker": self._backends.names["tracker"],
+                  **self._depth.status_values()}
         if self._pipeline is not None:
             values["pipeline_state"] = self._pipeline.state.name
             # With the last processed frame's stamp: a player in lockstep (steerseg-play
