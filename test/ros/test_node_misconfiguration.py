@@ -84,6 +84,15 @@ def test_the_pairing_tolerance_applies_live(make_node):
     assert wait_until(lambda: node._depth._pairer.capacity == 3 and node._depth.config.wait_s == 0.0, 30.0)
 
 
+def test_the_stats_period_applies_live(make_node):
+    node = _active(make_node(stats_period_s=5.0))
+    (result,) = node.set_parameters([Parameter("stats_period_s", value=0.5)])
+    assert result.successful and result.reason == ""
+    assert node._stats_timer.timer_period_ns == 500_000_000
+    node.set_parameters([Parameter("stats_period_s", value=0.0)])
+    assert node._stats_timer is None
+
+
 @pytest.mark.parametrize("name, value, when", [("depth.qos", "reliable", "at the next activate"),
                                                ("image_transport", "compressed", "at the next activate"),
                                                ("pipeline.buffer_size", 40, "at the next configure")])

@@ -30,7 +30,7 @@ _CHOICE_FIELDS = ("backend", "fallback_to_builtin")
 # The parameters a change applies to on the fly, between two frames (the tracker node's
 # _apply_live_parameters); every other one waits for the next activate or configure
 # (takes_effect), and a change to it says so in its set-parameters result.
-LIVE_NODE_FIELDS = ("overlay_alpha", "draw_unsubscribed", "follow_feedback_hz")
+LIVE_NODE_FIELDS = ("overlay_alpha", "draw_unsubscribed", "follow_feedback_hz", "stats_period_s")
 LIVE_PIPELINE_FIELDS = ("keyframes", "min_keyframes", "regrounding_period_s", "grounding_retry_s",
                         "lost_timeout_s", "min_confidence", "reconcile_iou", "time_jump_reset_s",
                         "max_command_chars", "max_targets", "selection")
@@ -63,8 +63,7 @@ class NodeConfig:
         "Draw and publish the overlay and markers even when nothing subscribes to them (they cost "
         "a few milliseconds per frame).")})
     stats_period_s: float = field(default=5.0, metadata={"help": (
-        "Log the counters and publish /diagnostics this often (seconds); 0: never. Takes effect at "
-        "the next configure.")})
+        "Log the counters and publish /diagnostics this often (seconds); 0: never.")})
     follow_feedback_hz: float = field(default=5.0, metadata={"help": (
         "Each Follow goal gets feedback (its tracks) at most this often (per second of wall time), "
         "on processed frames.")})
@@ -169,9 +168,8 @@ def takes_effect(name: str) -> str:
             return "start"
         if name in LIVE_NODE_FIELDS:
             return "live"
-        # stats_period_s: the timer is made at configure; the camera and drawing choices are
-        # subscriptions and publishers, made at activate.
-        return "configure" if name == "stats_period_s" else "activate"
+        # The camera and drawing choices are subscriptions and publishers, made at activate.
+        return "activate"
     if section == "markers":
         return "live"
     if section == "depth":

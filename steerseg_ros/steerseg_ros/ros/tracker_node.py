@@ -115,7 +115,7 @@ class SteerSegNode(NodeBase):
         for kind in BACKEND_KINDS:
             self._backends.declare(kind, self.get_parameter(f"{kind}.backend").value)
         self.add_on_set_parameters_callback(lambda params: check_changes(self, params))
-        self.add_post_set_parameters_callback(lambda _params: self._frames.parameters_changed.set())
+        self.add_post_set_parameters_callback(self._on_parameters_set)
 
         try:
             self._node_config: NodeConfig = read_section(self, "node")
@@ -142,6 +142,15 @@ class SteerSegNode(NodeBase):
                     self._waiting_logged.add(p.name)
                     self.get_logger().info(f"parameter {text}")
         return result
+
+    def _on_parameters_set(self, params) -> None:
+        """After a change: the processing thread applies what it owns between two frames; the
+        stats timer (this thread's) restarts here with a new period."""
+        self._frames.parameters_changed.set()
+        for p in params:
+            if p.name == "stats_period_s":
+                self._node_config.stats_period_s = float(p.value)
+                self._start_stats_timer(self._node_config.stats_period_s)
 
     def _apply_live_parameters(self) -> None:
         """Apply changed parameters that can change on the fly (called in the processing thread,
