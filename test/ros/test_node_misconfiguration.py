@@ -270,6 +270,27 @@ def test_the_node_reactivated_keeps_counting_depth_on(make_node):
     assert node.counters()["depth.paired_exact"] == 1
 
 
+def test_a_healthy_stream_the_node_drops_frames_of_under_load_stays_ok(make_node):
+    """Colour and depth for every frame, the node processing one frame in three (its mailbox
+    keeps the newest): the depth of the dropped frames is no fault, /diagnostics stays OK."""
+    from steerseg_ros.ros.image_conversion import rgb_to_image
+    node = _active(make_node("steerseg_under_load", stats_period_s=0.0))
+    node._frames.stop()  # this test is the processing thread: it decides which frames are taken
+    node._depth.on_camera_info(_info())
+    rgb = np.random.default_rng(0).integers(0, 255, (H, W, 3), dtype=np.uint8)
+    for i in range(30):
+        stamp = 10 * NS_PER_S + i * PERIOD_NS
+        node._on_image("raw", rgb_to_image(rgb, "rgb8", header_at(stamp, "camera_link")))
+        node._depth.on_depth(_depth_msg(stamp))
+        if i % 3 == 2:
+            node._handle(*node._frames._mailbox.take(0.0))
+    counts = node.counters()
+    assert counts["frames_dropped"] == 20 and counts["frames_processed"] == 10
+    assert counts["depth_of_dropped_frames"] >= 18 and "rejected.depth.no_colour_partner" not in counts
+    level, message, _ = node._status(counts)
+    assert level == DiagnosticStatus.OK, message
+
+
 # ---- the camera's image transport ---------------------------------------------------------------
 def test_jpeg_on_the_compressed_topic_of_a_raw_node_is_pointed_out(make_node, context):
     node = _active(make_node("steerseg_transport", stats_period_s=0.0))
