@@ -9,6 +9,7 @@ and the launch file's `image_transport` argument reaches the tracker and the dra
 """
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import re
 from pathlib import Path
@@ -104,6 +105,23 @@ def test_a_change_that_waits_says_so_in_its_result(make_node, name, value, when)
     # the same through the set_parameters_atomically path the parameter service uses
     result = node.set_parameters_atomically([Parameter(name, value=value)])
     assert result.successful and f"{name} takes effect {when}" in result.reason
+
+
+@pytest.mark.parametrize("module, cls, name, value, when", [
+    ("drawer_node", "DrawerNode", "image_transport", "compressed", "at the next activate"),
+    ("drawer_node", "DrawerNode", "queue_size", 10, "at the next configure"),
+    ("grounder_node", "GrounderNode", "max_keyframes", 8, "at the next activate"),
+    ("grounder_node", "GrounderNode", "nice", 12, "at the next configure"),
+])
+def test_the_drawing_and_grounder_nodes_say_when_a_change_takes_effect(context, module, cls, name, value, when):
+    node_class = getattr(importlib.import_module(f"steerseg_ros.ros.{module}"), cls)
+    node = node_class(context=context)
+    try:
+        (result,) = node.set_parameters([Parameter(name, value=value)])
+        assert result.successful and f"{name} takes effect {when}" in result.reason
+    finally:
+        node.close()
+        node.destroy_node()
 
 
 def test_every_parameter_says_when_it_takes_effect_and_the_readme_table_agrees():

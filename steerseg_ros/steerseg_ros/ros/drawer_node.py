@@ -153,6 +153,13 @@ class DrawerNode(NodeBase):
         self._overlay_buffer = ImageBuffer()
         self._watch_timer = None
 
+    def _takes_effect(self, name: str) -> str:
+        """Every setting is read at activate, the matcher's queue and the stats timer at
+        configure: a change says so in its set result (NodeBase)."""
+        if name == "autostart":
+            return "start"
+        return "configure" if name in ("queue_size", "stats_period_s") else "activate"
+
     def _read_config(self) -> tuple[DrawerConfig, MarkerConfig]:
         return read_config(self, DrawerConfig), read_config(self, MarkerConfig, "markers")
 

@@ -152,6 +152,15 @@ class GrounderNode(NodeBase):
         self._start_stats_timer(self._config.stats_period_s)
 
     # ---- parameters -------------------------------------------------------------------------
+    def _takes_effect(self, name: str) -> str:
+        """The backend, its options, the niceness and the stats timer are set up at configure,
+        the request limits read at activate: a change says so in its set result (NodeBase)."""
+        if name == "autostart":
+            return "start"
+        if name.startswith("grounder.") or name in ("nice", "stats_period_s"):
+            return "configure"
+        return "activate"
+
     def _declare_backend(self, name: str) -> bool:
         try:
             if name not in grounder_backends():

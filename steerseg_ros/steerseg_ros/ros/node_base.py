@@ -2,15 +2,17 @@
 
 Owns `NodeBase`: the bridge that forwards the core's Python logging to the node's logger, the
 counters, the /diagnostics publisher (which exists in every lifecycle state, so a node stuck
-unconfigured says why) and the stats timer that publishes it; and the camera options the
-tracker and drawing nodes share (`validate_camera_options`, `input_qos`).
+unconfigured says why) and the stats timer that publishes it, and the set-parameters result
+that says when a change takes effect (`waiting_reason`: live, or at the next activate or
+configure, as the node's `_takes_effect` answers); and the camera options the tracker and
+drawing nodes share (`validate_camera_options`, `input_qos`).
 """
 from __future__ import annotations
 
 import collections
 import logging
 import threading
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.lifecycle import LifecycleNode
@@ -18,6 +20,19 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_
 
 from steerseg_ros.ros.lifecycle import GuardedTransitions
 from steerseg_ros.ros.messages import publish_status
+
+
+# When a changed parameter takes effect (a node's _takes_effect), as a set result's reason says it.
+WHEN_TEXT = {"live": "live", "activate": "at the next activate", "configure": "at the next configure",
+             "start": "at start-up"}
+
+
+def waiting_reason(names: list[str], takes_effect: Callable[[str], str]) -> str:
+    """The set-parameters `reason` for a successful change of these parameters: empty when all
+    apply live, else which of them wait and for what."""
+    waiting = [(n, takes_effect(n)) for n in names if takes_effect(n) != "live"]
+    return "; ".join(f"{n} takes effect {WHEN_TEXT[when]}" + ("" if when == "start" else " (set now, "
+                     "not yet in use)") for n, when in waiting)
 
 
 def validate_camera_options(config: Any) -> None:
@@ -94,6 +109,29 @@ class NodeBase(GuardedTransitions, LifecycleNode):
         self._lifecycle = "unconfigured"
         self._stats_timer = None
         self._pub_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._waiting_logged: set[str] = set()  # parameters whose "takes effect at ..." was logged
+
+    # ---- parameters -------------------------------------------------------------------------
+    def _takes_effect(self, name: str) -> str:
+        """When a change of parameter `name` takes effect: "live", "activate", "configure" (the
+        next such transition) or "start" (a subclass says which of its parameters wait)."""
+        return "live"
+
+    def _set_parameters_atomically_common(self, parameter_list, descriptors=None, allow_not_set_type=False):
+        """Every parameter change (set_parameters, the set_parameters services; not a
+        declaration, which passes descriptors) goes through here. A change that waits for the
+        next activate or configure succeeds with a `reason` saying so (`ros2 param set` prints
+        it), logged once per parameter until the next activate: rclpy keeps an
+        on-set-parameters callback's reason only on failure, so it is added here."""
+        result = super()._set_parameters_atomically_common(parameter_list, descriptors, allow_not_set_type)
+        if result.successful and descriptors is None:
+            result.reason = waiting_reason([p.name for p in parameter_list], self._takes_effect)
+            for p in parameter_list:
+                text = waiting_reason([p.name], self._takes_effect)
+                if text and p.name not in self._waiting_logged:
+                    self._waiting_logged.add(p.name)
+                    self.get_logger().info(f"parameter {text}")
+        return result
 
     # ---- counters ---------------------------------------------------------------------------
     def _count(self, key: str, n: int = 1) -> None:

@@ -21,7 +21,8 @@ from steerseg_ros.streaming.pipeline import PipelineConfig
 from steerseg_ros.ros import parameters
 from steerseg_ros.ros.depth_input import DepthConfig
 from steerseg_ros.ros.messages import MarkerConfig
-from steerseg_ros.ros.node_base import validate_camera_options
+from steerseg_ros.ros.node_base import WHEN_TEXT, validate_camera_options
+from steerseg_ros.ros.node_base import waiting_reason as _waiting_reason
 
 NODE_NAME = "steerseg"
 BACKEND_KINDS = ("grounder", "tracker")
@@ -35,9 +36,6 @@ LIVE_PIPELINE_FIELDS = ("keyframes", "min_keyframes", "regrounding_period_s", "g
                         "lost_timeout_s", "min_confidence", "reconcile_iou", "time_jump_reset_s",
                         "max_command_chars", "max_targets", "selection")
 LIVE_DEPTH_FIELDS = ("pairing_tolerance_s", "wait_s", "queue_size", "object_points_max")
-# What takes_effect answers, and how the README's table says it.
-WHEN_TEXT = {"live": "live", "activate": "at the next activate", "configure": "at the next configure",
-             "start": "at start-up"}
 
 
 @dataclass
@@ -182,9 +180,7 @@ def takes_effect(name: str) -> str:
 def waiting_reason(names: list[str]) -> str:
     """The set-parameters `reason` for a successful change of these parameters: empty when all
     apply live, else which of them wait and for what."""
-    waiting = [(n, takes_effect(n)) for n in names if takes_effect(n) != "live"]
-    return "; ".join(f"{n} takes effect {WHEN_TEXT[when]}" + ("" if when == "start" else " (set now, "
-                     "not yet in use)") for n, when in waiting)
+    return _waiting_reason(names, takes_effect)
 
 
 def parameter_table() -> str:

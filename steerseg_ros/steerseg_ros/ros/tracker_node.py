@@ -51,7 +51,7 @@ from steerseg_ros.ros.image_conversion import ImageConversionError
 from steerseg_ros.ros.messages import MarkerConfig, stamp_to_ns
 from steerseg_ros.ros.node_base import NodeBase, input_qos
 from steerseg_ros.ros.node_config import (BACKEND_KINDS, LIVE_NODE_FIELDS, LIVE_PIPELINE_FIELDS, NODE_NAME, NodeConfig,
-                                          check_changes, declare, read_section, static_specs, waiting_reason)
+                                          check_changes, declare, read_section, static_specs, takes_effect)
 # The parameters file's generator: test_node_parameters' hint names it here.
 from steerseg_ros.ros.node_config import write_default_params  # noqa: F401
 from steerseg_ros.ros.outputs import TrackerOutputs
@@ -94,7 +94,6 @@ class SteerSegNode(NodeBase):
         self._bad_history: collections.deque[int] = collections.deque([0], maxlen=DIAGNOSTICS_WINDOW_PERIODS + 1)
         # The same per reason, for the message's top reasons.
         self._reason_history: collections.deque[dict] = collections.deque([{}], maxlen=DIAGNOSTICS_WINDOW_PERIODS + 1)
-        self._waiting_logged: set[str] = set()  # parameters whose "takes effect at ..." was logged
         self._camera_warning: Optional[str] = None  # frames on the other image transport only
         self._frames_at_activate = 0
         self._pipeline: Optional[Pipeline] = None
@@ -128,20 +127,8 @@ class SteerSegNode(NodeBase):
         self._follow = FollowServer(self, self._count, lambda: self._node_config.follow_feedback_hz)
 
     # ---- parameters -----------------------------------------------------------------------
-    def _set_parameters_atomically_common(self, parameter_list, descriptors=None, allow_not_set_type=False):
-        """Every parameter change (set_parameters, the set_parameters services, not declaration,
-        which passes descriptors) goes through here. A change that waits for the next activate
-        or configure succeeds with a `reason` saying so (logged once per parameter): rclpy keeps
-        an on-set-parameters callback's reason only on failure, so it is added here."""
-        result = super()._set_parameters_atomically_common(parameter_list, descriptors, allow_not_set_type)
-        if result.successful and descriptors is None:
-            result.reason = waiting_reason([p.name for p in parameter_list])
-            for p in parameter_list:
-                text = waiting_reason([p.name])
-                if text and p.name not in self._waiting_logged:
-                    self._waiting_logged.add(p.name)
-                    self.get_logger().info(f"parameter {text}")
-        return result
+    def _takes_effect(self, name: str) -> str:
+        return takes_effect(name)
 
     def _on_parameters_set(self, params) -> None:
         """After a change: the processing thread applies what it owns between two frames; the
