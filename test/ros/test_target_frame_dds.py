@@ -13,7 +13,8 @@ PoseStamped are in base_link and equal, within 1 mm, the camera-frame values (th
 on the mask the node published, with the depth sent for that frame) transformed by the test's own
 matrix; the Detection2DArray boxes are the tracks' mask boxes. A node whose target_frame has no
 transform publishes its masks and tracks in 2D, counts each rejected frame's 3D on /diagnostics
-(rejected.tf.*) and keeps running. Nothing here times anything: every step waits for the answer.
+(rejected.tf.*) and keeps running. With publish_target_tf the target's position also goes out on
+/tf as the frame target_<id>. Nothing here times anything: every step waits for the answer.
 """
 from __future__ import annotations
 
@@ -91,6 +92,7 @@ class Session:
     outputs by stamp, optionally the static transform and a Follow goal)."""
 
     def __init__(self, tmp_path, target_frame: str, transform: bool):
+        from tf2_msgs.msg import TFMessage
         from rclpy.qos import QoSProfile, ReliabilityPolicy
 
         self.domain = rp.random_domain_id()
@@ -108,25 +110,32 @@ class Session:
         self.node = rp.start_node(rp.ros_env(self.domain), tmp_path, {
             "autostart": True, "image_qos": "reliable", "stats_period_s": 0.25, "target_frame": target_frame,
             # generous waits, so that a loaded machine still pairs every depth image and transform
-            "tf_timeout_s": 0.5, "depth": {"qos": "reliable", "wait_s": 1.0}})
+            "tf_timeout_s": 0.5, "depth": {"qos": "reliable", "wait_s": 1.0}, "publish_target_tf": transform})
         self.images = r.publisher(Image, "image")
         self.depths = r.publisher(Image, "depth")
         self.infos = r.publisher(CameraInfo, "camera_info")
         self.seeds = r.publisher(Image, "seed_mask")
         self.lock = threading.Lock()
-        self.got: dict[str, dict[int, object]] = {"det3d": {}, "det2d": {}, "pose": {}, "target": {}}
+        self.got: dict[str, dict[int, object]] = {"det3d": {}, "det2d": {}, "pose": {}, "target": {}, "tf": {}}
         reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
         for kind, msg_type, topic in (("det3d", Detection3DArray, "detections_3d"),
                                       ("det2d", Detection2DArray, "detections_2d"),
                                       ("pose", PoseStamped, "follow_pose"),
                                       ("target", PointStamped, "target_point")):
             r.node.create_subscription(msg_type, topic, lambda m, k=kind: self._on(k, m), reliable)
+        r.node.create_subscription(TFMessage, "/tf", self._on_tf, reliable)
         self.camera = default_camera(W, H, CAMERA_FRAME)
         self.next_stamp = 10_000 * NS_PER_S
 
     def _on(self, kind: str, msg) -> None:
         with self.lock:
             self.got[kind][stamp_to_ns(msg.header.stamp)] = msg
+
+    def _on_tf(self, msg) -> None:
+        with self.lock:
+            for t in msg.transforms:
+                if t.child_frame_id.startswith("target_"):
+                    self.got["tf"][stamp_to_ns(t.header.stamp)] = t
 
     def received(self, kind: str, stamp: int):
         with self.lock:
@@ -234,6 +243,11 @@ def _check_frame(session, f, stamp, msg, target_id) -> dict:
         oldest = min(ours, key=lambda t: t.id)
         errors["pose"].append(np.linalg.norm(_xyz(pose.pose.position) - _xyz(oldest.position)))
         errors["pose"].append(abs(pose.pose.orientation.w - 1.0))
+        # publish_target_tf: the same position as the tf frame target_<id>
+        assert rp.wait_until(lambda: session.received("tf", stamp) is not None, WAIT_S), "no target_<id> on /tf"
+        frame = session.received("tf", stamp)
+        assert (frame.header.frame_id, frame.child_frame_id) == ("base_link", f"target_{target_id}")
+        errors["pose"].append(np.linalg.norm(_xyz(frame.transform.translation) - _xyz(pose.pose.position)))
     return errors
 
 
@@ -256,7 +270,9 @@ def test_outputs_in_base_link_agree_with_the_hand_transformed_camera_values(tmp_
         for kind in ("track", "det3d", "pose"):
             assert errors[kind], f"no {kind} compared: {session.node.text()[-3000:]}"
             assert max(errors[kind]) <= 1e-3, (kind, errors[kind])
-        assert int(session.recorder.counters().get("rejected.tf.missing", 0)) == 0
+        counters = session.recorder.counters()
+        assert not any(k.startswith("rejected.tf.") for k in counters), counters
+        assert int(counters.get("internal_errors", 0)) == 0, session.node.text()[-3000:]
         handle.cancel_goal_async()
     finally:
         session.close()

@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional
 
 from steerseg_ros.depth.transform import RigidTransform, transform_object
 from steerseg_ros.ros.depth_input import Frame3D
+from steerseg_ros.ros.standard_outputs import target_poses
 
 
 def tf2_available() -> bool:
@@ -114,21 +115,24 @@ class TargetFrame:
             self._reject("tf.invalid", f"{text}: {e}")
             return None
 
-    def broadcast(self, positions: dict[int, tuple[Any, tuple[float, float, float]]]) -> None:
-        """Send each target's position as the tf frame target_<id> (a child of the frame its
-        position is in, no rotation), stamped with the image's stamp: {target id: (header,
-        (x, y, z))}. Nothing unless publish_target_tf is on."""
+    def broadcast(self, tracks: list) -> None:
+        """Send each target's pose (standard_outputs.target_pose of its Track messages on this
+        frame) on tf as the frame target_<target id>: a child of the frame its position is in,
+        no rotation, stamped with the image's stamp. Nothing unless publish_target_tf is on."""
         broadcaster = self._broadcaster
-        if broadcaster is None or not positions:
+        if broadcaster is None:
             return
         from geometry_msgs.msg import TransformStamped
 
         out = []
-        for target_id, (header, (x, y, z)) in sorted(positions.items()):
-            msg = TransformStamped(header=header, child_frame_id=f"target_{target_id}")
-            msg.transform.translation.x, msg.transform.translation.y, msg.transform.translation.z = x, y, z
+        for target_id, pose in sorted(target_poses(tracks).items()):
+            msg = TransformStamped(header=pose.header, child_frame_id=f"target_{target_id}")
+            p = pose.pose.position
+            msg.transform.translation.x, msg.transform.translation.y, msg.transform.translation.z = p.x, p.y, p.z
             msg.transform.rotation.w = 1.0
             out.append(msg)
+        if not out:
+            return
         try:
             broadcaster.sendTransform(out)
         except Exception as e:  # deactivated meanwhile
