@@ -22,15 +22,6 @@ from steerseg_ros.ros.depth_input import Frame3D
 from steerseg_ros.ros.standard_outputs import target_poses
 
 
-def tf2_available() -> bool:
-    """Whether tf2_ros imports (a ROS installation, or setup_env.sh's build of it)."""
-    try:
-        import tf2_ros  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def _import_tf2():
     try:
         import tf2_ros
