@@ -352,12 +352,14 @@ def test_object_points_while_subscribed(session, scene):
         session.recorder.node.destroy_subscription(sub)
 
 
-def test_depth_without_colour_says_the_colour_topic_is_silent(tmp_path):
+def test_depth_without_colour_says_the_colour_topic_is_silent(tmp_path, session):
     """Depth and camera_info arrive, colour never does (the camera topic is wrong): the node says
     that no colour frames arrive, naming its camera topic as remapped, and not that depth images
     "arrive faster than they pair" (depth.queue_full), which sent users looking at the depth.
-    Its own node and domain: the module's session must keep its colour stream."""
+    Its own node and domain (not the session's, whose node has a colour stream)."""
     domain = rp.random_domain_id()
+    while domain == session.domain:
+        domain = rp.random_domain_id()
     recorder = rp.Recorder(domain)
     node = rp.start_node(rp.ros_env(domain), tmp_path, {
         "autostart": True, "stats_period_s": 0.25, "depth": {"qos": "reliable", "queue_size": 2}},
