@@ -242,3 +242,42 @@ def test_overlay_drawn_by_the_drawing_node_over_dds_and_the_tracker_unaffected(t
         assert stamp in watcher.markers
     assert compared >= 0.7 * len(manifest) and drawn >= 1, (compared, drawn)
     assert "Traceback" not in drawer_log and "Traceback" not in log and "Traceback" not in log_alone
+
+
+def test_a_frame_it_cannot_draw_is_logged_with_its_topics():
+    """The warning about a frame it cannot draw names the inputs as remapped (the camera topic
+    above all), so that the user sees which of their topics is wrong."""
+    import rclpy
+    from rclpy.parameter import Parameter
+
+    from steerseg_msgs.msg import TrackArray
+    from steerseg_ros.ros.drawer_node import DrawerNode
+    from steerseg_ros.ros.image_conversion import array_to_image, rgb_to_image
+    from steerseg_ros.ros.messages import header_at
+
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=rp.random_domain_id())
+    node = DrawerNode(context=context, cli_args=["--ros-args", "-r", "image:=/front/color/image_raw"],
+                      parameter_overrides=[Parameter("draw_unsubscribed", value=True)])
+    warnings = []
+
+    class Logger:
+        def warning(self, text, **_):
+            warnings.append(text)
+
+        def __getattr__(self, name):
+            return lambda *a, **k: None
+
+    try:
+        node._configure()
+        node._activate()
+        node.get_logger = lambda: Logger()
+        header = header_at(10**9, "camera")
+        node._on("image", rgb_to_image(np.zeros((60, 80, 3), np.uint8), "bgr8", header))
+        node._on("tracks", TrackArray(header=header))
+        node._on("mask", array_to_image(np.zeros((30, 40), np.uint8), "mono8", header))  # another size
+        assert len(warnings) == 1 and "/front/color/image_raw" in warnings[0] and "/mask" in warnings[0], warnings
+    finally:
+        node._deactivate()
+        node.destroy_node()
+        context.try_shutdown()

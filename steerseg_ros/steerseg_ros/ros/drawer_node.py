@@ -247,8 +247,10 @@ class DrawerNode(NodeBase):
                                     self._markers, self._overlay_buffer)
         except (ImageConversionError, ValueError) as e:
             self._count("rejected")
-            self.get_logger().warning(f"cannot draw the frame at {stamp_to_ns(msg.header.stamp) / 1e9:.6f} s: {e}",
-                                      throttle_duration_sec=5.0)
+            # Name the inputs (as remapped): the user must see which of their topics is wrong.
+            inputs = ", ".join(sub.topic_name for sub in self._subs)
+            self.get_logger().warning(f"cannot draw the frame at {stamp_to_ns(msg.header.stamp) / 1e9:.6f} s from "
+                                      f"{inputs}: {e}", throttle_duration_sec=5.0)
             return
         self._pubs["overlay"].publish(overlay)
         self._pubs["markers"].publish(markers)
