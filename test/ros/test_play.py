@@ -74,3 +74,20 @@ def test_ctrl_c_exits_cleanly(tmp_path, davis_root, domain, kind, lockstep):
     log = play.text()
     assert rc == 0, log[-3000:]
     assert "Traceback" not in log and "RCLError" not in log, log[-3000:]
+
+
+def test_no_subscriber_warning_names_the_topics(tmp_path, davis_root, domain):
+    """Nobody listens: the player says on which of its topics (as resolved), for a bag all three
+    of the default names, and still publishes."""
+    args = _source("bag", tmp_path, davis_root)
+    args = args[:2]  # the default topics (a camera driver's, the launch file's)
+    play = ros_processes.Process(["steerseg-play", *args, "--count", "1", "--wait-subscribers", "1", "--wait-all",
+                                  "--linger", "0"], ros_processes.ros_env(domain), tmp_path / "play.log")
+    try:
+        assert play.wait(120.0) == 0, play.text()[-3000:]
+    finally:
+        play.stop()
+    text = play.text()
+    assert ("no subscriber on /camera/image_raw (0 of 1), /camera/depth_registered/image_raw (0 of 1), "
+            "/camera/camera_info (0 of 1) after 1.0 s; publishing anyway") in text, text[-3000:]
+    assert "some topic" not in text
