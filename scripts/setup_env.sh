@@ -94,6 +94,53 @@ launch_installed() {
     case "$(readlink -f "$ros2") $(readlink -f "$where")" in *"$LAUNCH_CACHE/ros2_launch-"*) exit 1 ;; esac
   )
 }
+# build_vendor WHAT SOURCES NAME [BUILD-ONLY WHEELS...]: build the upstream sources in SOURCES with
+# colcon once into $LAUNCH_CACHE/NAME-<key> (key: the sources, the venv, its Python and the
+# wheels), link it from the checkout as .NAME. Checkouts sharing the venv may set up at the same
+# moment: one builds, the others wait. The install prefix is baked into the generated setup files,
+# so it is built in place and marked complete only once the build succeeded. Build-only wheels
+# (without their dependencies) go into a tools folder that this build alone puts on
+# CMAKE_PREFIX_PATH.
+build_vendor() {
+  local what=$1 sources=$2 name=$3 key prefix tmp
+  shift 3
+  sources=$(cd "$sources" && pwd)
+  key=$( { (cd "$sources" && find . -type f ! -name '*.pyc' -print0 | LC_ALL=C sort -z | xargs -0 sha256sum)
+           printf '%s\n' "$VENV" "$("$VENV/bin/python" -VV)"; if [ $# -gt 0 ]; then printf '%s\n' "$*"; fi; } \
+         | sha256sum | cut -c1-12)
+  prefix=$LAUNCH_CACHE/$name-$key
+  mkdir -p "$LAUNCH_CACHE"
+  exec 9>"$prefix.lock"
+  if command -v flock >/dev/null; then flock 9; fi
+  if [ -f "$prefix/.complete" ]; then
+    log "$what: built ($prefix)"
+  else
+    log "$what: building from $sources into $prefix (a minute or two)"
+    tmp=$prefix.partial
+    rm -rf "$tmp" "$prefix" && mkdir -p "$tmp"
+    (
+      . "$VENV/bin/activate"
+      unset PYTHONPATH PIP_CONSTRAINT  # not an older build's modules, from a shell that sourced env.sh
+      export AMENT_PREFIX_PATH=$VENV CMAKE_PREFIX_PATH=$VENV
+      if [ $# -gt 0 ]; then
+        quiet_pip --no-deps --prefix "$tmp/tools" "$@"
+        CMAKE_PREFIX_PATH=$VENV:$tmp/tools
+      fi
+      cd "$tmp"
+      colcon --log-base "$tmp/log" build --merge-install --base-paths "$sources" \
+        --build-base "$tmp/build" --install-base "$prefix/install" \
+        --event-handlers console_cohesion- summary- \
+        --cmake-args -DBUILD_TESTING=OFF -Wno-dev >"$tmp/build.txt" 2>&1 \
+        || { cat "$tmp/build.txt" >&2; exit 1; }
+    ) || { rm -rf "$prefix"; exit 1; }
+    mv "$tmp/build.txt" "$prefix/build.txt"
+    rm -rf "$tmp"
+    touch "$prefix/.complete"
+  fi
+  exec 9>&-
+  ln -sfn "$prefix" "$ROOT/.$name"
+}
+
 VENDOR=${STEERSEG_SHARED:-$ROOT/../shared}/vendor/ros2_launch
 if launch_installed; then
   log "launch system: already installed ($(. "$VENV/bin/activate"; command -v ros2))"
@@ -102,39 +149,7 @@ elif [ ! -d "$VENDOR" ]; then
   log "launch system: not installed and no sources at $VENDOR; ros2 launch and the launch tests are unavailable"
   rm -f "$ROOT/.ros2_launch"
 else
-  VENDOR=$(cd "$VENDOR" && pwd)
-  key=$( { (cd "$VENDOR" && find . -type f ! -name '*.pyc' -print0 | LC_ALL=C sort -z | xargs -0 sha256sum)
-           printf '%s\n' "$VENV" "$("$VENV/bin/python" -VV)"; } | sha256sum | cut -c1-12)
-  LAUNCH_PREFIX=$LAUNCH_CACHE/ros2_launch-$key
-  mkdir -p "$LAUNCH_CACHE"
-  # Checkouts sharing the venv may set up at the same moment: one builds, the others wait.
-  exec 9>"$LAUNCH_PREFIX.lock"
-  if command -v flock >/dev/null; then flock 9; fi
-  if [ -f "$LAUNCH_PREFIX/.complete" ]; then
-    log "launch system: built ($LAUNCH_PREFIX)"
-  else
-    log "launch system: building it from $VENDOR into $LAUNCH_PREFIX (about a minute)"
-    tmp=$LAUNCH_PREFIX.partial
-    rm -rf "$tmp" "$LAUNCH_PREFIX" && mkdir -p "$tmp"
-    (
-      . "$VENV/bin/activate"
-      export AMENT_PREFIX_PATH=$VENV CMAKE_PREFIX_PATH=$VENV
-      unset PYTHONPATH  # not an older build's modules, from a shell that sourced env.sh
-      cd "$tmp"
-      colcon --log-base "$tmp/log" build --merge-install --base-paths "$VENDOR" \
-        --build-base "$tmp/build" --install-base "$LAUNCH_PREFIX/install" \
-        --event-handlers console_cohesion- summary- \
-        --cmake-args -DBUILD_TESTING=OFF -Wno-dev >"$tmp/build.txt" 2>&1 \
-        || { cat "$tmp/build.txt" >&2; exit 1; }
-    ) || { rm -rf "$LAUNCH_PREFIX"; exit 1; }
-    # The install prefix is baked into the generated setup files: it is built in place, and
-    # marked complete only once the build succeeded.
-    mv "$tmp/build.txt" "$LAUNCH_PREFIX/build.txt"
-    rm -rf "$tmp"
-    touch "$LAUNCH_PREFIX/.complete"
-  fi
-  exec 9>&-
-  ln -sfn "$LAUNCH_PREFIX" "$ROOT/.ros2_launch"
+  build_vendor "launch system" "$VENDOR" ros2_launch
 fi
 
 # ---- tf2 (Python) and the tf2_msgs and vision_msgs message packages ----
@@ -160,37 +175,7 @@ elif [ ! -d "$MSGS_VENDOR" ]; then
   log "tf2 and vision_msgs: not installed and no sources at $MSGS_VENDOR; target_frame and the vision_msgs outputs are unavailable (their tests skip)"
   rm -f "$ROOT/.ros2_msgs"
 else
-  MSGS_VENDOR=$(cd "$MSGS_VENDOR" && pwd)
-  key=$( { (cd "$MSGS_VENDOR" && find . -type f ! -name '*.pyc' -print0 | LC_ALL=C sort -z | xargs -0 sha256sum)
-           printf '%s\n' "$VENV" "$("$VENV/bin/python" -VV)" "$MSGS_TOOLS"; } | sha256sum | cut -c1-12)
-  MSGS_PREFIX=$LAUNCH_CACHE/ros2_msgs-$key
-  mkdir -p "$LAUNCH_CACHE"
-  exec 9>"$MSGS_PREFIX.lock"
-  if command -v flock >/dev/null; then flock 9; fi
-  if [ -f "$MSGS_PREFIX/.complete" ]; then
-    log "tf2 and vision_msgs: built ($MSGS_PREFIX)"
-  else
-    log "tf2 and vision_msgs: building them from $MSGS_VENDOR into $MSGS_PREFIX (about 75 s)"
-    tmp=$MSGS_PREFIX.partial
-    rm -rf "$tmp" "$MSGS_PREFIX" && mkdir -p "$tmp"
-    (
-      . "$VENV/bin/activate"
-      unset PYTHONPATH PIP_CONSTRAINT  # not an older build's modules; the tools are pinned above
-      # shellcheck disable=SC2086
-      quiet_pip --no-deps --prefix "$tmp/tools" $MSGS_TOOLS
-      export AMENT_PREFIX_PATH=$VENV CMAKE_PREFIX_PATH=$VENV:$tmp/tools
-      cd "$tmp"
-      colcon --log-base "$tmp/log" build --merge-install --base-paths "$MSGS_VENDOR" \
-        --build-base "$tmp/build" --install-base "$MSGS_PREFIX/install" \
-        --event-handlers console_cohesion- summary- \
-        --cmake-args -DBUILD_TESTING=OFF -Wno-dev >"$tmp/build.txt" 2>&1 \
-        || { cat "$tmp/build.txt" >&2; exit 1; }
-    ) || { rm -rf "$MSGS_PREFIX"; exit 1; }
-    mv "$tmp/build.txt" "$MSGS_PREFIX/build.txt"
-    rm -rf "$tmp"
-    touch "$MSGS_PREFIX/.complete"
-  fi
-  exec 9>&-
-  ln -sfn "$MSGS_PREFIX" "$ROOT/.ros2_msgs"
+  # shellcheck disable=SC2086
+  build_vendor "tf2 and vision_msgs" "$MSGS_VENDOR" ros2_msgs $MSGS_TOOLS
 fi
 log "ready: source scripts/env.sh"
