@@ -2,4 +2,4 @@
 pairing by stamp, and an object's 3D position, extent and points from its mask."""
 from steerseg_ros.depth.camera import CameraModel, check_depth_size, depth_to_metres  # noqa: F401
 from steerseg_ros.depth.estimate import EstimatorOptions, Object3D, estimate_object_3d, object_points  # noqa: F401
-from steerseg_ros.depth.pairing import DepthPairer  # noqa: F401
+from steerseg_ros.depth.pairing import DepthPairer, StampOffset  # noqa: F401

@@ -107,6 +107,17 @@ def same_aspect(size: tuple[int, int], reference: tuple[int, int]) -> bool:
     return w > 0 and h > 0 and abs(w * rh / rw - h) <= 1.0 and abs(h * rw / rh - w) <= 1.0
 
 
+def _pairing_fault(reason: str, depth_topic: str, colour_topic: str, config: DepthConfig) -> str:
+    """What a depth pairing rejection means, for its warning."""
+    if reason == "depth.no_colour":
+        return (f"depth images arrive on {depth_topic}, but no colour frames on {colour_topic} (for "
+                f"{DEPTH_STALE_S:.0f} s or more): nothing to pair them with; check the camera topic")
+    if reason == "depth.no_colour_partner":
+        return ("a depth image found no processed colour frame within depth.pairing_tolerance_s = "
+                f"{config.pairing_tolerance_s} s (its frame never came, or was dropped: see frames_dropped)")
+    return f"depth images arrive faster than they pair (queue of {config.queue_size})"
+
+
 class DepthInput:
     """Depth and camera_info in, per-track 3D out (see the module docstring). `reject(reason,
     text)` counts and logs a rejection (the node's), `count(key, n)` counts an event. on_depth
@@ -128,14 +139,7 @@ class DepthInput:
         # DROPPED_COLOUR_KEPT).
         self._colour_pending: collections.deque = collections.deque(maxlen=DROPPED_COLOUR_KEPT)
         self._colour_dropped: collections.deque = collections.deque(maxlen=DROPPED_COLOUR_KEPT)
-        # (arrival ns, stamp ns) of the recent colour frames and of the depth images not yet
-        # compared with the colour frame that arrived nearest to them; the offsets found (depth
-        # stamp - that colour stamp) and the colour stamps give the steady stamp offset and the
-        # frame period. By arrival, not by stamp: a replay faster or slower than real time, or
-        # depth at half the colour rate, leaves each depth image next to its own colour frame.
-        self._colour_arrivals: collections.deque = collections.deque(maxlen=2 * OFFSET_WINDOW)
-        self._depth_arrivals: collections.deque = collections.deque(maxlen=2 * OFFSET_WINDOW)
-        self._offsets: collections.deque = collections.deque(maxlen=OFFSET_WINDOW)
+        self._offset = depth3d.StampOffset(OFFSET_WINDOW)  # the steady depth/colour stamp offset
         self.stamp_offset_ns: Optional[int] = None  # measured, once both streams have a window
         self.frame_period_ns: Optional[int] = None
         self._offset_warned = False
@@ -167,8 +171,7 @@ class DepthInput:
             self._last_colour_ns = None
             self._depth_stopped = False
             self._colour_pending.clear()
-            for window in (self._colour_arrivals, self._depth_arrivals, self._offsets):
-                window.clear()
+            self._offset.clear()
 
     def apply_live(self, config: DepthConfig) -> None:
         """Take changed settings between frames (processing thread): the pairing tolerance and
@@ -190,31 +193,17 @@ class DepthInput:
         now = self._clock()
         with self._lock:
             self._colour_pending.append(stamp_ns)
-            self._colour_arrivals.append((now, stamp_ns))
-            self._compare_arrivals()
-
-    def _compare_arrivals(self) -> None:
-        """Compare each depth image that has a colour frame arrived after it (or with it) with
-        the colour frame that arrived nearest to it (under the lock)."""
-        colour = self._colour_arrivals
-        while self._depth_arrivals and colour and self._depth_arrivals[0][0] <= colour[-1][0]:
-            arrival, stamp = self._depth_arrivals.popleft()
-            nearest = min(colour, key=lambda c: abs(c[0] - arrival))
-            self._offsets.append(stamp - nearest[1])
+            self._offset.colour(now, stamp_ns)
 
     def _check_offset(self) -> None:
-        """Measure the steady offset between the depth and the colour stamps of frames that
-        arrive together (median over OFFSET_WINDOW depth images); warn once when it is over
-        OFFSET_SHARE of the frame period. Pairing by nearest stamp cannot see it: at 30 fps,
-        depth stamped 30 ms late pairs 3 ms off with the next frame's colour image."""
+        """Measure the steady depth/colour stamp offset (depth.StampOffset); warn once when it
+        is over OFFSET_SHARE of the frame period."""
         with self._lock:
-            if len(self._offsets) < OFFSET_WINDOW:
+            measured = self._offset.measure()
+            if measured is None:
                 return
-            offset = int(np.median(self._offsets))
-            steps = np.diff(np.asarray([c[1] for c in self._colour_arrivals], dtype=np.int64))
-            steps = steps[steps > 0]
-            period = int(np.median(steps)) if steps.size else None
-            self.stamp_offset_ns, self.frame_period_ns = offset, period
+            self.stamp_offset_ns, self.frame_period_ns = measured
+        offset, period = measured
         if period and abs(offset) > OFFSET_SHARE * period and not self._offset_warned:
             self._offset_warned = True
             log.warning(self.offset_warning())
@@ -262,8 +251,7 @@ class DepthInput:
         stamp = int(msg.header.stamp.sec) * NS_PER_S + int(msg.header.stamp.nanosec)
         now = self._clock()
         with self._lock:
-            self._depth_arrivals.append((now, stamp))
-            self._compare_arrivals()
+            self._offset.depth(now, stamp)
         pairer.add(stamp, (pixels, encoding))
         self._last_depth = now / NS_PER_S
         if self._depth_stopped:
@@ -323,15 +311,7 @@ class DepthInput:
                         # topic, or the camera stopped), so say that and where it was expected.
                         reason = "depth.no_colour"
                     for _ in range(new):
-                        self._reject(reason, f"depth images arrive on {self.depth_topic}, but no colour frames "
-                                     f"on {self.colour_topic} (for {DEPTH_STALE_S:.0f} s or more): nothing to pair "
-                                     "them with; check the camera topic"
-                                     if reason == "depth.no_colour" else
-                                     "a depth image found no processed colour frame within "
-                                     f"depth.pairing_tolerance_s = {self.config.pairing_tolerance_s} s "
-                                     "(its frame never came, or was dropped: see frames_dropped)"
-                                     if key == "depth_unpaired" else
-                                     f"depth images arrive faster than they pair (queue of {self.config.queue_size})")
+                        self._reject(reason, _pairing_fault(reason, self.depth_topic, self.colour_topic, self.config))
 
     def _count_depth_of_dropped_frames(self, pairer: depth3d.DepthPairer) -> int:
         """How many of the depth images the pairer gave up on since the last call belong to a
@@ -372,6 +352,29 @@ class DepthInput:
         return {f"depth.{k}": int(v) for k, v in total.items()}
 
     # ---- the 3D step ------------------------------------------------------------------------
+    def _usable_depth(self, pixels: np.ndarray, encoding: str, colour_size: tuple[int, int]):
+        """(depth in metres, camera) for a paired depth image, or None after counting why it
+        cannot give 3D with this colour frame (no camera_info yet, sizes that do not match)."""
+        with self._lock:
+            camera = self._camera
+        if camera is None:
+            self._reject("depth.no_camera_info", "depth arrived but no valid camera_info yet: tracks stay 2D")
+            return None
+        depth_size = (pixels.shape[1], pixels.shape[0])
+        if not same_aspect(depth_size, colour_size):
+            self._reject("depth.size", f"depth is {depth_size[0]}x{depth_size[1]}, the colour image "
+                         f"{colour_size[0]}x{colour_size[1]} (neither the same size nor the same aspect scaled)")
+            return None
+        if not same_aspect((camera.width, camera.height), colour_size):
+            self._reject("camera_info.size", f"camera_info is for {camera.width}x{camera.height}, the colour "
+                         f"image is {colour_size[0]}x{colour_size[1]}")
+            return None
+        try:
+            return depth3d.depth_to_metres(pixels, encoding), camera
+        except ValueError as e:
+            self._reject("depth.encoding", str(e))
+            return None
+
     def estimate(self, views: list[TrackView], stamp_ns: int, colour_size: tuple[int, int],
                  max_points: int = 0) -> Optional[Frame3D]:
         """The 3D of every live track on the colour frame `stamp_ns` of size (w, h), with up to
@@ -400,27 +403,11 @@ class DepthInput:
         self._report_pairer()
         if item is None:
             return None
-        pixels, encoding = item
         start = time.perf_counter()
-        with self._lock:
-            camera = self._camera
-        if camera is None:
-            self._reject("depth.no_camera_info", "depth arrived but no valid camera_info yet: tracks stay 2D")
+        usable = self._usable_depth(*item, colour_size)
+        if usable is None:
             return None
-        depth_size = (pixels.shape[1], pixels.shape[0])
-        if not same_aspect(depth_size, colour_size):
-            self._reject("depth.size", f"depth is {depth_size[0]}x{depth_size[1]}, the colour image "
-                         f"{colour_size[0]}x{colour_size[1]} (neither the same size nor the same aspect scaled)")
-            return None
-        if not same_aspect((camera.width, camera.height), colour_size):
-            self._reject("camera_info.size", f"camera_info is for {camera.width}x{camera.height}, the colour "
-                         f"image is {colour_size[0]}x{colour_size[1]}")
-            return None
-        try:
-            depth_m = depth3d.depth_to_metres(pixels, encoding)
-        except ValueError as e:
-            self._reject("depth.encoding", str(e))
-            return None
+        depth_m, camera = usable
         objects = {}
         for view in views:
             if view.state not in (TrackState.TRACKING, TrackState.REGROUNDING) or view.mask is None:

@@ -1,4 +1,5 @@
-"""The tracker node's Follow action (`follow`) and its `~/stop` service.
+"""What the tracker node follows: the command topic, the Follow action (`follow`) and its `~/stop`
+service.
 
 Owns `FollowServer`: one target per accepted goal, its feedback, its target pose (a
 geometry_msgs/PoseStamped on the goal's pose_topic, by default target_<id>/pose: what Nav2's
@@ -33,7 +34,7 @@ from std_srvs.srv import Trigger
 from steerseg_msgs.action import Follow
 from steerseg_msgs.msg import TrackArray
 from steerseg_ros.grounding.base import GroundingError, clean_command
-from steerseg_ros.streaming.pipeline import PipelineOutput, TargetLimitError
+from steerseg_ros.streaming.pipeline import PipelineConfig, PipelineOutput, TargetLimitError
 from steerseg_ros.ros.standard_outputs import target_pose
 
 
@@ -187,6 +188,31 @@ class FollowServer:
         except Exception as e:  # at process exit the executor may be gone: no client to tell
             self._log().debug(f"Follow goal end not delivered: {e}")
         return True
+
+    def follow_command(self, text: str, reject: Callable[[str, str], None]) -> None:
+        """A command on the command topic: it means "follow this one instead of everything", so
+        it replaces every target and the Follow goals end (preempted). `reject(reason, text)`
+        counts and logs a bad command."""
+        pipeline = self._node.pipeline
+        limit = pipeline.config.max_command_chars if pipeline else PipelineConfig().max_command_chars
+        if len(text) > limit:
+            reject("command.too_long", f"command is {len(text)} characters long; the limit is {limit}")
+            return
+        if not text.strip():
+            reject("command.empty", "command is empty")
+            return
+        if pipeline is None:
+            reject("command.not_configured", "not configured")
+            return
+        try:
+            command = pipeline.set_command(text)
+        except GroundingError as e:
+            reject("command.invalid", str(e))
+            return
+        self.end_all(Follow.Result.REASON_PREEMPTED, f"replaced by the command {short(command)!r} on the "
+                     "command topic", remove_targets=False)
+        self._count("commands")
+        self._log().info(f"command: {short(command)!r}")
 
     def end_all(self, reason: int, message: str, remove_targets: bool = True) -> int:
         """End every goal (any thread) with this Follow.Result reason; how many there were."""

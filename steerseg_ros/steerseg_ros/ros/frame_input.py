@@ -121,6 +121,41 @@ class FrameThread:
                 self._logger.error(f"processing a frame failed: {type(e).__name__}: {e}")
 
 
+
+class CameraTransportWatch:
+    """Frames published only on the other image transport's topic (JPEG on .../compressed while
+    image_transport is raw, or the reverse) would be ignored without a word: while the node
+    waits for its first frame since activate and the ROS graph shows a publisher on the other
+    transport's topic but none on its own, say so once, naming both topics (`warning` stays set,
+    for /diagnostics, until a frame arrives)."""
+
+    def __init__(self, node):
+        self._node = node
+        self.warning: Optional[str] = None
+
+    def _topics(self, transport: str) -> tuple[str, str]:
+        """The resolved camera topic of `transport`, and the other transport's."""
+        raw, compressed = self._node.resolve_topic_name("image"), self._node.resolve_topic_name("image/compressed")
+        return (compressed, raw) if transport == "compressed" else (raw, compressed)
+
+    def check(self, transport: str, waiting: bool) -> Optional[str]:
+        """`waiting`: active with no frame received since activate. Looked up in the graph."""
+        if not waiting:
+            self.warning = None
+            return None
+        configured, other = self._topics(transport)
+        graph = self._node.get_publishers_info_by_topic
+        if not graph(other) or graph(configured):
+            return self.warning
+        if self.warning is None:
+            wanted = "compressed" if transport == "raw" else "raw"
+            self.warning = (f"no camera frame on {configured} (image_transport {transport}), but {other} has a "
+                            f"publisher: set image_transport to {wanted} (launch argument "
+                            f"image_transport:={wanted}) and re-activate")
+            self._node.get_logger().warning(self.warning)
+        return self.warning
+
+
 @dataclass
 class _Seed:
     stamp_ns: int  # 0: the newest frame

@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+import time
 from typing import Any, Callable, Optional
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
@@ -52,6 +53,56 @@ def input_qos(name: str) -> QoSProfile:
     if name == "sensor_data":
         return qos_profile_sensor_data
     return QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+
+
+class RejectionLog:
+    """Counts a rejected input as rejected.<reason> and logs it naming the input's topic (as
+    remapped: a user reading the warning must see which of their topics is wrong), each reason at
+    most once per stats period, with the count so far."""
+
+    def __init__(self, count: Callable[[str], None], counts: collections.Counter, topic_of: Callable[[str], str],
+                 period_s: Callable[[], float], logger):
+        self._count, self._counts, self._topic_of = count, counts, topic_of
+        self._period_s, self._logger = period_s, logger
+        self._last_log: dict[str, float] = {}
+
+    def __call__(self, reason: str, message: str) -> None:
+        self._count(f"rejected.{reason}")
+        now = time.monotonic()
+        if now - self._last_log.get(reason, -1e9) >= (self._period_s() or 5.0):
+            self._last_log[reason] = now
+            total = self._counts[f"rejected.{reason}"]
+            self._logger.warning(f"rejected ({reason}) on {self._topic_of(reason)}: {message} [{total} so far]")
+
+
+class RecentRejections:
+    """Rejections and internal errors over the last `window` stats periods, for /diagnostics: a
+    node says WARN while input was rejected within them (not for the rest of its life once
+    anything was), and names the most frequent recent reasons (a count alone sends the user to
+    the log)."""
+
+    def __init__(self, window: int, top: int):
+        self._totals: collections.deque[int] = collections.deque([0], maxlen=window + 1)
+        self._by_reason: collections.deque[dict] = collections.deque([{}], maxlen=window + 1)
+        self._top = top
+
+    def update(self, counts: dict) -> tuple[int, str]:
+        """Add this period's counters: (rejections within the window, the text naming them, "" when none)."""
+        by_reason = {k[len("rejected."):]: v for k, v in counts.items() if k.startswith("rejected.")}
+        if counts.get("internal_errors"):
+            by_reason["internal_errors"] = counts["internal_errors"]
+        self._totals.append(sum(by_reason.values()))
+        self._by_reason.append(by_reason)
+        recent = self._totals[-1] - self._totals[0]
+        if not recent:
+            return 0, ""
+        oldest = self._by_reason[0]
+        recent_by = sorted(((n - oldest.get(k, 0), k) for k, n in by_reason.items() if n > oldest.get(k, 0)),
+                           key=lambda nk: (-nk[0], nk[1]))
+        top = ", ".join(f"{k} {n}" for n, k in recent_by[:self._top])
+        more = len(recent_by) - self._top
+        return recent, (f"{recent} input(s) rejected or failed in the last {len(self._totals) - 1} stats "
+                        f"period(s): {top}" + (f" and {more} more reason(s)" if more > 0 else ""))
 
 
 class RosLogHandler(logging.Handler):

@@ -40,16 +40,15 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header, String
 
 from steerseg_msgs.action import Follow
-from steerseg_ros.grounding.base import GroundingError
-from steerseg_ros.streaming.pipeline import FrameRejected, Pipeline, PipelineConfig, PipelineOutput
+from steerseg_ros.streaming.pipeline import FrameRejected, Pipeline, PipelineOutput
 from steerseg_ros.ros import main_loop
 from steerseg_ros.ros.backend_loader import BackendLoader
 from steerseg_ros.ros.depth_input import DepthInput, Frame3D
-from steerseg_ros.ros.follow import FollowServer, short
-from steerseg_ros.ros.frame_input import FrameThread, SeedQueue, incoming_rgb
+from steerseg_ros.ros.follow import FollowServer
+from steerseg_ros.ros.frame_input import CameraTransportWatch, FrameThread, SeedQueue, incoming_rgb
 from steerseg_ros.ros.image_conversion import ImageConversionError
 from steerseg_ros.ros.messages import MarkerConfig, stamp_to_ns
-from steerseg_ros.ros.node_base import NodeBase, input_qos
+from steerseg_ros.ros.node_base import NodeBase, RecentRejections, RejectionLog, input_qos
 from steerseg_ros.ros.node_config import (BACKEND_KINDS, LIVE_NODE_FIELDS, LIVE_PIPELINE_FIELDS, NODE_NAME, NodeConfig,
                                           check_changes, declare, read_section, static_specs, takes_effect)
 # The parameters file's generator: test_node_parameters' hint names it here.
@@ -81,6 +80,24 @@ DIAGNOSTICS_WINDOW_PERIODS = 6
 DIAGNOSTICS_TOP_REASONS = 3
 
 
+def _pipeline_values(pipeline: Pipeline, last_stamp_ns: int) -> dict[str, str]:
+    """What /diagnostics says about the pipeline. With the last processed frame's stamp: a player
+    in lockstep (steerseg-play --hold-while-grounding) waits until the grounding that frame
+    started has ended."""
+    return {"pipeline_state": pipeline.state.name,
+            "grounding_running": str(pipeline.grounding_running()).lower(),
+            "last_frame_stamp_ns": str(last_stamp_ns), "command": pipeline.command or ""}
+
+
+def _timing_values(frame_times, depth_times) -> dict[str, str]:
+    """Mean time per processed frame, and of its 3D step, over the recent frames (ms)."""
+    out = {}
+    for key, times in (("ms_per_frame", list(frame_times)), ("ms_3d_per_frame", list(depth_times))):
+        if times:
+            out[key] = f"{1e3 * float(np.mean(times)):.2f}"
+    return out
+
+
 class SteerSegNode(NodeBase):
     """The lifecycle node `steerseg` (see the module docstring and README for topics and
     parameters)."""
@@ -89,12 +106,10 @@ class SteerSegNode(NodeBase):
 
     def __init__(self, node_name: str = NODE_NAME, **kwargs):
         super().__init__(node_name, **kwargs)
-        self._last_reject_log: dict[str, float] = {}
-        # Rejections + internal errors at each of the last diagnostics publications.
-        self._bad_history: collections.deque[int] = collections.deque([0], maxlen=DIAGNOSTICS_WINDOW_PERIODS + 1)
-        # The same per reason, for the message's top reasons.
-        self._reason_history: collections.deque[dict] = collections.deque([{}], maxlen=DIAGNOSTICS_WINDOW_PERIODS + 1)
-        self._camera_warning: Optional[str] = None  # frames on the other image transport only
+        self._reject = RejectionLog(self._count, self._counts, self._input_topic,
+                                    lambda: self._node_config.stats_period_s, self.get_logger())
+        self._rejections = RecentRejections(DIAGNOSTICS_WINDOW_PERIODS, DIAGNOSTICS_TOP_REASONS)
+        self._transport_watch = CameraTransportWatch(self)  # frames on the other image transport only
         self._frames_at_activate = 0
         self._pipeline: Optional[Pipeline] = None
         self._backends = BackendLoader(self, self._count)
@@ -195,7 +210,7 @@ class SteerSegNode(NodeBase):
             raise RuntimeError("not configured")
         config = self._node_config = read_section(self, "node")
         self._waiting_logged.clear()
-        self._camera_warning = None
+        self._transport_watch.warning = None
         self._frames_at_activate = self.counters().get("frames_received", 0)
         self._tf.start(config.target_frame, config.tf_timeout_s, config.publish_target_tf)
         self._outputs.create(config.draw)
@@ -206,7 +221,7 @@ class SteerSegNode(NodeBase):
                 CompressedImage, "image/compressed", lambda m: self._on_image("compressed", m), camera_qos))
         else:
             self._subs.append(self.create_subscription(Image, "image", lambda m: self._on_image("raw", m), camera_qos))
-        self._subs.append(self.create_subscription(String, "command", self._on_command, reliable))
+        self._subs.append(self.create_subscription(String, "command", lambda msg: self._follow.follow_command(msg.data, self._reject), reliable))
         self._subs.append(self.create_subscription(Image, "seed_mask", self._seeds.add, reliable))
         self._activate_depth()
         self._frames.start()
@@ -273,47 +288,12 @@ class SteerSegNode(NodeBase):
                                            else "image")
         return self.resolve_topic_name(INPUT_TOPICS.get(kind, kind))
 
-    def _reject(self, reason: str, message: str) -> None:
-        """Count a rejected input and log it, naming its topic (each reason at most once per
-        stats period)."""
-        self._count(f"rejected.{reason}")
-        now = time.monotonic()
-        period = self._node_config.stats_period_s or 5.0
-        if now - self._last_reject_log.get(reason, -1e9) >= period:
-            self._last_reject_log[reason] = now
-            total = self._counts[f"rejected.{reason}"]
-            self.get_logger().warning(f"rejected ({reason}) on {self._input_topic(reason)}: {message} "
-                                      f"[{total} so far]")
-
     def _on_image(self, kind: str, msg) -> None:
         self._count("frames_received")
         self._depth.colour_arrived()
         self._depth.note_colour(stamp_to_ns(msg.header.stamp))
         if self._frames.put(kind, msg):
             self._count("frames_dropped")
-
-    def _on_command(self, msg: String) -> None:
-        text = msg.data
-        limit = self._pipeline.config.max_command_chars if self._pipeline else PipelineConfig().max_command_chars
-        if len(text) > limit:
-            self._reject("command.too_long", f"command is {len(text)} characters long; the limit is {limit}")
-            return
-        if not text.strip():
-            self._reject("command.empty", "command is empty")
-            return
-        if self._pipeline is None:
-            self._reject("command.not_configured", "not configured")
-            return
-        try:
-            command = self._pipeline.set_command(text)
-        except GroundingError as e:
-            self._reject("command.invalid", str(e))
-            return
-        # The command topic means "follow this one instead of everything": Follow goals end.
-        self._follow.end_all(Follow.Result.REASON_PREEMPTED, f"replaced by the command {short(command)!r} on the "
-                             "command topic", remove_targets=False)
-        self._count("commands")
-        self.get_logger().info(f"command: {short(command)!r}")
 
     # ---- processing (the processing thread) -------------------------------------------------
     def _handle(self, kind: str, msg) -> None:
@@ -372,30 +352,11 @@ class SteerSegNode(NodeBase):
         out.update(self._depth.counters())
         return out
 
-    def _camera_topics(self) -> tuple[str, str]:
-        """The resolved camera topic of the configured image_transport, and the other one's."""
-        raw, compressed = self.resolve_topic_name("image"), self.resolve_topic_name("image/compressed")
-        return (compressed, raw) if self._node_config.image_transport == "compressed" else (raw, compressed)
-
     def check_camera_transport(self) -> Optional[str]:
-        """While active with no frame received on the configured camera topic, but something
-        publishing on the other transport's (JPEG on .../compressed while image_transport is
-        raw, or the reverse): say so once, naming both topics (also on /diagnostics until a
-        frame arrives). Looked up in the ROS graph, at each stats period."""
-        if self._lifecycle != "active" or self.counters().get("frames_received", 0) > self._frames_at_activate:
-            self._camera_warning = None
-            return None
-        configured, other = self._camera_topics()
-        if not self.get_publishers_info_by_topic(other) or self.get_publishers_info_by_topic(configured):
-            return self._camera_warning
-        if self._camera_warning is None:
-            wanted = "compressed" if self._node_config.image_transport == "raw" else "raw"
-            self._camera_warning = (f"no camera frame on {configured} (image_transport "
-                                    f"{self._node_config.image_transport}), but {other} has a publisher: set "
-                                    f"image_transport to {wanted} (launch argument image_transport:={wanted}) "
-                                    "and re-activate")
-            self.get_logger().warning(self._camera_warning)
-        return self._camera_warning
+        """The warning about frames on the other image transport only (frame_input.CameraTransportWatch)."""
+        waiting = (self._lifecycle == "active"
+                   and self.counters().get("frames_received", 0) <= self._frames_at_activate)
+        return self._transport_watch.check(self._node_config.image_transport, waiting)
 
     def _on_stats_timer(self) -> None:
         self.check_camera_transport()
@@ -409,44 +370,19 @@ class SteerSegNode(NodeBase):
         self._publish_diagnostics(counts)
 
     def _status(self, counts: dict) -> tuple[int, str, dict]:
-        by_reason = {k[len("rejected."):]: v for k, v in counts.items() if k.startswith("rejected.")}
-        if counts.get("internal_errors"):
-            by_reason["internal_errors"] = counts["internal_errors"]
-        bad = sum(by_reason.values())
-        self._bad_history.append(bad)
-        self._reason_history.append(by_reason)
-        recent = bad - self._bad_history[0]
+        recent, rejected = self._rejections.update(counts)
         level, message = DiagnosticStatus.OK, self._lifecycle
         if recent:
-            # The reasons themselves, most frequent first: a count alone sends the user to the log.
-            oldest = self._reason_history[0]
-            recent_by = sorted(((n - oldest.get(k, 0), k) for k, n in by_reason.items() if n > oldest.get(k, 0)),
-                               key=lambda nk: (-nk[0], nk[1]))
-            top = ", ".join(f"{k} {n}" for n, k in recent_by[:DIAGNOSTICS_TOP_REASONS])
-            more = len(recent_by) - DIAGNOSTICS_TOP_REASONS
-            level, message = DiagnosticStatus.WARN, (
-                f"{self._lifecycle}; {recent} input(s) rejected or failed in the last "
-                f"{len(self._bad_history) - 1} stats period(s): {top}"
-                + (f" and {more} more reason(s)" if more > 0 else ""))
-        for warning in (self._camera_warning, self._depth.offset_warning()):
+            level, message = DiagnosticStatus.WARN, f"{self._lifecycle}; {rejected}"
+        for warning in (self._transport_watch.warning, self._depth.offset_warning()):
             if warning:
                 level, message = DiagnosticStatus.WARN, f"{message}; {warning}"
         values = {"lifecycle": self._lifecycle, "rejected_recently": recent,
                   "grounder": self._backends.names["grounder"], "tracker": self._backends.names["tracker"],
                   **self._depth.status_values()}
         if self._pipeline is not None:
-            values["pipeline_state"] = self._pipeline.state.name
-            # With the last processed frame's stamp: a player in lockstep (steerseg-play
-            # --hold-while-grounding) waits until the grounding that frame started has ended.
-            values["grounding_running"] = str(self._pipeline.grounding_running()).lower()
-            values["last_frame_stamp_ns"] = str(self._last_stamp_ns)
-            values["command"] = self._pipeline.command or ""
-        times = list(self._frame_times)
-        if times:
-            values["ms_per_frame"] = f"{1e3 * float(np.mean(times)):.2f}"
-        depth_times = list(self._depth_times)
-        if depth_times:
-            values["ms_3d_per_frame"] = f"{1e3 * float(np.mean(depth_times)):.2f}"
+            values.update(_pipeline_values(self._pipeline, self._last_stamp_ns))
+        values.update(_timing_values(self._frame_times, self._depth_times))
         values.update(counts)
         return level, message, values
 
