@@ -23,10 +23,8 @@ import rclpy  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticStatus  # noqa: E402
 from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
-from rclpy.signals import SignalHandlerOptions  # noqa: E402
 from sensor_msgs.msg import CompressedImage  # noqa: E402
 
-import ros_processes as rp  # noqa: E402
 from ros_processes import wait_until  # noqa: E402
 
 from steerseg_ros.frame import NS_PER_S  # noqa: E402
@@ -34,7 +32,6 @@ from steerseg_ros.ros.depth_input import DEPTH_STALE_S, OFFSET_WINDOW, DepthConf
 from steerseg_ros.ros.image_conversion import depth_array_to_image  # noqa: E402
 from steerseg_ros.ros.messages import header_at  # noqa: E402
 from steerseg_ros.ros.node_config import parameter_table, static_specs, takes_effect  # noqa: E402
-from steerseg_ros.ros.tracker_node import SteerSegNode  # noqa: E402
 from steerseg_ros.streaming.pipeline import TrackState, TrackView  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,30 +40,6 @@ pytestmark = pytest.mark.ros
 W, H = 64, 48
 PERIOD_NS = NS_PER_S // 30
 MS = 1_000_000
-
-
-@pytest.fixture(scope="module")
-def context():
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx, domain_id=rp.random_domain_id(), signal_handler_options=SignalHandlerOptions.NO)
-    yield ctx
-    ctx.try_shutdown()
-
-
-@pytest.fixture
-def make_node(context):
-    nodes = []
-
-    def make(node_name: str = "steerseg", **overrides):
-        node = SteerSegNode(node_name, context=context,
-                            parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
-        nodes.append(node)
-        return node
-
-    yield make
-    for node in nodes:
-        node.close()
-        node.destroy_node()
 
 
 def _active(node):

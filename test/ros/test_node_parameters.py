@@ -14,18 +14,15 @@ import yaml
 
 pytest.importorskip("rclpy", reason="needs the ROS 2 Python packages (scripts/setup_env.sh)")
 
-import rclpy  # noqa: E402
 from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
-from rclpy.signals import SignalHandlerOptions  # noqa: E402
 
-import ros_processes as rp  # noqa: E402
 from ros_processes import wait_until  # noqa: E402
 
 from steerseg_ros.streaming import backends  # noqa: E402
 from steerseg_ros.grounding.base import ModelUnavailableError  # noqa: E402
 from steerseg_ros.ros.node_config import default_specs  # noqa: E402
-from steerseg_ros.ros.tracker_node import PUBLICATIONS, SteerSegNode  # noqa: E402
+from steerseg_ros.ros.tracker_node import PUBLICATIONS  # noqa: E402
 from steerseg_ros.ros.standard_outputs import vision_msgs_available  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -46,31 +43,6 @@ class BrokenGrounder:
 
     def __init__(self, config):
         raise ModelUnavailableError(f"no weights at {config.path}; download them first")
-
-
-@pytest.fixture(scope="module")
-def context():
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx, domain_id=rp.random_domain_id(),
-               signal_handler_options=SignalHandlerOptions.NO)
-    yield ctx
-    ctx.try_shutdown()
-
-
-@pytest.fixture
-def make_node(context):
-    nodes = []
-
-    def make(node_name: str = "steerseg", **overrides):
-        node = SteerSegNode(node_name, context=context,
-                            parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
-        nodes.append(node)
-        return node
-
-    yield make
-    for node in nodes:
-        node.close()
-        node.destroy_node()
 
 
 def _nest(specs):
