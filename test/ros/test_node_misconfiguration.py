@@ -26,6 +26,7 @@ from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import CompressedImage  # noqa: E402
 
 from ros_processes import wait_until  # noqa: E402
+from node_fixtures import context, make_node  # noqa: E402,F401 (pytest fixtures)
 
 from steerseg_ros.frame import NS_PER_S  # noqa: E402
 from steerseg_ros.ros.depth_input import DEPTH_STALE_S, OFFSET_WINDOW, DepthConfig, DepthInput  # noqa: E402

@@ -18,6 +18,7 @@ from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 
 from ros_processes import wait_until  # noqa: E402
+from node_fixtures import context, make_node  # noqa: E402,F401 (pytest fixtures)
 
 from steerseg_ros.streaming import backends  # noqa: E402
 from steerseg_ros.grounding.base import ModelUnavailableError  # noqa: E402

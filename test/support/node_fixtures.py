@@ -1,4 +1,4 @@
-"""Fixtures of the in-process node tests: a ROS context of the test module's own (its own random
+"""Fixtures of the in-process node tests (a test module imports them by name): a ROS context of the test module's own (its own random
 domain), and tracker nodes made in it with parameter overrides and closed after the test."""
 import pytest
 
