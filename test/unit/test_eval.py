@@ -15,7 +15,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from conftest import PKG, REPO, load_davis
+from conftest import PKG, load_davis
 from steerseg_ros.offline import metrics
 from steerseg_ros.offline.datasets import open_dataset
 from steerseg_ros.offline.evaluation import EvalConfig, Evaluator, read_mask

@@ -6,7 +6,6 @@ camera (uniform grey frames) for losing them.
 """
 import time
 
-import cv2
 import numpy as np
 import pytest
 
