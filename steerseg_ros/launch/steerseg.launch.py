@@ -25,24 +25,23 @@ The default topics are a camera driver's (image_pipeline's `camera` namespace):
 default; camera_topic, depth_topic and camera_info_topic name others (the README lists them for
 the usual drivers).
 
-The nodes are lifecycle nodes. With autostart:=true (the default) this file configures each once
-its process is up and activates it once it is inactive, the usual launch_ros way (ChangeState
-events, the second one on the configuring -> inactive transition); with autostart:=false a
-lifecycle manager (e.g. nav2_lifecycle_manager) or `ros2 lifecycle set` does it.
+The nodes are lifecycle nodes. With autostart:=true (the default) each configures and activates
+itself once its process is up (the nodes' own `autostart` parameter); with autostart:=false a
+lifecycle manager (e.g. nav2_lifecycle_manager) or `ros2 lifecycle set` does it. Not the usual
+launch_ros ChangeState events: launch_ros sends the configure request once the node's
+change_state service is found and then waits for the answer forever
+(LifecycleNode._call_change_state), and a request lost while the service is still matching (seen
+under load with Fast DDS) left the node unconfigured for good.
 """
 import os
 
 import launch.logging
 from ament_index_python.packages import PackageNotFoundError, get_package_prefix, get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, EmitEvent, OpaqueFunction, RegisterEventHandler
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.conditions import IfCondition
-from launch.events import matches_action
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode, Node
-from launch_ros.event_handlers import OnStateTransition
-from launch_ros.events.lifecycle import ChangeState
-from lifecycle_msgs.msg import Transition
 
 
 NODES = ("all", "tracker", "grounder", "single")
@@ -60,24 +59,6 @@ def _rviz(context, layout):
             f"with -d {layout}")
         return []
     return [Node(package="rviz2", executable="rviz2", name="rviz2", arguments=["-d", layout])]
-
-
-def lifecycle_startup(node, autostart):
-    """Configure `node` once its process is up, and activate it once configured (when autostart)."""
-    configure = EmitEvent(
-        event=ChangeState(lifecycle_node_matcher=matches_action(node),
-                          transition_id=Transition.TRANSITION_CONFIGURE),
-        condition=IfCondition(autostart),
-    )
-    activate_when_configured = RegisterEventHandler(
-        OnStateTransition(
-            target_lifecycle_node=node, start_state="configuring", goal_state="inactive",
-            entities=[EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(node),
-                                                  transition_id=Transition.TRANSITION_ACTIVATE))],
-        ),
-        condition=IfCondition(autostart),
-    )
-    return [node, activate_when_configured, configure]
 
 
 def generate_launch_description():
@@ -128,7 +109,7 @@ def generate_launch_description():
                               default_value=os.path.join(share, "config", "drawer.yaml"),
                               description="Parameters file of the drawing node (its section is "
                                           "/**/steerseg_drawer)"),
-        DeclareLaunchArgument("autostart", default_value="true",
+        DeclareLaunchArgument("autostart", default_value="true", choices=["true", "false"],
                               description="Configure and activate the node at start-up"),
         DeclareLaunchArgument("rviz", default_value="false",
                               description="Also start RViz with config/steerseg.rviz"),
@@ -151,14 +132,15 @@ def generate_launch_description():
                     "grounder.backend": LaunchConfiguration("grounder") if mode == "single" else "remote",
                     "tracker.backend": LaunchConfiguration("tracker"),
                     "draw": not drawer,
-                    "image_transport": LaunchConfiguration("image_transport")}],
+                    "image_transport": LaunchConfiguration("image_transport"),
+                    "autostart": autostart}],
                 remappings=camera + [
                     ("command", command_topic),
                     ("depth", depth_topic),
                     ("camera_info", camera_info_topic),
                 ],
             )
-            entities += lifecycle_startup(tracker, autostart)
+            entities.append(tracker)
         if mode in ("all", "grounder"):
             grounder = LifecycleNode(
                 package="steerseg_ros",
@@ -167,9 +149,9 @@ def generate_launch_description():
                 namespace=namespace,
                 output="screen",
                 parameters=[LaunchConfiguration("grounder_params_file"),
-                            {"grounder.backend": LaunchConfiguration("grounder")}],
+                            {"grounder.backend": LaunchConfiguration("grounder"), "autostart": autostart}],
             )
-            entities += lifecycle_startup(grounder, autostart)
+            entities.append(grounder)
         if drawer:
             drawing = LifecycleNode(
                 package="steerseg_ros",
@@ -178,10 +160,11 @@ def generate_launch_description():
                 namespace=namespace,
                 output="screen",
                 parameters=[LaunchConfiguration("drawer_params_file"),
-                            {"image_transport": LaunchConfiguration("image_transport")}],
+                            {"image_transport": LaunchConfiguration("image_transport"),
+                             "autostart": autostart}],
                 remappings=camera,
             )
-            entities += lifecycle_startup(drawing, autostart)
+            entities.append(drawing)
         return entities
 
     rviz = OpaqueFunction(function=_rviz, args=[os.path.join(share, "config", "steerseg.rviz")],

@@ -235,12 +235,6 @@ def _stop_cleanly(launch: Launch) -> None:
     assert "Traceback" not in log, log[-3000:]
 
 
-# launch_ros's autostart sends each node's configure request once `wait_for_service` succeeds and
-# then waits for the answer forever (launch_ros.actions.LifecycleNode._call_change_state); a
-# request Fast DDS loses while the service is still matching leaves the node unconfigured (seen in
-# 2 of 3 full runs on a busy machine, "Abandoning wait for the '/steerseg/change_state' service
-# response" in the launch log). Until the nodes can start themselves: one rerun.
-@pytest.mark.flaky(reruns=1)
 def test_default_arguments(env, tmp_path, recorder):
     launch = Launch(env, tmp_path / "launch.log")
     try:

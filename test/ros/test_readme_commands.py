@@ -77,12 +77,6 @@ def readme_commands():
     return launch, topics[1:], follow
 
 
-# launch_ros's autostart sends each node's configure request once `wait_for_service` succeeds and
-# then waits for the answer forever (launch_ros.actions.LifecycleNode._call_change_state); a
-# request Fast DDS loses while the service is still matching leaves the node unconfigured (seen in
-# 2 of 3 full runs on a busy machine, "Abandoning wait for the '/steerseg/change_state' service
-# response" in the launch log). Until the nodes can start themselves: one rerun.
-@pytest.mark.flaky(reruns=1)
 def test_default_topics_and_the_follow_commands(env, tmp_path, recorder):
     launch_cmd, (synthetic, play_cmd), follow = readme_commands()
     send_goal = next(c for c in follow if c[:3] == ["ros2", "action", "send_goal"])

@@ -3,18 +3,20 @@
 The node runs as its own process (built-in backends) with `target_frame: base_link`; the test
 process publishes a static transform base_link -> camera_color_optical_frame (a camera 0.45 m up,
 pitched down, turned a little to the left: every axis of the result mixes all three of the
-camera's) with a tf2 StaticTransformBroadcaster, follows a target with the Follow action (a
-pose_topic of its own), and publishes the synthetic RGB-D scene (steerseg_testing.synthetic_rgbd)
-frame by frame, each once the previous one has been answered, seeding the object with its true
-mask (the seed joins the goal's target).
+camera's) with a tf2 StaticTransformBroadcaster and follows a target with the Follow action (a
+pose_topic of its own). The synthetic RGB-D scene (steerseg_testing.synthetic_rgbd) reaches the
+node as a robot's would: written to a rosbag2 bag and replayed by `steerseg-play --bag
+--lockstep` in its own process (each colour frame once the previous one has been answered), with
+the object's true mask of the first frame as the seed (the seed joins the goal's target).
 
 Checked: every Track position, the Detection3DArray (pose, box, covariance) and the goal's
 PoseStamped are in base_link and equal, within 1 mm, the camera-frame values (the core estimator
-on the mask the node published, with the depth sent for that frame) transformed by the test's own
-matrix; the Detection2DArray boxes are the tracks' mask boxes. A node whose target_frame has no
-transform publishes its masks and tracks in 2D, counts each rejected frame's 3D on /diagnostics
-(rejected.tf.*) and keeps running. With publish_target_tf the target's position also goes out on
-/tf as the frame target_<id>. Nothing here times anything: every step waits for the answer.
+on the mask the node published, with the depth in the bag for that frame) transformed by the
+test's own matrix; the Detection2DArray boxes are the tracks' mask boxes. A node whose
+target_frame has no transform publishes its masks and tracks in 2D, counts each rejected frame's
+3D on /diagnostics (rejected.tf.*) and keeps running. With publish_target_tf the target's
+position also goes out on /tf as the frame target_<id>. Nothing here times anything: every step
+waits for the answer.
 """
 from __future__ import annotations
 
@@ -251,18 +253,45 @@ def _check_frame(session, f, stamp, msg, target_id) -> dict:
     return errors
 
 
-def test_outputs_in_base_link_agree_with_the_hand_transformed_camera_values(tmp_path, scene):
+def replay_bag(session: Session, tmp_path, scene) -> rp.Process:
+    """The scene written as a bag and replayed into the node by steerseg-play in lockstep, the
+    first frame seeded with the object's true mask; the player's process, finished."""
+    import cv2
+
+    from steerseg_testing.synthetic_rgbd import write_scene_bag
+
+    class FirstFrames(list):  # what write_scene_bag reads of a scene: its frames and camera
+        camera = session.camera
+
+    bag = write_scene_bag(tmp_path / "scene_bag", FirstFrames(scene))["path"]
+    seed = tmp_path / "seed.png"
+    cv2.imwrite(str(seed), scene[0].mask_true.astype(np.uint8) * 255)
+    player = rp.Process(["steerseg-play", "--bag", bag, "--lockstep", "--qos", "reliable", "--wait-all",
+                         "--seed-mask", str(seed), "--topic", "image", "--depth-topic", "depth",
+                         "--camera-info-topic", "camera_info", "--answer-timeout", str(WAIT_S)],
+                        rp.ros_env(session.domain), tmp_path / "play.log")
+    assert player.wait(FRAMES * WAIT_S) == 0, f"steerseg-play failed:\n{player.text()[-3000:]}"
+    return player
+
+
+def test_bag_replay_in_base_link_agrees_with_the_hand_transformed_camera_values(tmp_path, scene):
     session = Session(tmp_path, "base_link", transform=True)
     try:
         session.wait_active()
         handle = session.follow("the card", "follow_pose")
+        player = replay_bag(session, tmp_path, scene)
+        assert "no answer for the frame" not in player.text(), player.text()[-3000:]
+        r = session.recorder
         errors: dict[str, list] = {"track": [], "det3d": [], "pose": []}
         target_id = None
-        for i, f in enumerate(scene):
-            stamp, msg = session.send(f, seed=i == 0)
+        for f in scene:
+            with r.lock:
+                msg = next((m for m in r.tracks if stamp_to_ns(m.header.stamp) == f.stamp_ns), None)
+            assert msg is not None and f.stamp_ns in r.masks, \
+                f"no answer for the frame at {f.stamp_ns}:\n{session.node.text()[-3000:]}"
             if target_id is None:
                 target_id = next((t.target_id for t in msg.tracks if t.target_id), None)
-            for k, v in _check_frame(session, f, stamp, msg, target_id).items():
+            for k, v in _check_frame(session, f, f.stamp_ns, msg, target_id).items():
                 errors[k] += v
         worst = {k: (1e3 * max(v) if v else None) for k, v in errors.items()}
         print(f"base_link outputs against the hand-transformed camera values, worst (mm): {worst}; "
@@ -270,7 +299,7 @@ def test_outputs_in_base_link_agree_with_the_hand_transformed_camera_values(tmp_
         for kind in ("track", "det3d", "pose"):
             assert errors[kind], f"no {kind} compared: {session.node.text()[-3000:]}"
             assert max(errors[kind]) <= 1e-3, (kind, errors[kind])
-        counters = session.recorder.counters()
+        counters = r.counters()
         assert not any(k.startswith("rejected.tf.") for k in counters), counters
         assert int(counters.get("internal_errors", 0)) == 0, session.node.text()[-3000:]
         handle.cancel_goal_async()

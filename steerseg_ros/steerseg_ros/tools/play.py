@@ -178,6 +178,11 @@ class _Answers:
             self._executor.spin_once(timeout_sec=0.05)
         return self._sub.get_publisher_count() > 0
 
+    def spin_for(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            self._executor.spin_once(timeout_sec=0.05)
+
     def wait_for(self, stamp_ns: int, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while stamp_ns not in self._stamps and time.monotonic() < deadline:
@@ -282,10 +287,20 @@ def _wait_for_listeners(args: argparse.Namespace, node, publishers) -> Optional[
     if args.wait_subscribers > 0 and not _wait_for_subscribers(publishers, args.wait_subscribers, args.min_subscribers):
         log.warning(f"no subscriber on {_unheard(publishers, args.min_subscribers)} after "
                     f"{args.wait_subscribers:.1f} s; publishing anyway")
-    answers = _Answers(node, args.answer_topic) if args.lockstep else None
-    if answers is not None and not answers.wait_for_publisher(max(args.wait_subscribers, 1.0)):
-        log.warning(f"nothing publishes {node.resolve_topic_name(args.answer_topic)} after "
-                    f"{args.wait_subscribers:.1f} s; --lockstep waits for answers anyway")
+    return _answers_heard(args, node) if args.lockstep else None
+
+
+def _answers_heard(args: argparse.Namespace, node) -> _Answers:
+    """The lockstep answers' subscription, once the node's answer publisher is matched."""
+    answers = _Answers(node, args.answer_topic)
+    if not answers.wait_for_publisher(max(args.wait_subscribers, 1.0)):
+        node.get_logger().warning(f"nothing publishes {node.resolve_topic_name(args.answer_topic)} after "
+                                  f"{args.wait_subscribers:.1f} s; --lockstep waits for answers anyway")
+    else:
+        # Matching is two-sided: our reader has seen the node's writer, the writer may not have seen
+        # our reader yet, and an answer it sends before then is lost (a whole --answer-timeout
+        # wasted on the first frame). The other side's discovery message is in flight by now.
+        answers.spin_for(0.5)
     return answers
 
 
@@ -376,7 +391,7 @@ def play_bag(args: argparse.Namespace, node) -> int:
 
     scale = _bag_time_scale(args, topics) if args.rate is not None else 1.0
     stamp_shift, log_shift = _bag_loop_shift(args, topics) if args.loop else (0, 0)
-    answers = _Answers(node, args.answer_topic) if args.lockstep else None
+    answers = _answers_heard(args, node) if args.lockstep else None
     manifest = open(args.manifest, "w") if args.manifest is not None else None
     command = _Command(args, command_pub, log)
     replay = _BagReplay(args, pubs, answers, manifest, command, scale, log)
