@@ -73,6 +73,11 @@ class GroundingResult:
     candidate_scores / chosen_points: filled by target selection (steerseg_ros.streaming.selection): the
         score of the candidate each point gave (NaN where none was made), and the indices of
         the points whose candidates became tracks.
+    in_view: the backend's answer to "is the object in view on these keyframes": None where
+        it cannot say (it then always points somewhere, as an attention map does); False: not
+        in view, and the result's points are not used (no track, not the best wrong guess);
+        True: in view. `in_view_score` is the evidence behind it (a probability in [0, 1]
+        where the backend has one, NaN otherwise).
     """
 
     command: str
@@ -88,6 +93,8 @@ class GroundingResult:
     timings: dict[str, float] = field(default_factory=dict)
     candidate_scores: list[float] = field(default_factory=list)
     chosen_points: list[int] = field(default_factory=list)
+    in_view: Optional[bool] = None
+    in_view_score: float = float("nan")
 
     @property
     def keyframe_stamps_ns(self) -> list[int]:

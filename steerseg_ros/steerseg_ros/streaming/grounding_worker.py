@@ -254,7 +254,12 @@ class GroundingWorker:
         if self._stale(job):
             return None
         self.needed_seq = result.keyframes[-1].seq
-        chosen = selection.select(result, self.paced, self.config.selection)
+        if result.in_view is False:  # the backend says the object is not there: no best wrong guess
+            self.stats["groundings_not_in_view"] += 1
+            log.info("grounding %r: not in view (%s score %.3f)", job.command, result.backend, result.in_view_score)
+            chosen = []
+        else:
+            chosen = selection.select(result, self.paced, self.config.selection)
         if self._stale(job) or self._expired(job, result, chosen):
             return None
         with self.book.lock:

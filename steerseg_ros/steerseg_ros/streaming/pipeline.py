@@ -112,6 +112,11 @@ class PipelineConfig:
         "state as it is (false: the confirmation costs no catch-up, whose tracker steps would take "
         "the cores and the interpreter from the live tracking). A LOST track, or a target not "
         "confirmed, is always seeded from the grounding.")})
+    grounding_latency_s: float = field(default=0.0, metadata={"help": (
+        "A grounding's answer is used no earlier than this many seconds of camera time after it "
+        "was asked for (the frame that made it due): a slow grounder played deterministically, "
+        "the same on any machine, for the following benchmark and steerseg-eval. An answer that "
+        "really takes longer lands when it is ready. 0: as soon as it is ready.")})
     worker_duty: float = field(default=0.33, metadata={"help": (
         "While tracks are live, the grounding worker's tracker work (candidate tracklets, the "
         "catch-up chase) takes at most this share of the time, pausing after each step: it shares "
@@ -129,7 +134,8 @@ class PipelineConfig:
                              f"({self.keyframes.count}) and 2 frames")
         if not 1 <= self.min_keyframes <= self.keyframes.count:
             raise ValueError(f"min_keyframes must be in 1..{self.keyframes.count}, got {self.min_keyframes}")
-        for name in ("regrounding_period_s", "grounding_retry_s", "lost_timeout_s", "time_jump_reset_s"):
+        for name in ("regrounding_period_s", "grounding_retry_s", "lost_timeout_s", "time_jump_reset_s",
+                     "grounding_latency_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("min_confidence", "reconcile_iou"):
