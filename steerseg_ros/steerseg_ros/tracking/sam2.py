@@ -34,14 +34,15 @@ How SAM2 maps onto the `Tracker` interface:
   decoder and the memory encoder as one batch, writing each object's outputs back into its own
   session. Grouping rather than padding keeps the arithmetic that of the per-object path (no
   attention mask, no padded keys); `batch_objects=False` keeps the per-object path.
-- Confidence in [0, 1] = sigmoid(object score logit) x predicted IoU of the chosen mask: below
-  0.5 whenever SAM2 itself says the object is absent.
+- Confidence in [0, 1] = sigmoid(object score logit) x predicted IoU of the chosen mask while
+  SAM2's occlusion head says the object is visible (logit > 0); where it says "not visible" the
+  mask is empty and the score 0, as SAM2's own video predictor outputs (sam2_inputs.tracked_result),
+  so that the pipeline publishes nothing and the track goes LOST after lost_timeout_s.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import threading
 from collections import Counter, OrderedDict
@@ -59,7 +60,7 @@ from steerseg_ros.tracking.sam2_batched import step_batch
 from steerseg_ros.tracking.sam2_encoder import make_encoder, position_encodings
 # IMAGENET_MEAN and IMAGENET_STD are read from here by sam2_checkpoints.
 from steerseg_ros.tracking.sam2_inputs import (IMAGENET_MEAN, IMAGENET_STD, Sam2FrameInputs,  # noqa: F401
-                                               _Features, _FrameInput, processor_normalization)
+                                               _Features, _FrameInput, processor_normalization, tracked_result)
 from steerseg_ros.tracking.sam2_memory import memory_inputs, prune_session, session_parts, store_step, tensor_bytes
 from steerseg_ros.tracking.sam2_reference import match_reference
 
@@ -296,7 +297,7 @@ class Sam2Tracker(Sam2FrameInputs, Tracker):
             self._prune(session, index)
         with self._cache_lock:
             self.stats["object_steps"] += 1
-        return ObjectMask(mask, _presence(object_logit) * iou)
+        return tracked_result(mask, object_logit, iou)
 
     def _prune(self, session: Sam2VideoInferenceSession, index: int) -> None:
         prune_session(session, index, self.memory_frames, self.pointer_frames)
@@ -322,13 +323,12 @@ class Sam2Tracker(Sam2FrameInputs, Tracker):
         # One transfer for all scores, combined as the per-object path does (in double precision).
         logits = object_logits.reshape(-1).float().tolist()
         best_iou = iou.float().amax(dim=-1).clamp(0, 1).tolist()
-        scores = [_presence(logit) * q for logit, q in zip(logits, best_iou)]
         results = []
         for k, (state, index) in enumerate(zip(states, indices)):
             if self.config.prune_memory:
                 self._prune(state.session, index)
             state.index = index
-            state.seq, state.result = frame.seq, ObjectMask(masks[k], scores[k])
+            state.seq, state.result = frame.seq, tracked_result(masks[k], logits[k], best_iou[k])
             results.append(state.result)
         with self._cache_lock:
             self.stats["object_steps"] += batch
@@ -473,8 +473,3 @@ class Sam2Tracker(Sam2FrameInputs, Tracker):
         with self._cache_lock:
             cached = list(self._cache.values())
         return tensor_bytes([session_parts(s) for s in sessions] + [f.vision for f in cached])
-
-
-def _presence(object_logit: float) -> float:
-    """SAM2's object score logit as a probability."""
-    return 1.0 / (1.0 + math.exp(-max(min(object_logit, 50.0), -50.0)))

@@ -4,12 +4,15 @@ Owns `Sam2FrameInputs` (a mixin): the frame check, the pre-processing written to
 transformers' SAM2 processors bit for bit, point and mask prompts scaled to the model's input,
 low-resolution logits back to frame-sized masks, and the bounded per-frame feature cache that
 lets the image encoder run once per frame. Also `processor_normalization`, the mean and std a
-transformers checkpoint's processor config gives.
+transformers checkpoint's processor config gives, and `tracked_result`, how both backends turn a
+step's mask, object score and predicted IoU into an ObjectMask (SAM2's occlusion head decides
+whether there is a mask at all).
 """
 from __future__ import annotations
 
 import json
 import logging
+import math
 from typing import Optional
 
 import numpy as np
@@ -18,12 +21,27 @@ import torch.nn.functional as F
 from transformers.utils import cached_file
 
 from steerseg_ros.frame import Frame
-from steerseg_ros.tracking.base import TrackerError
+from steerseg_ros.tracking.base import ObjectMask, TrackerError
 
 log = logging.getLogger("steerseg_ros.tracking.sam2")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def tracked_result(mask: np.ndarray, object_logit: float, iou: float) -> ObjectMask:
+    """A tracking step's ObjectMask from SAM2's own outputs: its mask, the object score logit of
+    its occlusion head and the predicted IoU of the chosen mask.
+
+    Visible (logit > 0): the mask, scored sigmoid(logit) x IoU. Not visible (logit <= 0): an
+    empty mask scored 0, whatever min_confidence is set to. That is what SAM2's video predictor
+    itself outputs for an occluded object (its mask logits are set to NO_OBJ_SCORE, -1024), made
+    explicit here so that no mask threshold and no resampling can bring a mask back, and so that
+    a robot is never handed a mask on whatever now covers the object."""
+    if not object_logit > 0:  # also NaN: a head that says nothing says "not visible"
+        return ObjectMask(np.zeros_like(mask, dtype=bool), 0.0)
+    presence = 1.0 / (1.0 + math.exp(-min(object_logit, 50.0)))
+    return ObjectMask(mask, presence * float(iou))
 
 
 class _Features:

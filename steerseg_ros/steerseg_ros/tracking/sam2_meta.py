@@ -41,7 +41,6 @@ clones that make them compilable); this backend still calls only the per-frame m
 from __future__ import annotations
 
 import logging
-import math
 import os
 import threading
 from collections import Counter, OrderedDict
@@ -55,7 +54,7 @@ import torch
 from steerseg_ros.frame import Frame
 from steerseg_ros.grounding.base import ModelUnavailableError
 from steerseg_ros.tracking.base import MaskCandidate, ObjectMask, ObjectState, Tracker, TrackerError
-from steerseg_ros.tracking.sam2_inputs import IMAGENET_MEAN, IMAGENET_STD, Sam2FrameInputs
+from steerseg_ros.tracking.sam2_inputs import IMAGENET_MEAN, IMAGENET_STD, Sam2FrameInputs, tracked_result
 from steerseg_ros.tracking.sam2_memory import tensor_bytes
 from steerseg_ros.tracking.sam2_checkpoints import META_CHECKPOINTS
 
@@ -328,8 +327,8 @@ class MetaSam2Tracker(Sam2FrameInputs, Tracker):
             self._prune(memory, index)
         with self._cache_lock:
             self.stats["object_steps"] += 1
-        presence = 1.0 / (1.0 + math.exp(-max(min(object_logit, 50.0), -50.0)))
-        return ObjectMask(mask, presence * iou)
+        # SAM2's occlusion head decides: "not visible" gives an empty mask scored 0.
+        return tracked_result(mask, object_logit, iou)
 
     def _prune(self, memory: dict, index: int) -> None:
         """Drop what no later step reads: the next step, at index + 1, reads memory features at
