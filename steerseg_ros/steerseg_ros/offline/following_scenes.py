@@ -279,6 +279,10 @@ class FollowingScene:
             return gt, mask
         return mask, mask
 
+    def gt(self, i: int) -> np.ndarray:
+        """The ground truth of frame i alone (no image rendered)."""
+        return self._render_masks(i)[0]
+
     def frame(self, i: int) -> SceneFrame:
         """Frame i rendered."""
         if not 0 <= i < len(self):
