@@ -64,9 +64,20 @@ def _training_corpus() -> list[str]:
     return lines * 4
 
 
-def build_tokenizer(vocab_size: int = 512):
+# Answer words a real Qwen vocabulary holds as single tokens and the grounder's visibility
+# question reads the logits of (grounding/vlm.py, in_view_check "question"). The corpus is too
+# small for BPE to learn them, so `build_tokenizer` appends them (see there).
+ANSWER_WORDS = ("yes", "Yes", "no", "No")
+
+
+def build_tokenizer(vocab_size: int = 512, answer_words: tuple[str, ...] = ANSWER_WORDS):
     """A byte-level BPE tokenizer in Qwen2's format, trained here, with the Qwen special tokens
-    and the chat template. Returns a transformers `Qwen2Tokenizer`."""
+    and the chat template. Returns a transformers `Qwen2Tokenizer`.
+
+    Each of `answer_words` becomes one token: its merges are appended after the trained ones and
+    its ids after the special tokens, so every id the trained vocabulary and the special tokens
+    had stays as it was (a model built with the same seed gets the same embedding rows), and
+    only text where those letters were still unmerged tokenizes differently."""
     from tokenizers import pre_tokenizers, trainers
     from transformers import Qwen2Tokenizer
 
@@ -83,7 +94,25 @@ def build_tokenizer(vocab_size: int = 512):
                                pad_token="<|endoftext|>")
     tokenizer.add_special_tokens({"additional_special_tokens": QWEN_SPECIAL_TOKENS})
     tokenizer.chat_template = CHAT_TEMPLATE
-    return tokenizer
+    if not answer_words:
+        return tokenizer
+    # Rebuild with the special tokens at the ids they just got, then the answer words' pieces
+    # merged left to right into new ids after them.
+    vocab = {**model["vocab"], **{tok: tokenizer.convert_tokens_to_ids(tok) for tok in QWEN_SPECIAL_TOKENS}}
+    next_id = len(tokenizer)
+    for word in answer_words:
+        pieces = tokenizer.convert_ids_to_tokens(tokenizer.encode(word, add_special_tokens=False))
+        merged = pieces[0]
+        for piece in pieces[1:]:
+            merges.append((merged, piece))
+            merged += piece
+            if merged not in vocab:
+                vocab[merged] = next_id
+                next_id += 1
+    extended = Qwen2Tokenizer(vocab=vocab, merges=merges, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    extended.add_special_tokens({"additional_special_tokens": QWEN_SPECIAL_TOKENS})
+    extended.chat_template = CHAT_TEMPLATE
+    return extended
 
 
 def _round_up(n: int, multiple: int) -> int:
