@@ -5,7 +5,8 @@ Owns the steps of METHOD.md section 1, "Fusion": Gaussian smoothing per frame,
 object-minus-background contrast, min-max normalisation (the video map over all its frames
 together, each frame map on its own, a constant map becoming 0), temporal alignment of the
 video map to the keyframes, and the fusion of the two granularities into V in [0, 1] on the
-frame grid. NumPy and OpenCV only: no model is needed to test it.
+frame grid; also `contrast_mass`, the object-against-background attention share the grounder's
+optional "in view" check reads. NumPy and OpenCV only: no model is needed to test it.
 
 Where METHOD.md leaves a detail open, DecAF's released code (HYUNJS/DecAF at commit 6c9766c,
 `evaluation/inf_utils.py` and `evaluation/inference_attn_mask.py`) decides it: the smoothing is
@@ -24,11 +25,13 @@ import numpy as np
 @dataclass
 class FusedMaps:
     """video: (K, Hv, Wv) aligned to the keyframes; frames: (K, Hf, Wf); fused: (K, Hf, Wf).
-    All float32 in [0, 1]."""
+    All float32 in [0, 1]. object_mass: the mean `contrast_mass` of the two granularities where
+    the grounder computed it (its attention "in view" check), NaN otherwise."""
 
     video: np.ndarray
     frames: np.ndarray
     fused: np.ndarray
+    object_mass: float = float("nan")
 
 
 def smooth(maps: np.ndarray, kernel: int, sigma: float) -> np.ndarray:
@@ -60,6 +63,25 @@ def minmax(values: np.ndarray) -> np.ndarray:
 def minmax_each(maps: np.ndarray) -> np.ndarray:
     """Min-max of each (H, W) map of a (N, H, W) stack on its own."""
     return np.stack([minmax(m) for m in maps]) if len(maps) else maps.astype(np.float32)
+
+
+def contrast_mass(obj: np.ndarray, background: np.ndarray, kernel: int = 0, sigma: float = 1.0) -> float:
+    """How much of the object prompt's attention to the image the background prompt does not
+    explain: both rollout maps (any shape, e.g. (T, H, W); smoothed per (H, W) map first when
+    `kernel` > 1) normalised to sum 1 over all their cells, then sum(max(p_obj - p_bg, 0)), the
+    total variation distance, in [0, 1]. 0 where the two prompts attend alike (what an object
+    that is not there leaves: the object prompt then looks at the scene as the background one
+    does); near 1 where the object prompt's attention sits where the background's does not.
+    NaN where either map has no positive mass. Not part of DecAF: the node's "in view" evidence
+    (grounder.in_view_check attention)."""
+    obj = np.clip(np.nan_to_num(smooth(obj, kernel, sigma).astype(np.float64)), 0.0, None)
+    background = np.clip(np.nan_to_num(smooth(background, kernel, sigma).astype(np.float64)), 0.0, None)
+    if obj.shape != background.shape:
+        raise ValueError(f"object and background maps differ in shape: {obj.shape} vs {background.shape}")
+    total_obj, total_bg = float(obj.sum()), float(background.sum())
+    if total_obj <= 0 or total_bg <= 0:
+        return float("nan")
+    return float(np.clip(obj / total_obj - background / total_bg, 0.0, None).sum())
 
 
 def align_time(video: np.ndarray, num_frames: int, frames_per_step: int = 2) -> np.ndarray:

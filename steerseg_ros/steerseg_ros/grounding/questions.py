@@ -2,7 +2,8 @@
 
 Owns the prompt texts of DecAF (object, category choice, background) and SteerSeg
 (chain-of-thought attributes, attribute-guided grounding question), the expression formatting
-both methods share, and the parsing of generated text into a class word and attributes. Plain
+both methods share, the parsing of generated text into a class word and attributes, and the
+visibility question of the optional "is the object in view" check with its answer words. Plain
 Python: no model needed, so the wording and parsing are testable on their own.
 
 DecAF's three texts are its authors' own, word for word (HYUNJS/DecAF at commit 6c9766c,
@@ -38,6 +39,14 @@ STEERED_QUESTION = ("What is the main object mentioned in the given expression, 
 ATTRIBUTE_PROMPT = ("Expression: {expression}\nDescribe the object this expression refers to in the "
                     "video by its colour, position, motion and size, briefly.")
 ATTRIBUTES_LINE = "Attributes: {attributes}"
+# The visibility question (not part of either method: the node's own "is it in view" check, the
+# wording of the POPE hallucination benchmark that instruction-tuned VLMs are trained to answer).
+# "{expression}" is the expression without its final "." / "?".
+VISIBILITY_QUESTION = "Is there {expression} in the video? Answer yes or no."
+# The answer words whose next-token logits the visibility check compares, as the tokenizer holds
+# them when they are single tokens (Qwen's vocabulary has all four).
+YES_WORDS = ("yes", "Yes")
+NO_WORDS = ("no", "No")
 
 _WORD = re.compile(r"[a-z][a-z\-]*")
 
@@ -79,6 +88,13 @@ def steered_text_parts(expression: str, attributes: str) -> tuple[str, str]:
     """(the text before the question, the question): SteerSeg's soft tokens go between them."""
     head = expression if not attributes else f"{expression}\n{ATTRIBUTES_LINE.format(attributes=attributes)}"
     return head + "\n", STEERED_QUESTION
+
+
+def visibility_text(expression: str, template: str = VISIBILITY_QUESTION) -> str:
+    """The visibility question for a formatted expression: `template` with "{expression}"
+    replaced by the expression less its final "." or "?" (plain replacement: other braces in a
+    configured template are kept as they are)."""
+    return template.replace("{expression}", expression.rstrip(".?").strip())
 
 
 def template_texts() -> list[str]:

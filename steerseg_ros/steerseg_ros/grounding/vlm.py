@@ -16,6 +16,11 @@ The "decaf" mode follows DecAF's released code (HYUNJS/DecAF at commit 6c9766c) 
 paper leaves a detail open: its prompt texts, whole answers of up to 128 tokens as the category
 candidates and the whole category answer as the background prompt's class, its smoothing, and
 every fused cell at or above the threshold as a point, keyframe by keyframe in row-major order.
+
+Also owns the optional "is the object in view" check (`in_view_check`, off by default): the
+model's P(yes) to a visibility question about the keyframe video, or the object-against-
+background attention share of DecAF's own prompts, against `in_view_threshold`; the result's
+`in_view` / `in_view_score` carry it to the pipeline, which makes no track from a "not in view".
 """
 from __future__ import annotations
 
@@ -47,6 +52,7 @@ from steerseg_ros.grounding.prompts import points_in_cell_order
 log = logging.getLogger("steerseg_ros.grounding.vlm")
 
 MODES = ("decaf", "steerseg")
+IN_VIEW_CHECKS = ("none", "question", "attention")
 # A generated text whose first word is complete: letters followed by something else.
 _WORD_ENDED = re.compile(r"^[^A-Za-z]*[A-Za-z][A-Za-z\-]*[^A-Za-z\-]")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -120,6 +126,18 @@ class VLMGrounderConfig:
         "help": "SteerSeg mode: ask for the target's colour, position, motion and size first and "
                 "add them to the grounding question"})
     cot_tokens: int = field(default=48, metadata={"help": "tokens decoded for the attributes answer"})
+    in_view_check: str = field(default="none", metadata={
+        "help": "whether the grounder says 'not in view' (then no track is made from its points): none "
+                "(never: the map always points somewhere); question: ask the model in_view_question about "
+                "the keyframe video and read P(yes) from its next-token logits (one extra prefill); "
+                "attention (decaf mode only): the share of the object prompt's attention to the image "
+                "that the background prompt does not explain (no extra model call)"})
+    in_view_threshold: float = field(default=0.5, metadata={
+        "help": "in view when the check's score (P(yes), or the attention share) is at or above this; "
+                "calibrate it per model on frames with and without the object (README)"})
+    in_view_question: str = field(default=questions.VISIBILITY_QUESTION, metadata={
+        "help": "the visibility question of in_view_check question; {expression} becomes the command "
+                "(lower-cased, without its final '.' or '?')"})
 
     def validate(self) -> None:
         if not self.model.strip():
@@ -161,6 +179,15 @@ class VLMGrounderConfig:
             raise ValueError("soft_tokens must be >= 0 and cot_tokens >= 1")
         if self.soft_position not in POSITIONS:
             raise ValueError(f"soft_position {self.soft_position!r}; expected one of {POSITIONS}")
+        if self.in_view_check not in IN_VIEW_CHECKS:
+            raise ValueError(f"in_view_check {self.in_view_check!r}; expected one of {IN_VIEW_CHECKS}")
+        if self.in_view_check == "attention" and self.mode != "decaf":
+            raise ValueError("in_view_check attention compares the object prompt with the background "
+                             "prompt, which only mode decaf runs; use in_view_check question")
+        if not 0.0 <= self.in_view_threshold <= 1.0:
+            raise ValueError(f"in_view_threshold must be in [0, 1], got {self.in_view_threshold}")
+        if "{expression}" not in self.in_view_question:
+            raise ValueError("in_view_question must contain {expression}")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -250,6 +277,28 @@ class _Stages:
             self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
 
 
+def answer_token_ids(tokenizer) -> tuple[list[int], list[int]]:
+    """(yes ids, no ids): the ids of questions.YES_WORDS / NO_WORDS that the tokenizer holds as
+    single tokens (a word it splits cannot be read from one next-token distribution)."""
+    def single(words):
+        ids = []
+        for word in words:
+            encoded = tokenizer.encode(word, add_special_tokens=False)
+            if len(encoded) == 1 and encoded[0] not in ids:
+                ids.append(int(encoded[0]))
+        return ids
+    return single(questions.YES_WORDS), single(questions.NO_WORDS)
+
+
+def yes_probability(logits: torch.Tensor, yes_ids: Sequence[int], no_ids: Sequence[int]) -> float:
+    """P(yes) from one next-token logits vector (V,): the softmax over the yes and no tokens'
+    logits only (in float32), summed over the yes tokens. The other tokens' mass is left out on
+    purpose: a model sure of its answer but about to say "The" first would otherwise read as
+    unsure."""
+    chosen = logits.float()[list(yes_ids) + list(no_ids)]
+    return float(torch.softmax(chosen, dim=0)[:len(yes_ids)].sum())
+
+
 @dataclass
 class Answer:
     """One prompt's outcome: the last rollout row per batch row (None when not captured) and the
@@ -301,6 +350,10 @@ class VLMGrounder(Grounder):
         elif config.mode == "steerseg":
             log.warning("steerseg mode without soft_prompt_file: the attention is not steered "
                         "(chain-of-thought attributes only)")
+        self._yes_ids, self._no_ids = answer_token_ids(tokenizer)
+        if config.in_view_check == "question" and not (self._yes_ids and self._no_ids):
+            raise ValueError(f"in_view_check question: the tokenizer of {config.model!r} has no single-token "
+                             f"'yes' or 'no' answer to read; use in_view_check attention or none")
         vp = processor.video_processor
         self.factor = vp.patch_size * vp.merge_size
         self.frames_per_step = vp.temporal_patch_size
@@ -466,6 +519,15 @@ class VLMGrounder(Grounder):
         """The captured rollout of each batch row as (t, h, w) float32 arrays."""
         return [m.detach().float().cpu().numpy() for m in cls.token_maps(answer.rows, answer.batch)]
 
+    def in_view_probability(self, visual: VisualInput, expression: str) -> float:
+        """P(yes) for the visibility question about `visual` (the keyframe video): one prefill,
+        no attention capture, no decoding; the next-token distribution restricted to the
+        tokenizer's yes and no tokens, the yes share of it."""
+        content = self.content(visual, questions.visibility_text(expression, self.config.in_view_question))
+        batch = encode_prompt(self.processor, content, visual)
+        out, _, _ = self.forward(batch)
+        return yes_probability(out.logits[0, -1], self._yes_ids, self._no_ids)
+
     # ----------------------------------------------------------------------------------------
     # the two methods
 
@@ -506,6 +568,10 @@ class VLMGrounder(Grounder):
         with stage("vision"):
             for visual in [video, *frame_batches]:
                 self.encode_visual(visual)
+        in_view_score = float("nan")
+        if cfg.in_view_check == "question":
+            with stage("in_view"):
+                in_view_score = self.in_view_probability(video, expression)
         if cfg.mode == "decaf":
             maps, class_word, attributes, text = vlm_methods.decaf(self, expression, video, frame_batches,
                                                                    len(keyframes), stage)
@@ -514,11 +580,20 @@ class VLMGrounder(Grounder):
                                                                       len(keyframes), stage)
         with stage("points"):
             points = self._points(maps.fused, keyframes)
+        in_view = None
+        if cfg.in_view_check != "none":
+            if cfg.in_view_check == "attention":
+                in_view_score = maps.object_mass
+            # A score that could not be computed (no attention mass at all) says nothing: in view
+            # stays unknown and the points are used, as without the check.
+            if np.isfinite(in_view_score):
+                in_view = bool(in_view_score >= cfg.in_view_threshold)
+            text += f"\nin view ({cfg.in_view_check}): {in_view_score:.3f}"
         stage.timings["total"] = time.perf_counter() - start
         result = GroundingResult(command=command, backend=self.name, keyframes=keyframes, maps=maps.fused,
                                  points=points, frame_maps=maps.frames, video_maps=maps.video,
                                  class_word=class_word, attributes=attributes, generated_text=text,
-                                 timings=stage.timings)
+                                 timings=stage.timings, in_view=in_view, in_view_score=float(in_view_score))
         result.validate()
         return result
 

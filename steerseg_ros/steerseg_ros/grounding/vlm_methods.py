@@ -17,7 +17,9 @@ from steerseg_ros.grounding.vlm_inputs import VisualInput
 def decaf(grounder, expression: str, video: VisualInput, frame_batches: list[VisualInput], k: int, stage):
     """DecAF: the object prompt over the video and the frames (answers decoded), the category
     chosen from those answers, the background prompt for that category, and the fused
-    object-minus-background maps. Returns (maps, class word, attributes, generated text)."""
+    object-minus-background maps (with `object_mass`, the object-against-background attention
+share, when the grounder's in_view_check is "attention"). Returns (maps, class word,
+attributes, generated text)."""
     cfg = grounder.config
     with stage("object_prompt"):
         head = questions.object_text(expression)
@@ -35,11 +37,18 @@ def decaf(grounder, expression: str, video: VisualInput, frame_batches: list[Vis
         video_bg = grounder.ask(video, grounder.content(video, background), capture=True)
         frame_bg = [grounder.ask(fb, grounder.content(fb, background), capture=True) for fb in frame_batches]
     with stage("fusion"):
-        maps = fusion.decaf_maps(
-            grounder.volumes(video_obj)[0], grounder.volumes(video_bg)[0],
-            np.concatenate([v for a in frame_obj for v in grounder.volumes(a)]),
-            np.concatenate([v for a in frame_bg for v in grounder.volumes(a)]),
-            k, grounder.frames_per_step, cfg.video_kernel, cfg.frame_kernel, cfg.gaussian_sigma)
+        volumes = (grounder.volumes(video_obj)[0], grounder.volumes(video_bg)[0],
+                   np.concatenate([v for a in frame_obj for v in grounder.volumes(a)]),
+                   np.concatenate([v for a in frame_bg for v in grounder.volumes(a)]))
+        maps = fusion.decaf_maps(*volumes, k, grounder.frames_per_step, cfg.video_kernel, cfg.frame_kernel,
+                                 cfg.gaussian_sigma)
+        if cfg.in_view_check == "attention":
+            # The raw rollouts, smoothed as the fusion smooths them: the min-max normalisation
+            # after the contrast would make every map peak, present object or not.
+            video_obj_map, video_bg_map, frame_obj_map, frame_bg_map = volumes
+            maps.object_mass = 0.5 * (
+                fusion.contrast_mass(video_obj_map, video_bg_map, cfg.video_kernel, cfg.gaussian_sigma)
+                + fusion.contrast_mass(frame_obj_map, frame_bg_map, cfg.frame_kernel, cfg.gaussian_sigma))
     text = (f"object (video): {video_obj.texts[0]}\n"
             f"object (frames): {' | '.join(t for a in frame_obj for t in a.texts)}\n"
             f"category: {choice.texts[0]}")
