@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from steerseg_bench import depth, grounding_rate, models, node, overhead, soak
+from steerseg_bench import depth, following, grounding_rate, models, node, overhead, soak
 from steerseg_bench.common import SectionFn
 
 
@@ -33,6 +33,8 @@ ALL = (
     Section("grounding", models.grounding, ("torch", "transformers")),
     Section("sam2", models.sam2, ("torch", "transformers")),
     Section("tracker", models.tracker),
+    # Long (minutes per scene and grounder on a CPU): run it by name.
+    Section("following", following.following, opt_in=True),
 )
 
 SECTIONS: dict[str, SectionFn] = {s.name: s.run for s in ALL}
@@ -42,5 +44,5 @@ OPT_IN = {s.name for s in ALL if s.opt_in}
 
 def add_options(parser: argparse.ArgumentParser) -> None:
     """The options of every area, each in its own group."""
-    for area in (node, grounding_rate, soak, models):
+    for area in (node, grounding_rate, soak, models, following):
         area.add_options(parser)

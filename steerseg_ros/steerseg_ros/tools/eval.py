@@ -16,6 +16,14 @@ shard from RANK and WORLD_SIZE by itself, the ranks meet at a barrier when done 
 gloo: no GPU needed for it), and rank 0 merges:
 
     torchrun --nproc-per-node 8 -m steerseg_ros.tools.eval --dataset ... --out OUT
+
+The following benchmark (steerseg_ros.offline.following): `--following occluder,pan,distractor`
+builds those scenes from the DAVIS-layout sequences under --root (`--sequences`, default all
+ten; `development` and `held_out` name the splits), runs them with the chosen backends at every
+grounding latency of `--latencies`, and writes its tables, CSVs, JSON and plot under --out:
+
+    steerseg-eval --following occluder,pan,distractor --root ../shared/data/davis16 --out OUT \
+        --grounder oracle --set grounder.kind=attention --latencies 0,2
 """
 from __future__ import annotations
 
@@ -212,6 +220,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=0, help="only the first N samples")
     p.add_argument("--max-frames", type=int, default=0,
                    help="only the first N frames of each video (quick runs; not the benchmark protocol)")
+    p.add_argument("--following", metavar="KINDS",
+                   help="run the following benchmark instead of a dataset: scene kinds (occluder, pan, "
+                        "distractor; comma-separated, or all) made from the DAVIS-layout sequences under --root")
+    p.add_argument("--latencies", default="0,0.5,1,2,4",
+                   help="--following: grounding latencies in seconds of camera time (comma-separated)")
+    p.add_argument("--following-width", type=int, default=0,
+                   help="--following: frame width of the scenes (0: the source's)")
+    p.add_argument("--following-duration", type=float, default=12.0, help="--following: seconds per scene (>= 10)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="log what the pipeline does")
     return p.parse_args(argv)
@@ -331,6 +347,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     if args.merge:
         return _merge(args.out)
+    if args.following:
+        return _following(args, argv)
     ranks = torchrun_shard()
     try:
         shard, dataset, videos, total, setup, config = _plan(args, ranks)
@@ -370,6 +388,53 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"steerseg-eval: shard {shard[0] + 1} of {shard[1]} done; once all are, "
               f"run: steerseg-eval --merge --out {shlex.quote(args.out)}", file=sys.stderr)
     return code
+
+
+def _following(args: argparse.Namespace, argv: Optional[Sequence[str]]) -> int:
+    """steerseg-eval --following: the following benchmark's scenes with the chosen backends."""
+    from steerseg_ros.offline.following import GrounderSpec, markdown, run_sweep, write_report
+    from steerseg_ros.offline.following_scenes import KINDS, SPLITS, SceneConfig, build_scene
+
+    try:
+        if not args.root:
+            raise ValueError("--following needs --root, the DAVIS-layout folder")
+        kinds = list(KINDS) if args.following == "all" else [k for k in args.following.split(",") if k]
+        unknown = sorted(set(kinds) - set(KINDS))
+        if unknown:
+            raise ValueError(f"--following: unknown scene kind(s) {unknown}; choose from {KINDS}")
+        names = [v for item in args.sequences for v in item.split(",") if v] or ["all"]
+        sequences = [s for name in names for s in SPLITS.get(name, (name,))]
+        latencies = [float(x) for x in args.latencies.split(",") if x.strip()]
+        params = read_params_file(args.params) if args.params else {}
+        params.update(parse_set(args.set))
+        setup = make_setup(params, args.grounder, args.tracker)
+        config = SceneConfig(fps=args.fps or 15.0, duration_s=args.following_duration, width=args.following_width)
+        config.validate()
+        setup.pipeline.validate()
+        spec = GrounderSpec.parse(setup.grounder, setup.grounder_options)
+        scenes = [build_scene(args.root, seq, kind, config) for seq in sequences for kind in kinds]
+    except (ValueError, OSError, KeyError, yaml.YAMLError) as e:
+        print(f"steerseg-eval: {e}", file=sys.stderr)
+        return 2
+    try:
+        tracker = backends.make_tracker(setup.tracker, setup.tracker_options)
+    except Exception as e:
+        print(f"steerseg-eval: cannot load the tracker: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    try:
+        with tqdm(total=len(scenes) * len(latencies), desc="following", unit="run", disable=args.no_progress,
+                  dynamic_ncols=True) as bar:
+            result = run_sweep(scenes, [spec], tracker, setup.pipeline, latencies, out / "work",
+                               progress=lambda line: bar.update(1))
+    finally:
+        tracker.close()
+    files = write_report(result, out, {**_describe(setup, 0.0, argv), "scene_config": dataclasses.asdict(config),
+                                       "latencies": latencies})
+    print(markdown(result))
+    for name, path in files.items():
+        print(f"{name}: {path}")
+    return 0
 
 
 if __name__ == "__main__":
