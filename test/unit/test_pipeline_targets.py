@@ -80,8 +80,10 @@ def test_each_target_regrounds_on_its_own_schedule():
             previous[t.id] = t.groundings
     assert len(grounded[a]) >= 3 and len(grounded[b]) >= 3, grounded
     assert not set(grounded[a]) & set(grounded[b]), grounded
-    ids = {target: {live(o)[target].id for o in outs[20:]} for target in (a, b)}
-    assert all(len(v) == 1 for v in ids.values()), ids
+    # (At the scene's wrap-around, frame 20 of every 20, the disks jump back: the tracker doubts
+    # its masks for a few frames, which are then not published.)
+    ids = {target: [live(o)[target].id for o in outs[20:] if target in live(o)] for target in (a, b)}
+    assert all(len(v) >= 12 and len(set(v)) == 1 for v in ids.values()), ids
     p.close()
 
 
@@ -94,8 +96,8 @@ def test_regrounding_one_target_never_replaces_another():
     outs = run(p, 30)
     assert p.stats["tracks_replaced"] == 0
     assert p.stats["tracks_confirmed"] >= 4
-    ids = [(live(o)[first].id, live(o)[second].id) for o in outs[10:]]
-    assert len(set(ids)) == 1 and ids[0][0] != ids[0][1], ids
+    ids = [(live(o)[first].id, live(o)[second].id) for o in outs[10:] if {first, second} <= set(live(o))]
+    assert len(ids) >= 12 and len(set(ids)) == 1 and ids[0][0] != ids[0][1], ids
     assert all(t.state != TrackState.REPLACED for o in outs for t in o.tracks)
     p.close()
 

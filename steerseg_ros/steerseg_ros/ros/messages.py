@@ -379,7 +379,7 @@ def markers_from_tracks(tracks: Sequence[Track], header: Header, image_size: tup
     for t in tracks:
         if t.state == Track.STATE_REPLACED or not t.mask_area:
             continue
-        alpha = 0.4 if t.state == Track.STATE_LOST else 1.0
+        alpha = 0.4 if t.state in (Track.STATE_LOST, Track.STATE_UNSEEN) else 1.0  # no confident mask: faded
         text = _label_text(t)
         if t.has_position:
             box3d = _Box3D(_point(t.position), _point(t.extent_min), _point(t.extent_max))

@@ -1,15 +1,19 @@
 """The grounding schedule and the worker that runs it.
 
 Owns when each target's grounding falls due (first grounding, retries, periodic re-grounding,
-re-grounding when lost), the queue of due groundings (at most one per target, served in the
-order they fell due), the worker thread that runs them (or the inline run of an offline
-pipeline), the pacing of the worker's tracker steps beside the live tracking, and the dropping
-of a grounding that went stale (its target changed) or expired (its keyframes left the buffer).
-A grounding's chosen targets are seeded and caught up (catch_up), then reconciled with the live
-tracks (reconcile), under the book's lock.
+re-grounding at once when a track is lost and then on a short cadence, a grounding asked for out
+of schedule), which keyframes it looks at (the newest ones after a loss), the queue of due
+groundings (at most one per target, served in the order they fell due), the worker thread that
+runs them (or the inline run of an offline pipeline), when an answer lands (no earlier than
+`grounding_latency_s` of camera time after it was asked for), the pacing of the worker's tracker
+steps beside the live tracking, the check on the live frame of a target a re-grounding after a
+loss found only on older keyframes, and the dropping of a grounding that went stale (its target
+changed) or expired (its keyframes left the buffer). A grounding's chosen targets are seeded and
+caught up (catch_up), then reconciled with the live tracks (reconcile), under the book's lock.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -22,7 +26,7 @@ import numpy as np
 from steerseg_ros.frame import NS_PER_S, Frame
 from steerseg_ros.grounding.base import Grounder, GroundingError, GroundingResult
 from steerseg_ros.streaming import selection
-from steerseg_ros.streaming.buffer import FrameBuffer
+from steerseg_ros.streaming.buffer import FrameBuffer, KeyframeConfig
 from steerseg_ros.streaming.catch_up import CatchUp
 from steerseg_ros.streaming.reconcile import Reconciler, Seed, buffered_keyframe, confirms_live_track, seed_keyframe
 from steerseg_ros.streaming.targets import Target, TargetBook, TrackState
@@ -40,6 +44,17 @@ class Job:
     end_stamp_ns: int
     reason: str
     target: int = 0
+
+
+@dataclass
+class Landing:
+    """A grounding's answer (its result and the candidates chosen from it) waiting for camera
+    time to reach `due_ns`, when it is used."""
+
+    job: Job
+    result: GroundingResult
+    chosen: list[selection.Tracklet]
+    due_ns: int
 
 
 class PacedTracker:
@@ -91,6 +106,10 @@ class GroundingWorker:
         # the worker, in the order they fell due (at most one per target).
         self.running: Optional[int] = None
         self.pending: dict[int, Job] = {}
+        # Answers waiting for their camera time (grounding_latency_s): parked by target in an
+        # inline pipeline (they land in `land_inline`); the worker thread waits on `wake` for its one.
+        self.landings: dict[int, Landing] = {}
+        self.awaiting_landing = False
         self.closed = False
         self.closing = threading.Event()  # ends the worker's pauses at once
         # The oldest buffered frame the worker still needs: its pauses stop before that frame
@@ -109,42 +128,58 @@ class GroundingWorker:
     # ---- schedule (under the lock) --------------------------------------------------------
     def grounding(self, target_id: int) -> bool:
         """Whether a grounding of this target runs or waits (called under the lock)."""
-        return target_id != 0 and (self.running == target_id or target_id in self.pending)
+        return target_id != 0 and (self.running == target_id or target_id in self.pending
+                                   or target_id in self.landings)
 
     def due_jobs(self, frame: Frame) -> list[Job]:
         """The grounding jobs that should start on this frame, one per target at most (called
         under the lock). Each target keeps its own schedule; a target with a grounding running
         or waiting is not due."""
         jobs: list[Job] = []
-        enough_keyframes: Optional[bool] = None  # the same for every target: checked once
+        enough: dict[float, bool] = {}  # by keyframe window: the same for every target, checked once
         for target in self.book.targets.values():
             reason = self._due(target, frame)
             if reason is None:
                 continue
-            if enough_keyframes is None:
-                enough_keyframes = (len(self.buffer.select_keyframes(self.config.keyframes, frame.seq))
-                                    >= self.config.min_keyframes)
-            if not enough_keyframes:
-                return []
+            window = self.keyframe_config(reason).window_s
+            if window not in enough:
+                enough[window] = (len(self.buffer.select_keyframes(self.keyframe_config(reason), frame.seq))
+                                  >= self.config.min_keyframes)
+            if not enough[window]:
+                continue
             target.last_attempt_ns = frame.stamp_ns
+            target.requested = ""
             jobs.append(Job(self.book.generation, target.command, frame.seq, frame.stamp_ns, reason, target.id))
         return jobs
 
+    def keyframe_config(self, reason: str) -> KeyframeConfig:
+        """The keyframes a grounding looks at: after a loss, only the newest (lost_window_s), so
+        that it finds the object where it is now, not where it was before it was lost."""
+        keyframes = self.config.keyframes
+        if reason == "lost" and self.config.lost_window_s < keyframes.window_s:
+            return dataclasses.replace(keyframes, window_s=self.config.lost_window_s)
+        return keyframes
+
     def _due(self, target: Target, frame: Frame) -> Optional[str]:
         """Why a grounding of this target is due on this frame ("command", "lost",
-        "regrounding"); None when it is not."""
+        "regrounding", or the reason it was asked for out of schedule); None when it is not."""
         if self.grounding(target.id):
             return None
+        if target.requested:
+            return target.requested
         tracks = self.book.tracks_of(target.id)
         since = None if target.last_attempt_ns is None else (frame.stamp_ns - target.last_attempt_ns) / NS_PER_S
         if not tracks:
             if since is not None and since < self.config.grounding_retry_s:
                 return None
             return "command"
-        if any(t.state == TrackState.LOST for t in tracks):
-            if since is not None and since < min(self.config.grounding_retry_s, self.config.regrounding_period_s or np.inf):
-                return None
-            return "lost"
+        lost = [t.lost_ns for t in tracks if t.state == TrackState.LOST]
+        if lost:
+            # At once when a track went lost since the last try, then every lost_retry_s.
+            went_lost = max(ns for ns in lost if ns is not None) if any(ns is not None for ns in lost) else None
+            if since is None or (went_lost is not None and target.last_attempt_ns < went_lost):
+                return "lost"
+            return "lost" if since >= self.config.lost_retry_s else None
         if self.config.regrounding_period_s > 0 and since is not None and since >= self.config.regrounding_period_s:
             return "regrounding"
         return None
@@ -154,8 +189,16 @@ class GroundingWorker:
         lock). One that runs is dropped when it finishes, its target gone or its generation old."""
         if target_id is None:
             self.pending.clear()
+            self.landings.clear()
         else:
             self.pending.pop(target_id, None)
+            self.landings.pop(target_id, None)
+
+    def frame_arrived(self) -> None:
+        """A new frame was stepped (called under the lock): an answer waiting for its camera
+        time may land now."""
+        if self.awaiting_landing:
+            self.wake.notify_all()
 
     def submit(self, jobs: list[Job]) -> None:
         """Queue due jobs for the worker thread (called under the lock)."""
@@ -170,13 +213,26 @@ class GroundingWorker:
             self._thread.start()
 
     def run_inline(self, jobs: list[Job]) -> None:
-        """Run due jobs in the calling thread (a pipeline that is not asynchronous)."""
+        """Run due jobs in the calling thread (a pipeline that is not asynchronous); an answer
+        whose camera time has not come is parked until `land_inline` finds it due."""
         for job in jobs:
             with self.book.lock:
                 if self.book.targets.get(job.target) is None:
                     continue  # removed meanwhile (from another thread)
                 self.running = job.target
             self._run_job(job)
+
+    def land_inline(self) -> None:
+        """Use the parked answers whose camera time has come (an inline pipeline, each frame)."""
+        with self.book.lock:
+            now = self.book.last_stamp_ns
+            due = [a for a in self.landings.values() if now is not None and a.due_ns <= now]
+            for landing in due:
+                del self.landings[landing.job.target]
+        for landing in due:
+            with self.book.lock:
+                self.running = landing.job.target
+            self._guarded(landing.job, self._use, landing)
 
     def busy(self) -> bool:
         with self.book.lock:
@@ -210,9 +266,14 @@ class GroundingWorker:
                 log.exception("grounding worker failed")
 
     def _run_job(self, job: Job) -> None:
+        self.needed_seq = None
+        self._guarded(job, self._ground_and_land, job)
+
+    def _guarded(self, job: Job, step: Callable, *args) -> None:
+        """Run one step of a job; a failure is counted and logged, never raised (the worker and
+        the camera thread of an inline pipeline must survive any backend failure)."""
         try:
-            self.needed_seq = None
-            self._ground_and_attach(job)
+            step(*args)
         except GroundingError as e:
             self.stats["grounding_failures"] += 1
             log.error("grounding %r failed: %s", job.command, e)
@@ -223,16 +284,53 @@ class GroundingWorker:
             with self.book.lock:
                 self.running = None
 
-    def _ground_and_attach(self, job: Job) -> None:
-        grounded = self._ground(job)
-        if grounded is None:
+    def _ground_and_land(self, job: Job) -> None:
+        """Ground, then use the answer when its camera time has come: at once, after waiting
+        for it (the worker thread), or later from `land_inline` (parked)."""
+        landing = self._ground(job)
+        if landing is None:
             return
-        result, chosen = grounded
+        with self.book.lock:
+            now = self.book.last_stamp_ns
+            if now is not None and landing.due_ns > now and not self.config.asynchronous:
+                self.landings[job.target] = landing
+                return
+        if self.config.asynchronous and not self._wait_to_land(landing):
+            return
+        self._use(landing)
+
+    def _wait_to_land(self, landing: Landing) -> bool:
+        """Wait (the worker thread) until camera time reaches the answer's due time; False when
+        the pipeline closed or the job went stale meanwhile."""
+        with self.book.lock:
+            self.awaiting_landing = True
+            try:
+                while (not self.closed and self._job_current(landing.job)
+                       and (self.book.last_stamp_ns is None or self.book.last_stamp_ns < landing.due_ns)):
+                    self.wake.wait(timeout=1.0)
+            finally:
+                self.awaiting_landing = False
+            return not self.closed
+
+    def _use(self, landing: Landing) -> None:
+        """An answer that has landed: counted, reported, and its chosen targets seeded, caught up
+        to the live frame and reconciled with the live tracks; nothing when it went stale or
+        expired meanwhile."""
+        job, result, chosen = landing.job, landing.result, landing.chosen
+        if self._stale(job) or self._expired(job, result, chosen):
+            return
+        with self.book.lock:
+            target = self.book.targets.get(job.target)
+            if target is not None:
+                target.groundings += 1
+            self.book.finished.append(result)
         if not chosen:
             self.stats["groundings_empty"] += 1
             log.info("grounding %r found no target", job.command)
             return
-        seeds = self._seed(job, result, chosen)
+        seeds = self._verified(job, result, self._seed(job, result, chosen))
+        if not seeds:  # nothing that held up on the live frame: as if nothing was found
+            return
         with self.book.lock:
             if not self._job_current(job):
                 return
@@ -241,11 +339,11 @@ class GroundingWorker:
                     self.catch_up(state, upto=self.book.last_stepped_seq, budget=budget)
             self.reconcile(job.target, job.command, result, seeds, self.catch_up)
 
-    def _ground(self, job: Job) -> Optional[tuple[GroundingResult, list[selection.Tracklet]]]:
-        """The job's grounding and the candidates chosen from it, counted as one of its target's
-        groundings and reported in the next output; None when there were no keyframes, or it
-        went stale or expired meanwhile."""
-        keyframes = self.buffer.select_keyframes(self.config.keyframes, job.end_seq)
+    def _ground(self, job: Job) -> Optional[Landing]:
+        """The job's grounding and the candidates chosen from it, due to land
+        `grounding_latency_s` of camera time after the job was asked for; None when there were
+        no keyframes, or it went stale meanwhile."""
+        keyframes = self.buffer.select_keyframes(self.keyframe_config(job.reason), job.end_seq)
         if not keyframes:
             return None
         self.stats["groundings"] += 1
@@ -260,14 +358,47 @@ class GroundingWorker:
             chosen = []
         else:
             chosen = selection.select(result, self.paced, self.config.selection)
-        if self._stale(job) or self._expired(job, result, chosen):
+        if self._stale(job):
             return None
-        with self.book.lock:
-            target = self.book.targets.get(job.target)
-            if target is not None:
-                target.groundings += 1
-            self.book.finished.append(result)
-        return result, chosen
+        return Landing(job, result, chosen, job.end_stamp_ns + round(self.config.grounding_latency_s * NS_PER_S))
+
+    def _verified(self, job: Job, result: GroundingResult, seeds: list[Seed]) -> list[Seed]:
+        """After a loss, a target the grounding found only on older keyframes (its candidate
+        came from one, not from the newest) is checked on the frame it has been caught up to:
+        the same grounder on that frame alone must put its peak on the caught-up mask. The
+        catch-up from an old keyframe is what carried lost tracks into whatever then covered
+        the object. Seeds that fail are dropped and counted."""
+        if job.reason != "lost":
+            return seeds
+        newest = len(result.keyframes) - 1
+        kept = []
+        for cand, state, budget in seeds:
+            if state is None or cand.keyframe_index == newest:
+                kept.append((cand, state, budget))
+                continue
+            live = self.buffer.get(state.seq)
+            if live is not None and self._seen_on(live, job.command, state.result.mask):
+                self.stats["regroundings_verified"] += 1
+                kept.append((cand, state, budget))
+            else:
+                self.stats["regroundings_unverified"] += 1
+                log.info("grounding %r after a loss: its target, found on a keyframe %.2f s old, is not "
+                         "where the grounder looks on the live frame: dropped", job.command,
+                         (result.keyframes[-1].stamp_ns - result.keyframes[cand.keyframe_index].stamp_ns) / NS_PER_S)
+        return kept
+
+    def _seen_on(self, frame: Frame, command: str, mask: np.ndarray) -> bool:
+        """Whether the grounder, on `frame` alone, puts the peak of its map on `mask` (and does
+        not say the object is out of view). On the map's own grid: a cell the mask touches."""
+        if not mask.any():
+            return False
+        check = self.grounder.ground([frame], command)
+        check.validate()
+        if check.in_view is False:
+            return False
+        grid = check.maps[0]
+        touched = selection.pool_to_grid(mask, grid.shape) > 0
+        return bool(touched.flat[int(np.argmax(grid))])
 
     def _seed(self, job: Job, result: GroundingResult, chosen: list[selection.Tracklet]) -> list[Seed]:
         """Each chosen candidate started on its seed keyframe and chased towards the live frame

@@ -80,7 +80,18 @@ class PipelineConfig:
     grounding_retry_s: float = field(default=2.0, metadata={"help": (
         "After a failed or empty grounding, try again after this many seconds.")})
     lost_timeout_s: float = field(default=1.0, metadata={"help": (
-        "A track with no confident mask for this many seconds is LOST (and re-grounding starts).")})
+        "A track with no confident mask for this many seconds is LOST (and re-grounding starts); "
+        "before that it is UNSEEN: its mask is not published.")})
+    lost_retry_s: float = field(default=0.5, metadata={"help": (
+        "A LOST track's target is re-grounded at once, then again every this many seconds while "
+        "it stays lost (grounding_retry_s is for failed or empty first groundings). 0.5 suits the "
+        "built-in grounder (a grounding takes well under that); with a VLM grounder set it to "
+        "about one grounding's time (e.g. 1-2 s on a desktop GPU): a shorter one only queues.")})
+    lost_window_s: float = field(default=1.0, metadata={"help": (
+        "A re-grounding after a loss takes its keyframes from the last this many seconds (not "
+        "the keyframes.window_s window): it looks for the object where it is now. A target it "
+        "finds on none of the newest keyframe's candidates is verified on the live frame "
+        "before it is published.")})
     min_confidence: float = field(default=0.5, metadata={"help": "A mask scored below this does not count as confident."})
     reconcile_iou: float = field(default=0.5, metadata={"help": (
         "A re-grounded target overlapping a live track by at least this IoU on the keyframe it used "
@@ -135,12 +146,14 @@ class PipelineConfig:
         if not 1 <= self.min_keyframes <= self.keyframes.count:
             raise ValueError(f"min_keyframes must be in 1..{self.keyframes.count}, got {self.min_keyframes}")
         for name in ("regrounding_period_s", "grounding_retry_s", "lost_timeout_s", "time_jump_reset_s",
-                     "grounding_latency_s"):
+                     "grounding_latency_s", "lost_retry_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("min_confidence", "reconcile_iou"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.lost_window_s <= 0:
+            raise ValueError(f"lost_window_s must be > 0, got {self.lost_window_s}")
         if self.replace_after < 1:
             raise ValueError(f"replace_after must be >= 1, got {self.replace_after}")
         if not 0.0 < self.worker_duty <= 1.0:
@@ -272,6 +285,17 @@ class Pipeline:
         log.info("target %d removed", target_id)
         return True
 
+    def request_grounding(self, target_id: int, why: str) -> bool:
+        """Ground this target again as soon as its grounding worker is free, out of schedule
+        (the node asks when a track's 3D position jumped: the next grounding re-verifies it).
+        False when there is no such target."""
+        with self._lock:
+            target = self._book.targets.get(target_id)
+            if target is None:
+                return False
+            target.requested = why or "requested"
+        return True
+
     def targets(self) -> list[TargetView]:
         """The targets followed now, oldest first."""
         with self._lock:
@@ -292,10 +316,15 @@ class Pipeline:
                 if target.start_ns is None:
                     target.start_ns = stamp_ns
             self._step(frame)
-            jobs = self._worker.due_jobs(frame)
-            if jobs and self.config.asynchronous:
+            self._worker.frame_arrived()
+            jobs = self._worker.due_jobs(frame) if self.config.asynchronous else []
+            if jobs:
                 self._worker.submit(jobs)
         if not self.config.asynchronous:
+            # Answers that are due land first (grounding_latency_s), then new groundings start.
+            self._worker.land_inline()
+            with self._lock:
+                jobs = self._worker.due_jobs(frame)
             self._worker.run_inline(jobs)
         return self._output(frame)
 

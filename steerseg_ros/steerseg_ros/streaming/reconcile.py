@@ -3,7 +3,9 @@
 Owns the comparison of a grounded target with a live track (their masks on a keyframe both
 cover, failing that on the live frame), the choice of the keyframe a grounded target is seeded
 on, and `Reconciler`: which grounded targets confirm a live track (it keeps its id), which
-replace the tracks they did not confirm, and which wait for the next re-grounding to repeat them.
+re-acquire a lost one, which replace the tracks they did not confirm, and which wait for the
+next re-grounding to repeat them. A target whose catch-up ends on a mask that is not confident
+becomes a LOST track: its mask is never published.
 """
 from __future__ import annotations
 
@@ -58,12 +60,15 @@ def keyframe_overlap(t: Track, cand: selection.Tracklet, result: GroundingResult
 
 def overlap(t: Track, cand: selection.Tracklet, result: GroundingResult, state: Optional[ObjectState]) -> float:
     """Mask IoU of a live track and a grounded target: on a keyframe both cover
-    (`keyframe_overlap`); failing that (the track is younger) on the live frame, where the
-    target has just been caught up to (0 when it was not)."""
+    (`keyframe_overlap`: the track's confident masks only); failing that (the track is
+    younger) on the live frame, where the target has just been caught up to (0 when it was
+    not, or when the track is LOST: its mask there is one the tracker itself doubted)."""
     iou = keyframe_overlap(t, cand, result)
     if iou is not None:
         return iou
-    return selection.mask_iou(t.mask, state.result.mask) if state is not None else 0.0
+    if state is None or t.state == TrackState.LOST:
+        return 0.0
+    return selection.mask_iou(t.mask, state.result.mask)
 
 
 def confirms_live_track(book: TargetBook, target_id: int, result: GroundingResult, cand: selection.Tracklet,
@@ -72,7 +77,7 @@ def confirms_live_track(book: TargetBook, target_id: int, result: GroundingResul
     keyframe both cover (the comparison `Reconciler` makes): then it needs no catch-up. Takes
     the lock."""
     with book.lock:
-        return any(t.target == target_id and t.state != TrackState.LOST
+        return any(t.target == target_id and t.state in (TrackState.TRACKING, TrackState.REGROUNDING)
                    and (keyframe_overlap(t, cand, result) or 0.0) >= min_iou
                    for t in book.tracks.values())
 
@@ -111,6 +116,9 @@ class Reconciler:
                 if iou > best_iou:
                     best_id, best_iou = tid, iou
             confirmed = best_id is not None and best_iou >= self.config.reconcile_iou
+            if not confirmed:
+                best_id = self._reacquired(unmatched, cand, result)
+                confirmed = best_id is not None
             if state is None and not (confirmed and unmatched[best_id].state != TrackState.LOST):
                 # Not the confident track it confirmed before the catch-up was skipped (it was
                 # lost meanwhile): seeded from the grounding after all, caught up here.
@@ -119,6 +127,19 @@ class Reconciler:
                 catch_up(state, upto=self.book.last_stepped_seq, budget=budget)
             matches.append((state, unmatched.pop(best_id) if confirmed else None, best_iou))
         return matches
+
+    def _reacquired(self, unmatched: dict[int, Track], cand: selection.Tracklet,
+                    result: GroundingResult) -> Optional[int]:
+        """The target's one LOST track, when the grounding's target cannot be compared with it
+        (it was seen confidently on none of the keyframes): the object it lost, found again,
+        keeps its id. A robot following "the dog" keeps following the same id when the dog
+        comes back from behind the wall. None when there are several LOST tracks, or the track
+        was seen on a keyframe and was elsewhere."""
+        lost = [t for t in unmatched.values() if t.state == TrackState.LOST]
+        if len(lost) != 1 or len(unmatched) != 1 or keyframe_overlap(lost[0], cand, result) is not None:
+            return None
+        self.stats["tracks_reacquired"] += 1
+        return lost[0].id
 
     def _hold_disputed(self, unmatched: dict[int, Track], matches: list[Match]) -> list[Match]:
         """The unconfirmed tracks that hold on (confident, and fewer than `replace_after`
@@ -160,12 +181,21 @@ class Reconciler:
             t.last_grounding_ns = stamp
             if state is None:  # confirmed, and it keeps its live state
                 self.stats["tracks_confirmed_as_they_are"] += 1
-            else:
-                self.tracker.attach(t.id, state)
-                last = self.buffer.get(state.seq)
-                if last is not None:
-                    self.book.update(t, last, state.result.mask, state.result.score, False)
+                t.last_confident_ns = max(t.last_confident_ns, stamp)
+                continue
+            self.tracker.attach(t.id, state)
+            last = self.buffer.get(state.seq)
+            if not self.book.confident(state.result.score, state.result.mask):
+                # Caught up into something the tracker doubts (the object hidden now, or the
+                # chase gone astray): never published; LOST, so the target re-grounds soon.
+                self.stats["catch_ups_not_confident"] += 1
+                t.mask, t.score = state.result.mask, state.result.score
+                self.book.set_lost(t, last.stamp_ns if last is not None else stamp,
+                                   f"its catch-up ended on a mask scored {state.result.score:.2f}")
+                continue
             t.last_confident_ns = max(t.last_confident_ns, stamp)
+            if last is not None:
+                self.book.update(t, last, state.result.mask, state.result.score, False)
 
     def _replace(self, unmatched: dict[int, Track], target_id: int) -> None:
         """Live tracks this grounding did not confirm were a different object: replaced."""

@@ -35,12 +35,16 @@ class PipelineState(enum.IntEnum):
 
 
 class TrackState(enum.IntEnum):
-    """Matches the STATE_* constants of steerseg_msgs/msg/Track."""
+    """Matches the STATE_* constants of steerseg_msgs/msg/Track. Only TRACKING and REGROUNDING
+    have a confident mask on the frame: the only states whose mask is published."""
 
     TRACKING = 1
     LOST = 2
     REGROUNDING = 3
     REPLACED = 4
+    # No confident mask on this frame (hidden, or the tracker doubts it), not yet for
+    # lost_timeout_s: not published, and LOST if it lasts.
+    UNSEEN = 5
 
 
 @dataclass
@@ -114,8 +118,13 @@ class Track:
     target: int = 0
     # Re-groundings in a row that picked another target while this track was confident.
     disagreements: int = 0
-    # Packed masks of recent frames by sequence number, to compare a re-grounding with this
-    # track on the keyframe it used. Bounded by the frame buffer's capacity.
+    # Stamp of the frame it went LOST on (None while it is not LOST): a LOST track re-grounds
+    # at once, then every lost_retry_s.
+    lost_ns: Optional[int] = None
+    # Packed confident masks of recent frames by sequence number, to compare a re-grounding
+    # with this track on the keyframe it used. Only confident ones: a mask the tracker itself
+    # doubted (on an occluder, say) says nothing about where the object was. Bounded by the
+    # frame buffer's capacity.
     history: deque = field(default_factory=deque)
 
     def remember(self, seq: int, mask: np.ndarray) -> None:
@@ -136,6 +145,8 @@ class Target:
     start_ns: Optional[int] = None
     last_attempt_ns: Optional[int] = None
     groundings: int = 0
+    # Why a grounding was asked for out of schedule (`Pipeline.request_grounding`); "" when not.
+    requested: str = ""
 
 
 class TargetBook:
@@ -224,19 +235,30 @@ class TargetBook:
         """A track's mask on a frame: remembered, and its state (LOST after `lost_timeout_s`
         without a confident mask) updated."""
         t.mask, t.score = mask, score
-        t.remember(frame.seq, mask)
-        while len(t.history) > self.history:
-            t.history.popleft()
-        if score >= self.config.min_confidence and mask.any():
+        confident = self.confident(score, mask)
+        if confident:
+            t.remember(frame.seq, mask)
+            while len(t.history) > self.history:
+                t.history.popleft()
             t.last_confident_ns = frame.stamp_ns
         lost = frame.stamp_ns - t.last_confident_ns > self.config.lost_timeout_s * NS_PER_S
         if lost:
-            if t.state != TrackState.LOST:
-                log.info("track %d lost", t.id)
-                self.stats["tracks_lost"] += 1
-            t.state = TrackState.LOST
+            self.set_lost(t, frame.stamp_ns)
+        elif not confident:
+            t.state = TrackState.UNSEEN
         else:
             t.state = TrackState.REGROUNDING if regrounding else TrackState.TRACKING
+            t.lost_ns = None
+
+    def confident(self, score: float, mask: np.ndarray) -> bool:
+        return score >= self.config.min_confidence and bool(mask.any())
+
+    def set_lost(self, t: Track, stamp_ns: int, why: str = "") -> None:
+        if t.state != TrackState.LOST:
+            log.info("track %d lost%s", t.id, f" ({why})" if why else "")
+            self.stats["tracks_lost"] += 1
+            t.lost_ns = stamp_ns
+        t.state = TrackState.LOST
 
     def pipeline_state(self) -> PipelineState:
         if not self.tracks:
