@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import logging
 import os
 import signal
+import sys
 import threading
 from typing import Callable, Optional
 
@@ -70,4 +72,13 @@ def run(make_node: Callable[[], LifecycleNode], make_executor: Callable[[], Exec
         rclpy.try_shutdown()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if any(t.daemon and t.is_alive() and t.name.startswith("steerseg-") for t in threading.enumerate()):
+        # A grounding still in flight is not waited for (a model on a CPU can take minutes). It
+        # runs native code, and the interpreter's finalisation under it aborted the process
+        # ("terminate called without an active exception", SIGABRT instead of exit code 0; seen
+        # on a loaded machine): end the process here, the logs flushed, without finalising.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
