@@ -5,8 +5,10 @@ camera_info must pass (encoding, size against the colour image, a usable K) and 
 its rejections are counted under, the pairing of depth images with colour frames by stamp
 (`steerseg_ros.depth.DepthPairer`, a bounded queue: message_filters is not installable here),
 and the 3D estimate of every live track on a paired frame (`steerseg_ros.depth`), run in the
-processing thread after the tracker step. Everything per pixel is numpy/OpenCV inside the core
-module; this file only picks what to compute and counts what went wrong.
+processing thread after the tracker step, and the 3D jump check on its result (a track whose
+position moves faster than `depth.max_speed_mps` has none on that frame: `depth.JumpCheck`).
+Everything per pixel is numpy/OpenCV inside the core module; this file only picks what to
+compute and counts what went wrong.
 
 A frame without a depth partner, without a valid camera_info, or with a depth image that fails
 its checks is published in 2D (the Track's has_position false): the 2D outputs never wait for
@@ -31,6 +33,7 @@ import numpy as np
 from sensor_msgs.msg import CameraInfo, Image
 
 from steerseg_ros import depth as depth3d
+from steerseg_ros.depth.motion import Jump, JumpCheck
 from steerseg_ros.frame import NS_PER_S
 from steerseg_ros.config_checks import check_finite
 from steerseg_ros.streaming.pipeline import TrackState, TrackView
@@ -70,6 +73,13 @@ class DepthConfig:
     object_points_max: int = field(default=2000, metadata={"help": (
         "Points per track on object_points (published only while something subscribes), "
         "downsampled evenly from the object's depth points.")})
+    max_speed_mps: float = field(default=3.0, metadata={"help": (
+        "A track whose 3D position moves faster than this between its frames (metres per second "
+        "of camera time, in target_frame) has no position on that frame: the jump is logged, "
+        "counted (depth.jumps) and its target re-grounded. Moves within 3 standard errors of the "
+        "two positions always pass. Judged in target_frame: with the camera frame, the robot's "
+        "own motion counts (turning at 1 rad/s moves an object 3 m away at 3 m/s), so name a "
+        "world frame such as odom there, or raise this. 0: no check.")})
 
     def validate(self) -> None:
         check_finite(self, "depth.")
@@ -83,6 +93,8 @@ class DepthConfig:
             raise ValueError(f"depth.queue_size must be in [1, 100], got {self.queue_size}")
         if not 1 <= self.object_points_max <= 100_000:
             raise ValueError(f"depth.object_points_max must be in [1, 100000], got {self.object_points_max}")
+        if not (np.isfinite(self.max_speed_mps) and self.max_speed_mps >= 0):
+            raise ValueError(f"depth.max_speed_mps must be >= 0 (0: no check), got {self.max_speed_mps}")
 
 
 @dataclass
@@ -156,6 +168,7 @@ class DepthInput:
         self.colour_topic, self.depth_topic = "image", "depth"
         self._reported: dict[str, int] = {}
         self._warmed: set = set()  # (camera key, depth size) whose ray table is built
+        self._jumps = JumpCheck(self.config.max_speed_mps)  # the processing thread's only
 
     def start(self, config: DepthConfig) -> None:
         """A fresh pairing queue with `config` (at activate)."""
@@ -172,6 +185,8 @@ class DepthInput:
             self._depth_stopped = False
             self._colour_pending.clear()
             self._offset.clear()
+            self._jumps.clear()
+            self._jumps.max_speed_mps = config.max_speed_mps
 
     def apply_live(self, config: DepthConfig) -> None:
         """Take changed settings between frames (processing thread): the pairing tolerance and
@@ -185,6 +200,7 @@ class DepthInput:
             pairer = self._pairer
         if pairer is not None:
             pairer.set_limits(int(round(config.pairing_tolerance_s * NS_PER_S)), config.queue_size)
+        self._jumps.max_speed_mps = config.max_speed_mps
 
     # ---- input ------------------------------------------------------------------------------
     def note_colour(self, stamp_ns: int) -> None:
@@ -421,3 +437,38 @@ class DepthInput:
                 return None
         self._count("frames_3d")
         return Frame3D(camera.frame_id, objects, time.perf_counter() - start)
+
+    def check_motion(self, frame3d: Optional[Frame3D], views: list[TrackView],
+                     stamp_ns: int) -> tuple[Optional[Frame3D], list[Jump]]:
+        """The 3D jump check on this frame's estimates (`frame3d` as published: in target_frame),
+        and the jumps it flagged. A flagged track's estimate is replaced by an invalid one (no
+        position anywhere on this frame: Track.has_position false, no detection, pose,
+        target_point, tf or points); the jump is logged once (naming the track, both positions
+        and the speed) and counted as depth.jumps, each frame it withholds as depth.jump_frames.
+        Tracks that ended are forgotten, whether or not this frame has 3D."""
+        self._jumps.keep_only(v.id for v in views if v.state != TrackState.REPLACED)
+        if frame3d is None:
+            return None, []
+        by_id = {v.id: v for v in views}
+        objects, jumps = dict(frame3d.objects), []
+        for track_id, obj in frame3d.objects.items():
+            view = by_id.get(track_id)
+            if view is None or not obj.valid:
+                continue
+            was_flagged = self._jumps.pending(track_id)
+            jump = self._jumps.check(track_id, obj.position, stamp_ns, float(np.linalg.norm(obj.stderr)),
+                                     grounded_ns=int(view.last_grounding_ns), target_id=int(view.target_id))
+            if jump is None:
+                if was_flagged:
+                    log.info(f"track {track_id}: its 3D position is believed again")
+                continue
+            objects[track_id] = depth3d.Object3D(valid=False, n_valid=obj.n_valid, reason="3d jump")
+            jumps.append(jump)
+            self._count("depth.jump_frames")
+            if jump.first:
+                self._count("depth.jumps")
+                log.warning(f"{jump.describe()} (over depth.max_speed_mps = {self._jumps.max_speed_mps:g}); no "
+                            "position until it is back within reach or a grounding confirms it")
+        if not jumps:
+            return frame3d, []
+        return Frame3D(frame3d.frame_id, objects, frame3d.seconds), jumps

@@ -36,7 +36,7 @@ LIVE_PIPELINE_FIELDS = ("keyframes", "min_keyframes", "regrounding_period_s", "g
                         "lost_timeout_s", "lost_retry_s", "lost_window_s", "grounding_latency_s",
                         "min_confidence", "reconcile_iou", "time_jump_reset_s",
                         "max_command_chars", "max_targets", "selection")
-LIVE_DEPTH_FIELDS = ("pairing_tolerance_s", "wait_s", "queue_size", "object_points_max")
+LIVE_DEPTH_FIELDS = ("pairing_tolerance_s", "wait_s", "queue_size", "object_points_max", "max_speed_mps")
 
 
 @dataclass

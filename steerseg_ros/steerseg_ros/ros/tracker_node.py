@@ -326,7 +326,20 @@ class SteerSegNode(NodeBase):
         if frame3d is not None:
             self._depth_times.append(frame3d.seconds)
             frame3d = self._tf.place(frame3d, stamp_to_ns(header.stamp))  # None: no transform
+        # Speed is judged where the positions are published (target_frame), after the move.
+        frame3d, jumps = self._depth.check_motion(frame3d, output.tracks, stamp_to_ns(header.stamp))
+        self._on_3d_jumps(jumps)
         return frame3d
+
+    def _on_3d_jumps(self, jumps: list) -> None:
+        """Where the node learns that tracks' 3D positions jumped (depth.Jump; already logged,
+        counted, and their positions withheld by DepthInput.check_motion): the target of each new
+        jump is grounded again out of schedule, so the next grounding re-verifies the track
+        (a track seeded with no target, target id 0, has none to ask)."""
+        pipeline = self._pipeline
+        for jump in jumps:
+            if jump.first and jump.target_id and pipeline is not None:
+                pipeline.request_grounding(jump.target_id, "3d_jump")
 
     def _publish(self, output: PipelineOutput, header: Header, rgb: np.ndarray,
                  frame3d: Optional[Frame3D]) -> None:
