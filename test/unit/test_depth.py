@@ -312,7 +312,8 @@ def test_extent_spread_and_points(scene_cache):
         np.testing.assert_allclose(o.extent_min, lo, atol=0.03)
         np.testing.assert_allclose(o.extent_max, hi, atol=0.03)
         np.testing.assert_allclose(o.size, np.subtract(o.extent_max, o.extent_min))
-        assert all(s > 0 for s in o.std) and 0 < o.stderr < 0.01 and o.n_valid > 500
+        # stderr: the median's own and the mask-boundary term (its coverage: test_depth_stderr.py)
+        assert all(s > 0 for s in o.std) and 0 < o.stderr < 0.05 and o.n_valid > 500
         pts = object_points(f.mask, f.depth_m, scene.camera, max_points=300)
         assert pts.shape[1] == 3 and 100 < pts.shape[0] <= 300 and pts.dtype == np.float32
         assert o.points.shape[0] <= 500
