@@ -35,6 +35,12 @@ from steerseg_ros.tracking.base import Tracker
 # The pipeline's parts log under its logger: one name to filter or raise for the whole streaming logic.
 log = logging.getLogger("steerseg_ros.streaming.pipeline")
 
+# Groundings that must find the object where it is now, not where it was: after a loss, and
+# when the node asked because the track's 3D position jumped (it may have slid onto another
+# object). They look at the newest frames only, and what they find only on older keyframes is
+# checked on the live frame.
+LOOK_NOW = ("lost", "3d_jump")
+
 
 @dataclass
 class Job:
@@ -153,10 +159,10 @@ class GroundingWorker:
         return jobs
 
     def keyframe_config(self, reason: str) -> KeyframeConfig:
-        """The keyframes a grounding looks at: after a loss, only the newest (lost_window_s), so
-        that it finds the object where it is now, not where it was before it was lost."""
+        """The keyframes a grounding looks at: after a loss or a 3D jump (LOOK_NOW), only the
+        newest (lost_window_s), so that it finds the object where it is now, not where it was."""
         keyframes = self.config.keyframes
-        if reason == "lost" and self.config.lost_window_s < keyframes.window_s:
+        if reason in LOOK_NOW and self.config.lost_window_s < keyframes.window_s:
             return dataclasses.replace(keyframes, window_s=self.config.lost_window_s)
         return keyframes
 
@@ -368,7 +374,7 @@ class GroundingWorker:
         the same grounder on that frame alone must put its peak on the caught-up mask. The
         catch-up from an old keyframe is what carried lost tracks into whatever then covered
         the object. Seeds that fail are dropped and counted."""
-        if job.reason != "lost":
+        if job.reason not in LOOK_NOW:
             return seeds
         newest = len(result.keyframes) - 1
         kept = []
