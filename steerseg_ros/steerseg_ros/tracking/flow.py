@@ -4,7 +4,8 @@ Owns `FlowTracker` and `FlowTrackerConfig`; the frames prepared once and the flo
 pair computed once are tracking/flow_frames.py's. It is what the node runs when no learned tracker is
 available, so that the whole pipeline works on any machine. It is a fallback, not a substitute
 for SAM2: it drifts on fast articulated motion, cannot see through occlusions, and never
-re-detects an object it has lost.
+re-detects an object it has lost; what it does is notice when its mask stops showing its object
+(see the confidence below), so that the pipeline stops publishing it and re-grounds.
 
 How an object moves from one frame to the next, at a reduced working resolution and inside a
 box around the object. Three pieces of evidence are combined as log-odds (they are treated as
@@ -24,8 +25,15 @@ only so much in a frame), and detached blobs are dropped.
 
 The per-frame confidence comes from the tracker's own evidence: the share of the object whose
 motion passed the check, how well the mask's colours agree with the object's colour model, and
-how abruptly its area changed; the weakest of the three counts, and after a failure the
-confidence climbs back only gradually.
+how abruptly its area changed; the weakest counts, and after a failure the confidence climbs
+back only gradually. Occlusion: when something slides over the object, the mask either shrinks
+to a sliver or is carried onto the occluder or the background beside it, and its own colour
+model, which follows the mask, would learn whatever it now covers. So the object also keeps a
+reference, learnt only on confidently tracked frames: its colours (against which the mask's
+colours are judged at full histogram resolution) and its size (a mask far smaller than the
+object was is a sliver, not the object); and the mask's motion must fit the object's recent
+motion (a mask that suddenly takes up an occluder's motion has been carried off by it). Any of
+these drops the confidence at once, and it then climbs back only as the evidence allows.
 
 Measured on DAVIS 2016 val (10 sequences, seeded with the first ground-truth mask): J&F 61.0
 (J 63.4, F 58.6); see steerseg_bench/davis_tracker.py.
@@ -48,6 +56,12 @@ from steerseg_ros.tracking.flow_frames import DIS_PRESETS, FlowPair, FrameFlows,
 # piece of evidence is ever certain (logit(0.98) is about 3.9).
 _P_CLIP = 0.02
 _MAX_LOG_ODDS = float(np.log((1 - _P_CLIP) / _P_CLIP))
+# The reference size follows confident frames this many times faster than the reference colours:
+# an object's size changes with its distance, its colours hardly.
+_REFERENCE_AREA_RATE = 2.5
+# The motion-fit cue compares steps at most this far apart in camera time: beyond it (keyframe
+# jumps, a gap in the stream) a constant-velocity prediction says nothing.
+_MOTION_HORIZON_S = 0.25
 
 
 @dataclass
@@ -91,6 +105,26 @@ class FlowTrackerConfig:
         "help": "Weight of the motion-layer evidence (pixels moving like the background are not the "
                 "object); 0 turns it off. Below 1 because flow errors are correlated between neighbouring "
                 "pixels, so the per-pixel Gaussian model overstates the evidence."})
+    reference_min_score: float = field(default=0.7, metadata={
+        "help": "The object's reference (its colours and size, against which occlusion is judged) learns "
+                "only from frames scored at least this: clearly above the pipeline's min_confidence, so "
+                "that a mask drifting onto an occluder never teaches the reference the occluder."})
+    reference_update: float = field(default=0.02, metadata={
+        "help": "Share of the reference colour model replaced on each frame that may update it (0.02: a "
+                "memory of about 50 confident frames); the reference size follows 2.5 times as fast."})
+    appearance_floor: float = field(default=0.5, metadata={
+        "help": "Bhattacharyya coefficient between the mask's colours and the reference's (at colour_bins "
+                "per channel) at which appearance evidence reaches 0; it is 1 at a coefficient of 1, "
+                "linear between. Natural regions share many colours, so unrelated ones still reach 0.6-0.8 "
+                "(a visible object about 0.9 and more; an occluder typically 0.6-0.75)."})
+    min_extent: float = field(default=0.2, metadata={
+        "help": "A mask smaller than this fraction of the object's reference size loses confidence in "
+                "proportion: what is left of an object slid over is a sliver, on the occluder's edge."})
+    motion_change_limit: float = field(default=0.3, metadata={
+        "help": "How far, in object sizes (square root of its area), the mask's motion in one step may "
+                "differ from what the object's previous velocity predicts: no evidence against below a "
+                "third of this, full evidence against at it (a mask carried off by an occluder sliding "
+                "over the object). Only between frames at most 0.25 s apart; 0 turns the cue off."})
     confidence_recovery_s: float = field(default=3.0, metadata={
         "help": "After its evidence fails, an object's confidence climbs back by at most 1 per this many "
                 "seconds: 3 s keeps a track below 0.5 for 1.5 s after a total failure (a cut, a full "
@@ -111,17 +145,21 @@ class FlowTrackerConfig:
             raise ValueError(f"work_width must be >= 32, got {self.work_width}")
         if self.flow_preset not in DIS_PRESETS:
             raise ValueError(f"flow_preset must be one of {sorted(DIS_PRESETS)}, got {self.flow_preset!r}")
-        for name in ("consistency_relative", "consistency_absolute", "band_fraction", "confidence_recovery_s"):
+        for name in ("consistency_relative", "consistency_absolute", "band_fraction", "confidence_recovery_s",
+                     "min_extent"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("edge_sigma_px", "colour_weight", "layer_weight"):
+        for name in ("edge_sigma_px", "colour_weight", "layer_weight", "motion_change_limit"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0.5 <= self.untrusted_confidence <= 1.0:
             raise ValueError(f"untrusted_confidence must be in [0.5, 1], got {self.untrusted_confidence}")
+        if not 0.0 <= self.appearance_floor < 1.0:
+            raise ValueError(f"appearance_floor must be in [0, 1), got {self.appearance_floor}")
         if self.colour_bins not in (2, 4, 8, 16):
             raise ValueError(f"colour_bins must be 2, 4, 8 or 16, got {self.colour_bins}")
-        for name in ("object_colour_update", "background_colour_update"):
+        for name in ("object_colour_update", "background_colour_update", "reference_update",
+                     "reference_min_score"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.flow_cache_pairs < 1:
@@ -136,7 +174,8 @@ class FlowTrackerConfig:
 
 class FlowObjectState(ObjectState):
     """What one object needs for its next step, and nothing that grows: its mask on the
-    previous frame (working resolution), that frame, and its two colour models."""
+    previous frame (working resolution), that frame, its two colour models, its reference
+    (colours and size, learnt only from confident frames) and its last velocity."""
 
     def __init__(self, seq: int, result: ObjectMask, prev: PreparedFrame, mask: np.ndarray,
                  fg_hist: np.ndarray, bg_hist: np.ndarray):
@@ -146,6 +185,9 @@ class FlowObjectState(ObjectState):
         self.fg_hist = fg_hist
         self.bg_hist = bg_hist
         self.area = float(np.count_nonzero(mask))
+        self.ref_hist = fg_hist.copy()
+        self.ref_area = self.area
+        self.velocity: Optional[np.ndarray] = None  # working pixels per second, or unknown
 
 
 class FlowTracker(Tracker):
@@ -221,11 +263,16 @@ class FlowTracker(Tracker):
         area = float(np.count_nonzero(new))
         full = _full_mask(log_odds, new, (y0, y1, x0, x1), (h, w), cur.shape)
         fg, bg = self._histograms(cur, mask) if area > 0 else (None, None)
-        score = self._confidence(state, core, trust, area, fg, frame.stamp_ns)
+        fit = self._motion_fit(state, flow, roi, new, area, frame.stamp_ns)
+        score = self._confidence(state, core, trust, area, fg, fit, frame.stamp_ns)
         if area > 0:
             a, b = cfg.object_colour_update, cfg.background_colour_update
             state.fg_hist = (1 - a) * state.fg_hist + a * fg
             state.bg_hist = (1 - b) * state.bg_hist + b * bg
+            if score >= cfg.reference_min_score:
+                r = cfg.reference_update
+                state.ref_hist = (1 - r) * state.ref_hist + r * fg
+                state.ref_area += min(1.0, _REFERENCE_AREA_RATE * r) * (area - state.ref_area)
         state.mask = mask
         state.area = area
         state.prev = cur
@@ -247,14 +294,38 @@ class FlowTracker(Tracker):
         grow = motion + band + 2
         return max(0, y0 - grow), min(h, y1 + grow), max(0, x0 - grow), min(w, x1 + grow)
 
+    def _motion_fit(self, state: FlowObjectState, flow: FlowPair, roi, new: np.ndarray, area: float,
+                    stamp_ns: int) -> float:
+        """How well the mask's motion in this step fits the object's previous velocity, in [0, 1]
+        (1 when there is nothing to compare: first step, a gap over _MOTION_HORIZON_S, the cue
+        off), and the velocity updated. The error is the distance between where the mask moved
+        and where the previous velocity put it, in object sizes."""
+        limit = self.config.motion_change_limit
+        dt = (stamp_ns - state.prev.stamp_ns) * 1e-9  # negative when propagating backwards in time
+        if area <= 0 or dt == 0 or abs(dt) > _MOTION_HORIZON_S:
+            state.velocity = None
+            return 1.0
+        # The backward flow points from each current pixel to where it was: minus the motion.
+        moved = -flow.disp[roi][new > 0].astype(np.float32).mean(axis=0)
+        previous, state.velocity = state.velocity, moved / dt
+        if previous is None or limit <= 0:
+            return 1.0
+        error = float(np.linalg.norm(moved - previous * dt)) / np.sqrt(area)
+        return float(np.clip((limit - error) / (limit * 2 / 3), 0.0, 1.0))
+
     def _confidence(self, state: FlowObjectState, core: np.ndarray, trust: np.ndarray, area: float,
-                    fg: Optional[np.ndarray], stamp_ns: int) -> float:
+                    fg: Optional[np.ndarray], fit: float, stamp_ns: int) -> float:
         """Confidence in [0, 1] from the step's own evidence, as low as the weakest of
         motion: the share of the carried-forward object whose flow passed the consistency check
             (near 0 across a cut, low where the object is being occluded);
         appearance: the Bhattacharyya coefficient between the mask's colours and the object's
-            colour model (coarsened to at most 8 bins per channel, so sampling noise stays small);
-        area: 1 for a steady area, 1/2 when it halves or doubles in one frame.
+            colour model (coarsened to at most 8 bins per channel, so sampling noise stays small),
+            and against the reference colours, at full resolution, mapped from appearance_floor..1
+            to 0..1 (the colour model follows the mask, also onto an occluder; the reference does not);
+        area: 1 for a steady area, 1/2 when it halves or doubles in one frame;
+        extent: the mask's area against min_extent x the reference size (what an occluder leaves
+            of an object is a sliver);
+        motion fit: `_motion_fit` (a mask carried off by an occluder changes its motion at once).
         (How distinct the object's colours are from its surroundings is left out: it says how
         hard the object is to segment, not whether it is there.)
         The result may fall at once but rises by at most dt / confidence_recovery_s: after a
@@ -265,15 +336,19 @@ class FlowTracker(Tracker):
         k = self.config.colour_bins
         coarse = min(k, 8)
         appearance = float(np.sqrt(_coarsen(fg, k, coarse) * _coarsen(state.fg_hist, k, coarse)).sum())
+        floor = self.config.appearance_floor
+        reference = (float(np.sqrt(fg * state.ref_hist).sum()) - floor) / (1.0 - floor)
         change = abs(np.log(area / max(state.area, 1.0)))
         area_term = float(np.exp2(-(change / np.log(2)) ** 2))
-        now = float(np.clip(min(motion, appearance, area_term), 0.0, 1.0))
+        extent = area / max(self.config.min_extent * state.ref_area, 1.0)
+        now = float(np.clip(min(motion, appearance, reference, area_term, extent, fit), 0.0, 1.0))
         dt = abs(stamp_ns - state.prev.stamp_ns) * 1e-9  # propagation may run backwards in time
         return min(now, state.result.score + dt / self.config.confidence_recovery_s)
 
     def _set_lost(self, state: FlowObjectState, cur: PreparedFrame) -> ObjectMask:
         state.mask = np.zeros(cur.grey.shape, np.uint8)
         state.area = 0.0
+        state.velocity = None
         state.prev = cur
         state.seq = cur.seq
         state.result = ObjectMask(np.zeros(cur.shape, bool), 0.0)
