@@ -71,8 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="through the node: node: a grounder node in its own process (as the launch file "
                              "starts it); thread: grounding in a thread of the tracker node")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="NAME=VALUE",
-                        help="a node parameter, e.g. pipeline.lost_timeout_s=2.0 or grounder.<field>=... "
-                             "(grounder.* go to the grounder node when there is one)")
+                        help="a node parameter, e.g. pipeline.lost_timeout_s=2.0 (how long a hidden object's "
+                             "track stays UNSEEN before LOST), pipeline.lost_retry_s=1.0 (re-grounding cadence "
+                             "while lost), pipeline.grounding_latency_s=2.0 (answers land 2 s of camera time "
+                             "after they were asked for, as a slow grounder's would), depth.max_speed_mps=3.0 "
+                             "(3D jumps), or grounder.<field>=... (grounder.* go to the grounder node when "
+                             "there is one)")
     parser.add_argument("--count", type=int, default=None, help="use only the first COUNT frames")
     parser.add_argument("--rate", type=float, default=None,
                         help="frames per second (stamps; through the node also the publishing rate); default 10, "
