@@ -29,6 +29,7 @@ TRACKERS: dict[str, tuple[str, str, str, dict[str, Any]]] = {
     "builtin": ("steerseg_ros.tracking.flow", "FlowTracker", "FlowTrackerConfig", {}),
     "sam2": ("steerseg_ros.tracking.sam2", "Sam2Tracker", "Sam2TrackerConfig", {}),
     "sam2_meta": ("steerseg_ros.tracking.sam2_meta", "MetaSam2Tracker", "MetaSam2TrackerConfig", {}),
+    "sam3": ("steerseg_ros.tracking.sam3", "Sam3Tracker", "Sam3TrackerConfig", {}),
 }
 
 

@@ -194,17 +194,22 @@ class Sam2Tracker(Sam2FrameInputs, Tracker):
     """Streaming SAM2 (see the module docstring). Thread-safe as the Tracker contract requires."""
 
     name = "sam2"
+    # What another model of SAM2's architecture changes to run through this same code
+    # (tracking/sam3.py): its session class, the normalisation its checkpoints default to when
+    # they hold no processor config, and _resolve_model / _load_model.
+    session_class = Sam2VideoInferenceSession
+    default_normalization = (IMAGENET_MEAN, IMAGENET_STD)
 
     def __init__(self, config: Optional[Sam2TrackerConfig] = None):
         self.config = config or Sam2TrackerConfig()
         self.config.validate()
         self.device = self._resolve_device(self.config.device)
         self.dtype = DTYPES[self.config.dtype]
-        self.model_name = resolve_model(self.config.model)
-        self.model = load_model(self.model_name, self.dtype, self.device, self.config.local_files_only)
+        self.model_name = self._resolve_model(self.config.model)
+        self.model = self._load_model()
         self.image_size = int(self.model.config.image_size)
         self.mean, self.std = processor_normalization(self.model_name, self.image_size, self.device,
-                                                      self.config.local_files_only)
+                                                      self.config.local_files_only, *self.default_normalization)
         self.encoder = make_encoder(self.config.encoder, self.model, self.config.encoder_file, self.device, self.dtype)
         self._pos = position_encodings(self.model, self.device, self.dtype)
         # What each memory-conditioned step reads back, counted in frames before the current one.
@@ -222,6 +227,13 @@ class Sam2Tracker(Sam2FrameInputs, Tracker):
         self.autocast_dtype = AUTOCAST[self.config.autocast]
         if self.config.compile:
             self._compile()
+
+    @staticmethod
+    def _resolve_model(name: str) -> str:
+        return resolve_model(name)
+
+    def _load_model(self):
+        return load_model(self.model_name, self.dtype, self.device, self.config.local_files_only)
 
     # ---- GPU paths: autocast, compile ------------------------------------------------------------
     def _precision(self):
@@ -269,7 +281,7 @@ class Sam2Tracker(Sam2FrameInputs, Tracker):
         self._tls.decoder = output
 
     def _new_session(self, frame: Frame) -> Sam2VideoInferenceSession:
-        return Sam2VideoInferenceSession(
+        return self.session_class(
             video_height=frame.height, video_width=frame.width, inference_device=self.device,
             inference_state_device=self.device, video_storage_device=self.device, dtype=self.dtype)
 

@@ -62,11 +62,13 @@ class _FrameInput:
 
 
 def processor_normalization(model_name: str, image_size: int, device: torch.device,
-                            local_files_only: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and std from the checkpoint's image processor config (ImageNet's if it has none),
-    with its rescale factor folded in as transformers' processor folds it: each float32
-    constant times 1 / rescale_factor, so pixels in 0..255 are normalised in one step."""
-    mean, std, rescale = IMAGENET_MEAN, IMAGENET_STD, 1 / 255
+                            local_files_only: bool, default_mean=IMAGENET_MEAN,
+                            default_std=IMAGENET_STD) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std from the checkpoint's image processor config (`default_mean` and
+    `default_std` if it has none: ImageNet's for SAM2, 0.5 for SAM 3), with its rescale factor
+    folded in as transformers' processor folds it: each float32 constant times
+    1 / rescale_factor, so pixels in 0..255 are normalised in one step."""
+    mean, std, rescale = default_mean, default_std, 1 / 255
     path = cached_file(model_name, "preprocessor_config.json", local_files_only=local_files_only,
                        _raise_exceptions_for_missing_entries=False,
                        _raise_exceptions_for_connection_errors=False)
