@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from steerseg_bench import depth, following, grounding_rate, models, node, overhead, soak
+from steerseg_bench import depth, following, grounding_rate, models, node, overhead, sam3, soak
 from steerseg_bench.common import SectionFn
 
 
@@ -32,6 +32,7 @@ ALL = (
     Section("rollout", models.rollout, ("torch", "transformers")),
     Section("grounding", models.grounding, ("torch", "transformers")),
     Section("sam2", models.sam2, ("torch", "transformers")),
+    Section("sam3", sam3.section, ("torch", "transformers")),
     Section("tracker", models.tracker),
     # Long (minutes per scene and grounder on a CPU): run it by name.
     Section("following", following.following, opt_in=True),

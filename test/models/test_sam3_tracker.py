@@ -232,3 +232,14 @@ def test_state_stays_flat_where_transformers_session_grows(checkpoint, dog):
     # keeps every frame's pixels and outputs.
     assert sizes[20] == sizes[59], sizes
     assert reference_sizes[59] - reference_sizes[20] > 39 * 100_000, reference_sizes
+
+
+def test_benchmark_reports_both_memory_figures_the_cost_ratio_and_the_added_object_ratio():
+    from steerseg_bench.sam3 import bench_sam3
+
+    figures = bench_sam3(frames=3, objects=(1, 2), memory_frames=30, warm_up=20)
+    memory = figures["memory"]
+    assert memory["tracker_growth_bytes"] == 0 < memory["tracker_bytes_at_end"]
+    assert memory["transformers_growth_bytes_per_frame"] > 100_000
+    assert memory["cost_ratio_tracker_over_transformers"] > 0
+    assert set(figures["added_object_ratio"]) == {2}
