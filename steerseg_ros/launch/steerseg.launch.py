@@ -99,9 +99,9 @@ def generate_launch_description():
                               description="Parameters file of the grounder node (its section is "
                                           "/**/steerseg_grounder)"),
         DeclareLaunchArgument("grounder", default_value="builtin",
-                              description="Grounding backend: builtin, decaf or steerseg"),
+                              description="Grounding backend: builtin, decaf, steerseg or oracle (ground truth from disk, benchmarks only)"),
         DeclareLaunchArgument("tracker", default_value="builtin",
-                              description="Tracking backend: builtin, sam2 (transformers) or sam2_meta (Meta's sam2)"),
+                              description="Tracking backend: builtin, sam2 (transformers), sam2_meta (Meta's sam2) or sam3 (transformers, SAM 3 weights)"),
         DeclareLaunchArgument("drawer", default_value="true", choices=["true", "false"],
                               description="Start the drawing node (overlay and markers in their own "
                                           "process); false: the tracker node draws them itself"),
