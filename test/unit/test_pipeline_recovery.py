@@ -252,3 +252,28 @@ def test_a_grounding_asked_for_out_of_schedule_runs_on_the_next_frame():
         assert not p.request_grounding(target + 1, "3d_jump")
     finally:
         p.close()
+
+
+def test_a_lost_targets_late_answer_is_used_though_its_keyframes_left_the_buffer():
+    """The answer to a re-grounding after a loss arrives when its keyframes have left a short
+    buffer (a loaded machine): there is no confident track it could wrongly swap, so it is
+    used (caught up over what the buffer holds), not discarded, and the object is followed again
+    under its id. Discarding it kept a lost target lost for good."""
+    grounder, tracker = PeakGrounder(), DoubtingTracker()
+    p, feed = make(grounder, tracker, buffer_size=6, lost_timeout_s=0.3, lost_window_s=0.3,
+                   grounding_latency_s=1.0)
+    try:
+        p.set_command("the cup")
+        outs = [feed() for _ in range(15)]  # the first answer lands 1 s after it was asked for
+        assert any(o.visible_tracks() for o in outs)
+        lost_id = next(iter(p._tracks))
+        tracker.step_score = 0.1
+        for _ in range(10):
+            if feed().tracks[0].state == TrackState.LOST:
+                break
+        tracker.sure_of_new = True
+        outs = [feed() for _ in range(14)]  # > 1 s: the 6-frame buffer has moved past the keyframes
+        assert p.stats["groundings_expired"] == 0
+        assert [t.id for t in outs[-1].visible_tracks()] == [lost_id]
+    finally:
+        p.close()

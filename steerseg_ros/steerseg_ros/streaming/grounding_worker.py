@@ -460,10 +460,12 @@ class GroundingWorker:
         its own keyframe and the newer ones its tracklet reaches have left the buffer): the live
         tracks' masks there are gone too, so it could not be compared with them, and a
         disagreement it cannot show must not swap what the robot follows. Dropped and counted;
-        the tracks go on. A first grounding (no track to swap) is still used, caught up over
-        what the buffer holds."""
+        the tracks go on. A first grounding, or one for a target whose every track is LOST (no
+        track to swap: a LOST one is replaced at once anyway), is still used, caught up over what
+        the buffer holds: on a loaded machine with a short buffer, discarding those left a lost
+        target lost for good."""
         with self.book.lock:
-            if not any(t.target == job.target for t in self.book.tracks.values()):
+            if not any(t.target == job.target and t.state != TrackState.LOST for t in self.book.tracks.values()):
                 return False
         gone = [c for c in chosen if buffered_keyframe(self.buffer, result, c) is None]
         if not gone:
