@@ -15,7 +15,9 @@ def scene(i: int, covered: bool = False):
     if covered:
         return np.full((H, W, 3), 110, np.uint8), None, None
     img, red, blue = _BG.copy(), np.zeros((H, W), np.uint8), np.zeros((H, W), np.uint8)
-    x = i % 20
+    # Back and forth over 19 px (not a wrap-around: a disk that jumps back 19 px at once has
+    # motion the built-in tracker rightly doubts, and hides for a while).
+    x = 19 - abs(19 - i % 38)
     cv2.circle(img, (40 + x, 50), 14, (220, 30, 30), -1)
     cv2.circle(red, (40 + x, 50), 14, 1, -1)
     cv2.circle(img, (115 - x, 75), 14, (30, 40, 220), -1)
