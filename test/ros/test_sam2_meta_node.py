@@ -39,7 +39,8 @@ def test_node_tracks_a_grounded_command_with_meta_sam2(tmp_path, domain, recorde
               "pipeline": {"regrounding_period_s": 30.0, "lost_timeout_s": 30.0}}
     manifest, log, counters = rp.play_through_node(
         tmp_path, domain, recorder, params, frames,
-        ["--count", str(FRAMES), "--command", command, "--command-at", "0"], RATE, configure_timeout=120.0)
+        ["--count", str(FRAMES), "--command", command, "--command-at", "0"], RATE, configure_timeout=120.0,
+        hold_while_grounding=True)  # a loaded machine's grounding may outlast the clip otherwise
     assert counters["tracker"] == "sam2_meta"
     assert int(counters.get("pipeline.groundings", 0)) >= 1 and int(counters.get("pipeline.grounding_failures", 0)) == 0
     stamps = {e["stamp_ns"] for e in manifest}
