@@ -22,7 +22,7 @@ from typing import Any
 
 from steerseg_bench.common import SectionSkipped
 from steerseg_ros.offline.following import LATENCIES, QUICK_KEY, GrounderSpec, markdown, run_sweep, write_report
-from steerseg_ros.offline.following_scenes import KINDS, SPLITS, SceneConfig, build_scene
+from steerseg_ros.offline.following_scenes import KINDS, SceneConfig, build_scenes
 from steerseg_ros.streaming import backends
 from steerseg_ros.streaming.pipeline import PipelineConfig
 
@@ -38,16 +38,11 @@ def following(args: argparse.Namespace) -> dict[str, Any]:
     root = Path(args.data)
     if not (root / "JPEGImages" / "480p").is_dir():
         raise SectionSkipped(f"no DAVIS frames at {root} (give --data, the davis16 folder)")
-    sequences = [s for item in _list(args.following_sequences) for s in SPLITS.get(item, (item,))]
-    kinds = _list(args.following_kinds)
-    unknown = sorted(set(kinds) - set(KINDS))
-    if unknown:
-        raise ValueError(f"--following-kinds: unknown {unknown}; choose from {KINDS}")
     config = SceneConfig(fps=args.following_fps, duration_s=args.following_duration, width=args.following_width)
     grounders = [GrounderSpec.parse(g) for g in _list(args.following_grounders)]
     latencies = [float(x) for x in _list(args.following_latencies)]
     out = args.following_out or ((args.out / "following") if args.out is not None else Path("out/following"))
-    scenes = [build_scene(root, seq, kind, config) for seq in sequences for kind in kinds]
+    scenes = build_scenes(root, _list(args.following_sequences), _list(args.following_kinds), config)
     tracker = backends.make_tracker("builtin")
     try:
         result = run_sweep(scenes, grounders, tracker, PipelineConfig(), latencies, out / "work",

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -371,3 +371,15 @@ def build_scene(root: str | Path, sequence: str, kind: str, config: Optional[Sce
     if command is None:
         command = command_for(Path(root), sequence)
     return FollowingScene(sequence, kind, command, images, masks, config)
+
+
+def build_scenes(root: str | Path, sequences: Sequence[str], kinds: Sequence[str],
+                 config: Optional[SceneConfig] = None) -> list[FollowingScene]:
+    """Every scene of `kinds` made from `sequences` (names, or the splits' names in SPLITS:
+    development, held_out, all), sequence by sequence. Raises ValueError for an unknown kind
+    before anything is loaded."""
+    unknown = sorted(set(kinds) - set(KINDS))
+    if unknown:
+        raise ValueError(f"unknown scene kind(s) {unknown}; choose from {KINDS}")
+    names = [s for name in sequences for s in SPLITS.get(name, (name,))]
+    return [build_scene(root, seq, kind, config) for seq in names for kind in kinds]

@@ -393,17 +393,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _following(args: argparse.Namespace, argv: Optional[Sequence[str]]) -> int:
     """steerseg-eval --following: the following benchmark's scenes with the chosen backends."""
     from steerseg_ros.offline.following import GrounderSpec, markdown, run_sweep, write_report
-    from steerseg_ros.offline.following_scenes import KINDS, SPLITS, SceneConfig, build_scene
+    from steerseg_ros.offline.following_scenes import KINDS, SceneConfig, build_scenes
 
     try:
         if not args.root:
             raise ValueError("--following needs --root, the DAVIS-layout folder")
         kinds = list(KINDS) if args.following == "all" else [k for k in args.following.split(",") if k]
-        unknown = sorted(set(kinds) - set(KINDS))
-        if unknown:
-            raise ValueError(f"--following: unknown scene kind(s) {unknown}; choose from {KINDS}")
-        names = [v for item in args.sequences for v in item.split(",") if v] or ["all"]
-        sequences = [s for name in names for s in SPLITS.get(name, (name,))]
+        sequences = [v for item in args.sequences for v in item.split(",") if v] or ["all"]
         latencies = [float(x) for x in args.latencies.split(",") if x.strip()]
         params = read_params_file(args.params) if args.params else {}
         params.update(parse_set(args.set))
@@ -412,7 +408,7 @@ def _following(args: argparse.Namespace, argv: Optional[Sequence[str]]) -> int:
         config.validate()
         setup.pipeline.validate()
         spec = GrounderSpec.parse(setup.grounder, setup.grounder_options)
-        scenes = [build_scene(args.root, seq, kind, config) for seq in sequences for kind in kinds]
+        scenes = build_scenes(args.root, sequences, kinds, config)
     except (ValueError, OSError, KeyError, yaml.YAMLError) as e:
         print(f"steerseg-eval: {e}", file=sys.stderr)
         return 2
