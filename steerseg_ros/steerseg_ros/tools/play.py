@@ -32,7 +32,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import cv2
 
@@ -164,30 +164,26 @@ class _Answers:
             if values.get("grounding_running") == "false" and "last_frame_stamp_ns" in values:
                 self._idle_after = max(self._idle_after, int(values["last_frame_stamp_ns"]))
 
+    def _spin_until(self, done: Callable[[], bool], timeout: float) -> bool:
+        """Spin the answers' node until `done()` or `timeout` seconds; whether it is done."""
+        deadline = time.monotonic() + timeout
+        while not done() and time.monotonic() < deadline:
+            self._executor.spin_once(timeout_sec=0.05)
+        return done()
+
     def wait_idle(self, stamp_ns: int, timeout: float) -> bool:
         """Until the node reports, after processing the frame at `stamp_ns`, that no grounding
         is running."""
-        deadline = time.monotonic() + timeout
-        while self._idle_after < stamp_ns and time.monotonic() < deadline:
-            self._executor.spin_once(timeout_sec=0.05)
-        return self._idle_after >= stamp_ns
+        return self._spin_until(lambda: self._idle_after >= stamp_ns, timeout)
 
     def wait_for_publisher(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while self._sub.get_publisher_count() == 0 and time.monotonic() < deadline:
-            self._executor.spin_once(timeout_sec=0.05)
-        return self._sub.get_publisher_count() > 0
+        return self._spin_until(lambda: self._sub.get_publisher_count() > 0, timeout)
 
     def spin_for(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            self._executor.spin_once(timeout_sec=0.05)
+        self._spin_until(lambda: False, seconds)
 
     def wait_for(self, stamp_ns: int, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while stamp_ns not in self._stamps and time.monotonic() < deadline:
-            self._executor.spin_once(timeout_sec=0.05)
-        found = stamp_ns in self._stamps
+        found = self._spin_until(lambda: stamp_ns in self._stamps, timeout)
         self._stamps = {s for s in self._stamps if s > stamp_ns}  # bounded: older answers are done
         return found
 
