@@ -32,6 +32,15 @@ def flatten(figures: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def print_figures(figures: dict[str, Any], json_path: str = "") -> None:
+    """A benchmark module's figures as indented JSON on stdout, and in `json_path` too if given
+    (the `--json` option of the modules run on their own)."""
+    text = json.dumps(figures, indent=2)
+    print(text)
+    if json_path:
+        Path(json_path).write_text(text + "\n")
+
+
 def ms_figures(values: list[float]) -> dict[str, float]:
     """Median and mean of durations in seconds, as milliseconds."""
     return {"median_ms": round(1e3 * statistics.median(values), 3), "mean_ms": round(1e3 * statistics.fmean(values), 3)}

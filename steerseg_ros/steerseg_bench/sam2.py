@@ -19,7 +19,6 @@ the machine and its load: record `uptime` with them.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from steerseg_bench.common import print_figures
 from steerseg_ros.frame import Frame
 
 
@@ -279,10 +279,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     a = p.parse_args(argv)
     figures = bench_sam2(a.config, a.image_size, a.frames, [int(n) for n in a.objects.split(",")], a.memory_frames,
                          a.catch_up_frames, not a.no_onnx, device=a.device, dtype=a.dtype, threads=a.threads)
-    text = json.dumps(figures, indent=2)
-    print(text)
-    if a.json:
-        Path(a.json).write_text(text + "\n")
+    print_figures(figures, a.json)
     return 0
 
 

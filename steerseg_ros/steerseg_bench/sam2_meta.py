@@ -15,7 +15,6 @@ not absolute times, and only a GPU's absolute times count).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -25,6 +24,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from steerseg_bench.common import print_figures
 from steerseg_bench.sam2 import _rss, seed_masks, synthetic_frames
 
 
@@ -155,10 +155,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     figures = bench_backends(a.config, a.image_size, a.frames, [int(n) for n in a.objects.split(",")],
                              a.memory_frames, device=a.device, dtype=a.dtype,
                              compile=None if a.compile == "auto" else a.compile == "yes", threads=a.threads)
-    text = json.dumps(figures, indent=2)
-    print(text)
-    if a.json:
-        Path(a.json).write_text(text + "\n")
+    print_figures(figures, a.json)
     return 0
 
 

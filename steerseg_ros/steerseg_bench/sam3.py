@@ -18,7 +18,6 @@ Frames are steerseg_bench.sam2's synthetic ones. Timings depend on the machine a
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -28,6 +27,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from steerseg_bench.common import flatten, print_figures
 from steerseg_bench.sam2 import _step_ratios, _step_times, seed_masks, synthetic_frames
 
 
@@ -105,8 +105,6 @@ def bench_sam3(image_size: int = 224, frames: int = 20, objects: Sequence[int] =
 
 def section(args: argparse.Namespace) -> dict[str, Any]:
     """steerseg-bench's "sam3" section: the defaults (1,000 memory frames, one torch thread)."""
-    from steerseg_bench.common import flatten
-
     figures = bench_sam3()
     figures.pop("load_average", None)  # the machine record has it
     return flatten(figures, "sam3")
@@ -124,10 +122,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     a = p.parse_args(argv)
     figures = bench_sam3(a.image_size, a.frames, [int(n) for n in a.objects.split(",")], a.memory_frames,
                          a.warm_up, threads=a.threads)
-    text = json.dumps(figures, indent=2)
-    print(text)
-    if a.json:
-        Path(a.json).write_text(text + "\n")
+    print_figures(figures, a.json)
     return 0
 
 
