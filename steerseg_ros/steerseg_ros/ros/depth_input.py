@@ -36,7 +36,7 @@ from steerseg_ros import depth as depth3d
 from steerseg_ros.depth.motion import Jump, JumpCheck
 from steerseg_ros.frame import NS_PER_S
 from steerseg_ros.config_checks import check_finite
-from steerseg_ros.streaming.pipeline import TrackState, TrackView
+from steerseg_ros.streaming.pipeline import CONFIDENT_STATES, TrackState, TrackView
 from steerseg_ros.ros.image_conversion import ImageConversionError, depth_image_to_array
 
 # Without a depth image for this long, frames are no longer held back waiting for one, and
@@ -426,7 +426,7 @@ class DepthInput:
         depth_m, camera = usable
         objects = {}
         for view in views:
-            if view.state not in (TrackState.TRACKING, TrackState.REGROUNDING) or view.mask is None:
+            if view.state not in CONFIDENT_STATES or view.mask is None:
                 continue
             # The mask (colour size), depth and camera may differ in size at one aspect: the
             # estimator samples the mask at the depth pixels and scales the camera to them.

@@ -38,7 +38,7 @@ from steerseg_ros.grounding.base import GroundingResult
 from steerseg_msgs.msg import GroundingResult as GroundingResultMsg
 from steerseg_msgs.msg import PointPrompt as PointPromptMsg
 from steerseg_msgs.msg import Track, TrackArray
-from steerseg_ros.streaming.pipeline import TrackState, TrackView
+from steerseg_ros.streaming.pipeline import CONFIDENT_STATES, TrackView
 from steerseg_ros.render import colour_bgr
 from steerseg_ros.ros.image_conversion import array_to_image
 
@@ -120,7 +120,7 @@ def active_target(views: Sequence[TrackView], objects: Mapping[int, Any]) -> Opt
     (TRACKING or REGROUNDING) and a valid 3D estimate, the oldest (lowest id). The oldest rather
     than the best-scoring one, so that a follower does not jump between objects when scores
     cross; a track that ends (REPLACED, LOST) hands over to the next oldest."""
-    live = [v for v in views if v.state in (TrackState.TRACKING, TrackState.REGROUNDING)
+    live = [v for v in views if v.state in CONFIDENT_STATES
             and v.id in objects and objects[v.id].valid]
     return min(live, key=lambda v: v.id) if live else None
 

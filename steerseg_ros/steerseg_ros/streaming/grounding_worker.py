@@ -147,11 +147,11 @@ class GroundingWorker:
             reason = self._due(target, frame)
             if reason is None:
                 continue
-            window = self.keyframe_config(reason).window_s
-            if window not in enough:
-                enough[window] = (len(self.buffer.select_keyframes(self.keyframe_config(reason), frame.seq))
-                                  >= self.config.min_keyframes)
-            if not enough[window]:
+            keyframes = self.keyframe_config(reason)
+            if keyframes.window_s not in enough:
+                enough[keyframes.window_s] = (len(self.buffer.select_keyframes(keyframes, frame.seq))
+                                              >= self.config.min_keyframes)
+            if not enough[keyframes.window_s]:
                 continue
             target.last_attempt_ns = frame.stamp_ns
             target.requested = ""
@@ -179,11 +179,11 @@ class GroundingWorker:
             if since is not None and since < self.config.grounding_retry_s:
                 return None
             return "command"
+        # TargetBook.set_lost stamps every track it makes LOST (lost_ns).
         lost = [t.lost_ns for t in tracks if t.state == TrackState.LOST]
         if lost:
             # At once when a track went lost since the last try, then every lost_retry_s.
-            went_lost = max(ns for ns in lost if ns is not None) if any(ns is not None for ns in lost) else None
-            if since is None or (went_lost is not None and target.last_attempt_ns < went_lost):
+            if since is None or target.last_attempt_ns < max(lost):
                 return "lost"
             return "lost" if since >= self.config.lost_retry_s else None
         if self.config.regrounding_period_s > 0 and since is not None and since >= self.config.regrounding_period_s:

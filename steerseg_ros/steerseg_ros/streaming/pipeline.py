@@ -36,7 +36,8 @@ from steerseg_ros.streaming import selection
 from steerseg_ros.streaming.buffer import FrameBuffer, KeyframeConfig, StampError
 from steerseg_ros.streaming.grounding_worker import GroundingWorker
 # The states and views live with the book that reports them; callers import them from here.
-from steerseg_ros.streaming.targets import PipelineState, TargetBook, TargetView, Track, TrackState, TrackView
+from steerseg_ros.streaming.targets import (CONFIDENT_STATES, PipelineState, TargetBook, TargetView, Track,  # noqa: F401
+                                            TrackState, TrackView)
 from steerseg_ros.tracking.base import Tracker
 
 log = logging.getLogger("steerseg_ros.streaming.pipeline")
@@ -180,7 +181,7 @@ class PipelineOutput:
     def visible_tracks(self) -> list[TrackView]:
         """The tracks with a confident mask on this frame (TRACKING or REGROUNDING): the ones the
         label image and the overlay show. LOST tracks and tracks that ended here are left out."""
-        return [t for t in self.tracks if t.state in (TrackState.TRACKING, TrackState.REGROUNDING)]
+        return [t for t in self.tracks if t.state in CONFIDENT_STATES]
 
     def label_image(self, out: Optional[np.ndarray] = None) -> np.ndarray:
         return label_image((self.frame.height, self.frame.width), self.visible_tracks(), out)

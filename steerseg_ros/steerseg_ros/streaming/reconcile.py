@@ -16,7 +16,7 @@ from typing import Callable, Optional
 from steerseg_ros.grounding.base import GroundingResult
 from steerseg_ros.streaming import selection
 from steerseg_ros.streaming.buffer import FrameBuffer
-from steerseg_ros.streaming.targets import TargetBook, Track, TrackState
+from steerseg_ros.streaming.targets import CONFIDENT_STATES, TargetBook, Track, TrackState
 from steerseg_ros.tracking.base import ObjectState, Tracker
 
 # The pipeline's parts log under its logger: one name to filter or raise for the whole streaming logic.
@@ -77,7 +77,7 @@ def confirms_live_track(book: TargetBook, target_id: int, result: GroundingResul
     keyframe both cover (the comparison `Reconciler` makes): then it needs no catch-up. Takes
     the lock."""
     with book.lock:
-        return any(t.target == target_id and t.state in (TrackState.TRACKING, TrackState.REGROUNDING)
+        return any(t.target == target_id and t.state in CONFIDENT_STATES
                    and (keyframe_overlap(t, cand, result) or 0.0) >= min_iou
                    for t in book.tracks.values())
 

@@ -47,6 +47,11 @@ class TrackState(enum.IntEnum):
     UNSEEN = 5
 
 
+# The states with a confident mask on the frame: the only tracks that are drawn, labelled, placed
+# in 3D and followed.
+CONFIDENT_STATES = (TrackState.TRACKING, TrackState.REGROUNDING)
+
+
 @dataclass
 class TrackView:
     """One track on one frame, as the publishers see it."""
@@ -199,8 +204,7 @@ class TargetBook:
             state = PipelineState.LOST
         else:
             state = PipelineState.TRACKING
-        live = (TrackState.TRACKING, TrackState.REGROUNDING)
-        seen = any(t.state in live and t.last_confident_ns == self.last_stamp_ns for t in tracks)
+        seen = any(t.state in CONFIDENT_STATES and t.last_confident_ns == self.last_stamp_ns for t in tracks)
         unseen_s = 0.0
         if not seen and self.last_stamp_ns is not None:
             since = max([t.last_confident_ns for t in tracks] + [target.start_ns or self.last_stamp_ns])
