@@ -16,8 +16,10 @@ from steerseg_ros.frame import Frame  # noqa: E402
 from steerseg_ros.grounding.base import GroundingResult, PointPrompt  # noqa: E402
 from steerseg_msgs.msg import Track  # noqa: E402
 from steerseg_ros.streaming.pipeline import TrackState, TrackView  # noqa: E402
-from steerseg_ros.ros.messages import (MarkerConfig, grounding_to_msg, header_at, stamp_to_ns,  # noqa: E402
-                                       track_to_msg, tracks_to_markers, tracks_to_msg)
+from steerseg_ros.grounding.base import GroundingError  # noqa: E402
+from steerseg_ros.ros.messages import (MarkerConfig, ground_result_to_grounding, grounding_to_ground_result,  # noqa: E402
+                                       grounding_to_msg, header_at, stamp_to_ns, track_to_msg, tracks_to_markers,
+                                       tracks_to_msg)
 
 H, W = 60, 100
 
@@ -83,6 +85,37 @@ def test_grounding_message_names_the_chosen_point_and_its_map():
     assert (msg.map.encoding, msg.map.height, msg.map.width) == ("32FC1", 4, 5)
     values = np.frombuffer(bytes(msg.map.data), np.float32).reshape(4, 5)
     np.testing.assert_array_equal(values, maps[1])
+
+
+@pytest.mark.parametrize("in_view, score", [(None, float("nan")), (False, 0.03), (True, 0.97)])
+def test_a_grounder_nodes_answer_keeps_point_masks_and_the_in_view_answer(in_view, score):
+    """What a grounder node sends back over the Ground action is what the tracker node's pipeline
+    sees: the maps, the points with the masks a segmenting backend (SAM 3) made for them, and the
+    backend's "not in view" (without which a remote grounder's "the object is not there" would
+    start a track on the best wrong guess)."""
+    frames = [Frame(i, (i + 1) * 1_000_000_000, np.zeros((H, W, 3), np.uint8), "cam") for i in range(2)]
+    mask = np.zeros((H, W), bool)
+    mask[5:30, 40:90] = True
+    points = [PointPrompt(1, 60.0, 12.0, 0.8, mask=mask), PointPrompt(0, 3.0, 4.0, 0.4)]
+    maps = np.random.default_rng(0).random((2, 6, 7)).astype(np.float32)
+    sent = GroundingResult("the red cup", "sam3", frames, maps, points, class_word="red cup", in_view=in_view,
+                           in_view_score=score)
+    got = ground_result_to_grounding(grounding_to_ground_result(sent), frames)
+    np.testing.assert_array_equal(got.maps, maps)
+    assert [(p.keyframe_index, p.x, p.y, p.score) for p in got.points] == \
+        [(1, 60.0, 12.0, pytest.approx(0.8)), (0, 3.0, 4.0, pytest.approx(0.4))]
+    np.testing.assert_array_equal(got.points[0].mask, mask)
+    assert got.points[1].mask is None
+    assert got.in_view is in_view
+    assert (math.isnan(got.in_view_score) and math.isnan(score)) or got.in_view_score == pytest.approx(score)
+    # Without masks nothing extra goes on the wire.
+    plain = GroundingResult("x", "builtin", frames, maps, [PointPrompt(0, 3.0, 4.0, 0.4)])
+    assert not grounding_to_ground_result(plain).point_masks
+    # A mask of another size than its keyframe is refused, not used.
+    answer = grounding_to_ground_result(sent)
+    with pytest.raises(GroundingError, match="point mask"):
+        ground_result_to_grounding(answer, [Frame(i, (i + 1) * 1_000_000_000, np.zeros((H + 2, W, 3), np.uint8), "cam")
+                                            for i in range(2)])
 
 
 def test_grounding_message_without_a_choice():

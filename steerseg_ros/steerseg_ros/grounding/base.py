@@ -49,13 +49,16 @@ def clean_command(text: str, max_chars: int = MAX_COMMAND_CHARS) -> str:
 
 @dataclass
 class PointPrompt:
-    """A point on one keyframe where the grounding map is high (pixel coordinates)."""
+    """A point on one keyframe where the grounding map is high (pixel coordinates). `mask`: the
+    object's mask there when the backend segments it itself (SAM 3's instances, frame-sized
+    bool); target selection then takes it instead of asking the tracker for one."""
 
     keyframe_index: int
     x: float
     y: float
     score: float
     positive: bool = True
+    mask: Optional[np.ndarray] = field(default=None, repr=False)
 
 
 @dataclass

@@ -26,15 +26,16 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
+import cv2
 import numpy as np
 from builtin_interfaces.msg import Duration, Time
 from geometry_msgs.msg import Point, PointStamped, Vector3
-from sensor_msgs.msg import Image, PointCloud2, PointField, RegionOfInterest
+from sensor_msgs.msg import CompressedImage, Image, PointCloud2, PointField, RegionOfInterest
 from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker, MarkerArray
 
 from steerseg_ros.frame import NS_PER_S
-from steerseg_ros.grounding.base import GroundingResult
+from steerseg_ros.grounding.base import GroundingError, GroundingResult
 from steerseg_msgs.msg import GroundingResult as GroundingResultMsg
 from steerseg_msgs.msg import PointPrompt as PointPromptMsg
 from steerseg_msgs.msg import Track, TrackArray
@@ -203,6 +204,8 @@ def grounding_to_msg(result: GroundingResult) -> GroundingResultMsg:
                 msg.chosen_score = float(result.candidate_scores[best])
     if result.maps is not None and result.maps.ndim == 3 and 0 <= map_index < result.maps.shape[0]:
         msg.map = _float_image(result.maps[map_index], msg.header)
+    msg.in_view = {None: msg.IN_VIEW_UNKNOWN, False: msg.NOT_IN_VIEW, True: msg.IN_VIEW}[result.in_view]
+    msg.in_view_score = float(result.in_view_score)
     msg.stage_names = [str(k) for k in result.timings]
     msg.stage_seconds = [float(v) for v in result.timings.values()]
     return msg
@@ -221,14 +224,37 @@ def grounding_to_ground_result(result: GroundingResult):
         values = getattr(result, name)
         if values is not None:
             setattr(answer, name, [_float_image(m, header) for m in values])
+    if any(p.mask is not None for p in result.points):
+        answer.point_masks = [_mask_png(p.mask, header) for p in result.points]
     return answer
+
+
+def _mask_png(mask: Optional[np.ndarray], header: Header) -> CompressedImage:
+    """A point's mask as a PNG (mono8, 255 on the object); no data for a point without one.
+    PNG because a mask compresses some hundredfold: a grounding with 8 instances on each of
+    8 keyframes is tens of MB raw."""
+    msg = CompressedImage(header=header, format="png")
+    if mask is not None:
+        ok, data = cv2.imencode(".png", np.asarray(mask, bool).astype(np.uint8) * 255)
+        msg.data = data.tobytes()
+    return msg
+
+
+def _png_mask(msg: CompressedImage, size: tuple[int, int]) -> Optional[np.ndarray]:
+    """A point mask sent by `_mask_png`, checked against its keyframe's size (None: no mask)."""
+    if not len(msg.data):
+        return None
+    mask = cv2.imdecode(np.frombuffer(bytes(msg.data), np.uint8), cv2.IMREAD_GRAYSCALE)
+    if mask is None or mask.shape != tuple(size):
+        raise GroundingError(f"the grounder node sent a point mask that is not a {size[1]}x{size[0]} PNG")
+    return mask > 0
 
 
 def ground_result_to_grounding(answer, keyframes: list) -> GroundingResult:
     """A grounder node's answer as the core's GroundingResult on the tracker's own `keyframes`
     (the frames the request was made from, in the same order). Raises GroundingError when the
     answer does not fit them."""
-    from steerseg_ros.grounding.base import GroundingError, PointPrompt
+    from steerseg_ros.grounding.base import PointPrompt
 
     msg = answer.result
     stamps = [stamp_to_ns(t) for t in msg.keyframe_stamps]
@@ -241,13 +267,23 @@ def ground_result_to_grounding(answer, keyframes: list) -> GroundingResult:
     maps = stack(answer.maps)
     if maps is None:
         raise GroundingError("the grounder node's answer has no maps")
+    points = [PointPrompt(int(p.keyframe_index), float(p.x), float(p.y), float(p.score), bool(p.positive))
+              for p in msg.points]
+    if answer.point_masks:
+        if len(answer.point_masks) != len(points):
+            raise GroundingError(f"the grounder node sent {len(answer.point_masks)} point masks for "
+                                 f"{len(points)} points")
+        for p, m in zip(points, answer.point_masks):
+            if not 0 <= p.keyframe_index < len(keyframes):
+                raise GroundingError(f"point on keyframe {p.keyframe_index} of {len(keyframes)}")
+            p.mask = _png_mask(m, keyframes[p.keyframe_index].image.shape[:2])
+    in_view = {msg.NOT_IN_VIEW: False, msg.IN_VIEW: True}.get(msg.in_view)
     result = GroundingResult(
-        command=msg.command, backend=msg.backend, keyframes=list(keyframes), maps=maps,
-        points=[PointPrompt(int(p.keyframe_index), float(p.x), float(p.y), float(p.score), bool(p.positive))
-                for p in msg.points],
+        command=msg.command, backend=msg.backend, keyframes=list(keyframes), maps=maps, points=points,
         frame_maps=stack(answer.frame_maps), video_maps=stack(answer.video_maps),
         class_word=msg.class_word, attributes=list(msg.attributes), generated_text=msg.generated_text,
-        timings={str(k): float(v) for k, v in zip(msg.stage_names, msg.stage_seconds)})
+        timings={str(k): float(v) for k, v in zip(msg.stage_names, msg.stage_seconds)},
+        in_view=in_view, in_view_score=float(msg.in_view_score))
     result.validate()
     return result
 
