@@ -99,7 +99,7 @@ def generate_launch_description():
                               description="Parameters file of the grounder node (its section is "
                                           "/**/steerseg_grounder)"),
         DeclareLaunchArgument("grounder", default_value="builtin",
-                              description="Grounding backend: builtin, decaf, steerseg or oracle (ground truth from disk, benchmarks only)"),
+                              description="Grounding backend: builtin, decaf, steerseg, sam3 (noun phrases, SAM 3 weights) or oracle (ground truth from disk, benchmarks only)"),
         DeclareLaunchArgument("tracker", default_value="builtin",
                               description="Tracking backend: builtin, sam2 (transformers), sam2_meta (Meta's sam2) or sam3 (transformers, SAM 3 weights)"),
         DeclareLaunchArgument("drawer", default_value="true", choices=["true", "false"],

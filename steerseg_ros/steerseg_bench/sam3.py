@@ -11,7 +11,11 @@ the memory figures are the architecture's, the timings a tiny model's, the masks
 - the cost per frame of the tracker against transformers' loop on the same frames (medians, the
   two stepped in turn on every frame so that both see the same machine load, one run), as a ratio;
 - the per-frame time with 1, 2 and 4 objects, batched and one by one, and the added-object ratio
-  ((step(n) - step(1)) / (n - 1) / step(1)) as the sam2 benchmark reports it (its _step_ratios).
+  ((step(n) - step(1)) / (n - 1) / step(1)) as the sam2 benchmark reports it (its _step_ratios);
+- the concept grounder (grounder.backend sam3) on the tiny random Sam3Model: its time per
+  keyframe (model call and instance post-processing) against transformers' own (Sam3Model on
+  the same pixels, then Sam3ImageProcessor.post_process_instance_segmentation), in turn on each
+  frame, as a ratio, and the instances it found per keyframe.
 Frames are steerseg_bench.sam2's synthetic ones. Timings depend on the machine and its load:
 `load_average` is recorded with them.
 """
@@ -69,6 +73,44 @@ def _memory_and_cost(folder: Path, frames: int, warm_up: int, height: int, width
     return figures
 
 
+def _grounder_cost(folder: Path, frames: int, height: int, width: int) -> dict:
+    """The concept grounder's instances of one phrase on `frames` frames against transformers' own
+    model call and post-processing, in turn on each frame."""
+    import torch
+    from transformers import AutoTokenizer, Sam3Model
+
+    from steerseg_ros.grounding.sam3 import Sam3Grounder, Sam3GrounderConfig
+    from steerseg_testing.tiny_sam3 import sam3_pixel_values, transformers_instances
+
+    video = synthetic_frames(frames + 1, height, width)
+    grounder = Sam3Grounder(Sam3GrounderConfig(model=str(folder), local_files_only=True, device="cpu"))
+    model = Sam3Model.from_pretrained(str(folder), local_files_only=True).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    size = int(model.config.vision_config.image_size)
+    ours_ms, theirs_ms, found = [], [], []
+    for i, frame in enumerate(video):
+        start = time.perf_counter()
+        instances = grounder.instances(frame.image, "cow")
+        ours = 1000 * (time.perf_counter() - start)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            text = tokenizer(["cow"], return_tensors="pt", padding="max_length", max_length=32)
+            transformers_instances(model(pixel_values=sam3_pixel_values(frame.image, size), **text),
+                                   frame.image.shape[:2])
+        theirs = 1000 * (time.perf_counter() - start)
+        if i:  # the first call of each warms up
+            ours_ms.append(ours)
+            theirs_ms.append(theirs)
+            found.append(len(instances.scores))
+    grounder.close()
+    figures = {"frames": frames, "grounder_ms_per_keyframe": float(np.median(ours_ms)),
+               "transformers_ms_per_keyframe": float(np.median(theirs_ms)),
+               "instances_per_keyframe": float(np.mean(found))}
+    figures["cost_ratio_grounder_over_transformers"] = (figures["grounder_ms_per_keyframe"]
+                                                        / figures["transformers_ms_per_keyframe"])
+    return figures
+
+
 def bench_sam3(image_size: int = 224, frames: int = 20, objects: Sequence[int] = (1, 2, 4),
                memory_frames: int = 1000, warm_up: int = 40, frame_size: tuple[int, int] = (120, 160),
                threads: int = 1) -> dict:
@@ -78,7 +120,8 @@ def bench_sam3(image_size: int = 224, frames: int = 20, objects: Sequence[int] =
     import torch
 
     from steerseg_ros.tracking.sam3 import Sam3Tracker, Sam3TrackerConfig
-    from steerseg_testing.tiny_sam3 import save_random_sam3, tiny_config
+    from steerseg_testing.tiny_sam3 import (save_random_sam3, save_random_sam3_detector, tiny_config,
+                                            tiny_detector_config)
 
     if threads > 0:
         torch.set_num_threads(threads)
@@ -100,6 +143,8 @@ def bench_sam3(image_size: int = 224, frames: int = 20, objects: Sequence[int] =
         batched.close()
         out["step_ms"], out["step_ms_unbatched"] = step_ms, step_ms_unbatched
         out.update(_step_ratios(step_ms, step_ms_unbatched, cpu_ms))
+        detector = save_random_sam3_detector(Path(tmp) / "detector", tiny_detector_config(image_size))
+        out["grounder"] = _grounder_cost(detector, frames, height, width)
     return out
 
 

@@ -1,12 +1,16 @@
-"""Randomly initialised SAM 3 tracker checkpoints (Sam3TrackerVideoModel) built from a config in code.
+"""Randomly initialised SAM 3 checkpoints built from configs in code: the tracker
+(Sam3TrackerVideoModel) and the concept detector (Sam3Model, with a CLIP tokenizer).
 
 Owns `tiny_config` (a two-layer ViT with its FPN neck, one memory-attention layer: a few MB,
 tens of milliseconds per frame on a CPU at 224 px), `random_sam3` and `save_random_sam3`, which
 writes a folder laid out like a hub checkpoint (config.json, model.safetensors and, unless told
 not to, a preprocessor_config.json with SAM 3's normalisation) that `Sam3Tracker` loads through
 the same code as facebook/sam3, and `TransformersStream`, transformers' own streaming loop that
-the parity test and the benchmark hold the `sam3` tracker against. Random weights make meaningless masks: use them to test
-behaviour and to time, never to judge quality.
+the parity test and the benchmark hold the `sam3` tracker against; and for the concept grounder
+`tiny_detector_config`, `save_random_sam3_detector` (Sam3Model, its tokenizer and processor
+config in a hub-like folder that `Sam3Grounder` loads as it loads facebook/sam3) and
+`transformers_instances`, transformers' own post-processing of Sam3Model's outputs. Random
+weights make meaningless masks: use them to test behaviour and to time, never to judge quality.
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from typing import Optional, Union
 import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers import (Sam3TrackerVideoConfig, Sam3TrackerVideoInferenceSession, Sam3TrackerVideoModel,
+from transformers import (CLIPTokenizer, Sam3Config, Sam3Model, Sam3TrackerVideoConfig, Sam3TrackerVideoInferenceSession, Sam3TrackerVideoModel,
                           Sam3TrackerVideoProcessor)
 from transformers.models.sam3.configuration_sam3 import Sam3ViTConfig, Sam3VisionConfig
 
@@ -169,3 +173,88 @@ class TransformersStream:
     def memory_bytes(self) -> int:
         """Bytes of tensor storage the session holds (counted as the tracker counts its own)."""
         return tensor_bytes(session_parts(self.session))
+
+
+# ---- the concept detector (Sam3Model) ------------------------------------------------------------
+def tiny_tokenizer() -> CLIPTokenizer:
+    """A CLIP tokenizer built offline: every byte as a token (and as a word end), no merges, and
+    CLIP's two special tokens; 514 ids. It tokenizes any text, a character at a time."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    chars = list(bytes_to_unicode().values())
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=[])
+
+
+def tiny_detector_config(image_size: int = 224, num_queries: int = 16) -> Sam3Config:
+    """A Sam3Config with every part present but tiny: the tracker's 2-layer ViT and FPN (width
+    64), a one-layer CLIP text encoder over `tiny_tokenizer`'s 514 ids, one layer each of the
+    geometry encoder, DETR encoder and decoder, and `num_queries` queries."""
+    if image_size < 112 or image_size % 112:
+        raise ValueError(f"image_size must be a positive multiple of 112, got {image_size}")
+    grid = image_size // PATCH
+    hidden = 64
+    backbone = Sam3ViTConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=1,
+                             image_size=image_size, patch_size=PATCH, window_size=8, global_attn_indexes=[1],
+                             pretrain_image_size=image_size)
+    vision = Sam3VisionConfig(backbone_config=backbone, fpn_hidden_size=hidden,
+                              backbone_feature_sizes=[[4 * grid, 4 * grid], [2 * grid, 2 * grid], [grid, grid]])
+    text = dict(model_type="clip_text_model", vocab_size=514, hidden_size=32, intermediate_size=64,
+                projection_dim=32, num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=32,
+                bos_token_id=512, eos_token_id=513, pad_token_id=513)
+    layers = lambda **k: dict(hidden_size=hidden, num_attention_heads=2, intermediate_size=128,  # noqa: E731
+                              num_layers=1, **k)
+    return Sam3Config(vision_config=vision, text_config=text, geometry_encoder_config=layers(),
+                      detr_encoder_config=layers(), detr_decoder_config=layers(num_queries=num_queries),
+                      mask_decoder_config=dict(hidden_size=hidden, num_attention_heads=2))
+
+
+def random_sam3_detector(config: Optional[Sam3Config] = None, seed: int = 0, presence_bias: float = 4.0,
+                         query_scale: float = 60.0) -> Sam3Model:
+    """A randomly initialised Sam3Model (the tiny config by default). `presence_bias`: the bias of
+    the presence head (4: the concept "present" on every image, about 0.98; -4: never).
+    `query_scale` multiplies the query projection of the scoring head, spreading the query
+    scores (all near 0.5 at transformers' initialisation) so that some pass the 0.3 threshold
+    and some do not."""
+    torch.manual_seed(seed)
+    model = Sam3Model(config or tiny_detector_config()).eval()
+    with torch.no_grad():
+        model.detr_decoder.presence_head.layer3.bias.fill_(presence_bias)
+        model.dot_product_scoring.query_proj.weight.mul_(query_scale)
+    return model
+
+
+def save_random_sam3_detector(folder: Union[str, Path], config: Optional[Sam3Config] = None, seed: int = 0,
+                              presence_bias: float = 4.0) -> Path:
+    """Write a random Sam3Model checkpoint with its tokenizer and processor config to `folder`;
+    returns it. Load it with Sam3Grounder(Sam3GrounderConfig(model=str(folder)))."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model = random_sam3_detector(config, seed, presence_bias)
+    model.save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    (folder / "preprocessor_config.json").write_text(
+        json.dumps(processor_config(model.config.vision_config.image_size), indent=2) + "\n")
+    return folder
+
+
+def transformers_instances(output, size: tuple[int, int], threshold: float = 0.3,
+                           mask_threshold: float = 0.5) -> dict:
+    """transformers' own Sam3ImageProcessor.post_process_instance_segmentation on one image's
+    Sam3Model output (scores, boxes, masks). Its module imports torchvision's batched_nms at
+    the top, which this package cannot install with its CPU torch; the instance post-processing
+    never calls it, so an empty torchvision.ops.boxes stands in for the import alone."""
+    import importlib
+    import sys
+    import types
+
+    if "torchvision.ops.boxes" not in sys.modules:
+        for name in ("torchvision", "torchvision.ops", "torchvision.ops.boxes"):
+            sys.modules.setdefault(name, types.ModuleType(name))
+        sys.modules["torchvision.ops.boxes"].batched_nms = None
+    module = importlib.import_module("transformers.models.sam3.image_processing_sam3")
+    processor = module.Sam3ImageProcessor.__new__(module.Sam3ImageProcessor)
+    return processor.post_process_instance_segmentation(output, threshold, mask_threshold, [size])[0]

@@ -234,7 +234,7 @@ def test_state_stays_flat_where_transformers_session_grows(checkpoint, dog):
     assert reference_sizes[59] - reference_sizes[20] > 39 * 100_000, reference_sizes
 
 
-def test_benchmark_reports_both_memory_figures_the_cost_ratio_and_the_added_object_ratio():
+def test_benchmark_reports_memory_cost_and_added_object_ratios_and_the_concept_grounders_cost():
     from steerseg_bench.sam3 import bench_sam3
 
     figures = bench_sam3(frames=3, objects=(1, 2), memory_frames=30, warm_up=20)
@@ -243,3 +243,5 @@ def test_benchmark_reports_both_memory_figures_the_cost_ratio_and_the_added_obje
     assert memory["transformers_growth_bytes_per_frame"] > 100_000
     assert memory["cost_ratio_tracker_over_transformers"] > 0
     assert set(figures["added_object_ratio"]) == {2}
+    grounder = figures["grounder"]
+    assert grounder["cost_ratio_grounder_over_transformers"] > 0 and grounder["instances_per_keyframe"] > 0

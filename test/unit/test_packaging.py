@@ -73,6 +73,11 @@ def test_tiny_models_tool_writes_checkpoints_the_backends_load(tmp_path):
     grounder = make_grounder("decaf", {"model": paths["grounder.model"], "device": "cpu"})
     tracker = make_tracker("sam2", {"model": paths["tracker.model"], "device": "cpu"})
     assert grounder.name == "decaf" and tracker.name == "sam2"
+    sam3 = make_tracker("sam3", {"model": paths["tracker.model (tracker.backend sam3)"], "device": "cpu",
+                                 "local_files_only": True})
+    concept = make_grounder("sam3", {"model": paths["grounder.model (grounder.backend sam3) or grounder.sam3_candidates"],
+                                     "device": "cpu", "local_files_only": True})
+    assert (sam3.name, concept.name) == ("sam3", "sam3")
 
 
 def test_rviz_is_not_a_run_dependency():

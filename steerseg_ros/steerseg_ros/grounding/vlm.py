@@ -48,6 +48,7 @@ from steerseg_ros.grounding.vlm_inputs import (FAMILIES, SOFT_TOKEN, PromptBatch
                                                encode_prompt, encode_video, frame_size, load_processor,
                                                resize_rgb, video_size)
 from steerseg_ros.grounding.prompts import points_in_cell_order
+from steerseg_ros.grounding.sam3 import Sam3GrounderConfig, Sam3Instances, instance_points, noun_phrase
 
 log = logging.getLogger("steerseg_ros.grounding.vlm")
 
@@ -135,6 +136,11 @@ class VLMGrounderConfig:
     in_view_threshold: float = field(default=0.5, metadata={
         "help": "in view when the check's score (P(yes), or the attention share) is at or above this; "
                 "calibrate it per model on frames with and without the object (README)"})
+    sam3_candidates: str = field(default="", metadata={
+        "help": "the hybrid: a SAM 3 checkpoint (hub id or folder, e.g. facebook/sam3) prompted with the class "
+                "word on every keyframe; its instances become the candidate targets and the attention maps "
+                "choose among them (selection's scoring), instead of point prompts segmented by the tracker. "
+                "Empty: off (the default until it is measured with real weights)"})
     in_view_question: str = field(default=questions.VISIBILITY_QUESTION, metadata={
         "help": "the visibility question of in_view_check question; {expression} becomes the command "
                 "(lower-cased, without its final '.' or '?')"})
@@ -357,6 +363,10 @@ class VLMGrounder(Grounder):
         vp = processor.video_processor
         self.factor = vp.patch_size * vp.merge_size
         self.frames_per_step = vp.temporal_patch_size
+        self.sam3 = None
+        if config.sam3_candidates.strip():
+            self.sam3 = Sam3Instances(config.sam3_candidates.strip(), device=str(self.device),
+                                      local_files_only=config.local_files_only)
         self._lock = threading.Lock()
         self._timer: Optional[_Stages] = None
 
@@ -581,7 +591,13 @@ class VLMGrounder(Grounder):
         with stage("points"):
             points = self._points(maps.fused, keyframes)
         in_view = None
-        if cfg.in_view_check != "none":
+        if self.sam3 is not None:
+            with stage("sam3"):
+                points, presence = self._sam3_points(keyframes, class_word or command)
+            text += f"\nSAM 3 candidates for {class_word or command!r}: {len(points)} (presence {presence:.3f})"
+            if presence < Sam3GrounderConfig.presence_threshold:
+                in_view, in_view_score = False, presence
+        if cfg.in_view_check != "none" and in_view is None:
             if cfg.in_view_check == "attention":
                 in_view_score = maps.object_mass
             # A score that could not be computed (no attention mass at all) says nothing: in view
@@ -596,6 +612,16 @@ class VLMGrounder(Grounder):
                                  timings=stage.timings, in_view=in_view, in_view_score=float(in_view_score))
         result.validate()
         return result
+
+    def _sam3_points(self, keyframes: list[Frame], words: str) -> tuple[list[PointPrompt], float]:
+        """The hybrid's candidates: SAM 3's instances of the class word (its leading noun phrase)
+        on each keyframe, as points carrying their masks; and SAM 3's highest presence
+        probability over the keyframes (below the sam3 grounder's default threshold the concept
+        is not in view)."""
+        phrase = noun_phrase(words)
+        found = [self.sam3(f.image, phrase) for f in keyframes]
+        points = [p for k, i in enumerate(found) for p in instance_points(i, k, Sam3GrounderConfig.max_instances)]
+        return points, max(i.presence for i in found)
 
     def _points(self, fused: np.ndarray, keyframes: list[Frame]) -> list[PointPrompt]:
         cfg = self.config

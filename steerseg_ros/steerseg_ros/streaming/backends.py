@@ -21,6 +21,7 @@ GROUNDERS: dict[str, tuple[str, str, str, dict[str, Any]]] = {
     "builtin": ("steerseg_ros.grounding.builtin", "BuiltinGrounder", "BuiltinGrounderConfig", {}),
     "decaf": ("steerseg_ros.grounding.vlm", "VLMGrounder", "VLMGrounderConfig", {"mode": "decaf"}),
     "steerseg": ("steerseg_ros.grounding.vlm", "VLMGrounder", "VLMGrounderConfig", {"mode": "steerseg"}),
+    "sam3": ("steerseg_ros.grounding.sam3", "Sam3Grounder", "Sam3GrounderConfig", {}),  # noun phrases
     "oracle": ("steerseg_ros.grounding.oracle", "OracleGrounder", "OracleGrounderConfig", {}),  # ground truth: benchmarks
     # A grounder node in another process or on another machine (needs ROS).
     "remote": ("steerseg_ros.ros.remote_grounder", "RemoteGrounder", "RemoteGrounderConfig", {}),

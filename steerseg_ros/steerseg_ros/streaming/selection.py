@@ -2,7 +2,7 @@
 
 Owns `SelectionConfig`, `Tracklet`, and `select`, which the pipeline calls between the grounder
 and the tracker. Each point prompt gives a candidate mask on its keyframe (the tracker's
-`segment`); overlapping candidates are suppressed; each survivor is propagated over the other
+`segment`, or the mask the grounder made itself: SAM 3's instances); overlapping candidates are suppressed; each survivor is propagated over the other
 keyframes (forward, then backward) into a tracklet; tracklets are ranked by one of two scorers
 (METHOD.md):
 
@@ -124,6 +124,17 @@ def _propagate(result: GroundingResult, tracker: Tracker, t: Tracklet) -> None:
     t.masks = masks
 
 
+def map_value(result: GroundingResult, p) -> float:
+    """V_p for a point the grounder gave with its own mask: the value of the point's keyframe
+    map in the cell under the point (for the hybrid, the attention map's: SAM 3's score is the
+    candidate's s_sam)."""
+    grid = result.maps[p.keyframe_index]
+    h, w = result.keyframes[p.keyframe_index].image.shape[:2]
+    row = min(int(p.y * grid.shape[0] / h), grid.shape[0] - 1)
+    col = min(int(p.x * grid.shape[1] / w), grid.shape[1] - 1)
+    return float(grid[row, col])
+
+
 def build_tracklets(result: GroundingResult, tracker: Tracker, config: SelectionConfig) -> list[Tracklet]:
     """Candidates from the best `max_points` points, in order of s_sam + V_p; a candidate
     overlapping one kept on the same keyframe, or a kept tracklet there, is dropped. Points must
@@ -135,6 +146,11 @@ def build_tracklets(result: GroundingResult, tracker: Tracker, config: Selection
         p = result.points[i]
         if config.skip_covered_points and any(
                 c.keyframe_index == p.keyframe_index and c.mask[int(p.y), int(p.x)] for c in candidates):
+            continue
+        if p.mask is not None:
+            # The grounder segmented the object itself (SAM 3): its mask and score are the candidate's.
+            if p.mask.any():
+                candidates.append(Tracklet(p.keyframe_index, i, p.mask, p.score, map_value(result, p)))
             continue
         proposals = tracker.segment(result.keyframes[p.keyframe_index],
                                     np.array([[p.x, p.y]], np.float32), np.array([1], np.int32))

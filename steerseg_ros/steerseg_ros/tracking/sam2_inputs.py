@@ -87,6 +87,38 @@ def processor_normalization(model_name: str, image_size: int, device: torch.devi
     return fused(mean), fused(std)
 
 
+def pixel_values(image: np.ndarray, image_size: int, mean: torch.Tensor, std: torch.Tensor,
+                 device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """HxWx3 uint8 RGB -> (1, 3, S, S) normalised pixel values, bit for bit what transformers'
+    SAM2 and SAM 3 processors (Sam2ImageProcessor, Sam2VideoVideoProcessor, Sam3ImageProcessor;
+    transformers 5.23) compute from the same frame on the same device, with `mean` and `std`
+    from `processor_normalization`:
+    - the channel-first uint8 image resized to S x S as torchvision's resize does it
+      (bilinear, antialiased): with the native uint8 kernel on a CPU with AVX2 or AVX512,
+      otherwise (GPU, other CPUs) in float32 and rounded back to uint8;
+    - rescale and normalise fused into (x - mean/rescale) / (std/rescale) in float32, i.e.
+      (x - 255 mean) / (255 std), not (x/255 - mean) / std: the two differ by a rounding step
+      that random and real weights alike can amplify into different masks.
+    Written here because the processors need torchvision, which this package cannot depend on."""
+    array = np.ascontiguousarray(image)
+    if not array.flags.writeable:
+        array = array.copy()  # torch.from_numpy warns about read-only memory (e.g. a ROS message buffer)
+    x = torch.from_numpy(array)
+    if device.type == "cuda":
+        # Through page-locked memory: the copy to the GPU then runs asynchronously.
+        x = x.pin_memory().to(device, non_blocking=True)
+    x = x.permute(2, 0, 1).contiguous().to(device)[None]
+    size = (image_size, image_size)
+    if tuple(x.shape[-2:]) != size:
+        if x.device.type == "cpu" and torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
+            x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+        else:
+            x = F.interpolate(x.float(), size=size, mode="bilinear", antialias=True, align_corners=False)
+            x = x.round_().to(torch.uint8)
+    x = (x.to(torch.float32) - mean) / std
+    return x.to(dtype)
+
+
 class Sam2FrameInputs:
     """Frames and prompts in, masks out, for a SAM2 tracker. The host class sets `device`,
     `dtype`, `image_size`, `mean`, `std`, `config` (mask_threshold, feature_cache_frames),
@@ -109,33 +141,8 @@ class Sam2FrameInputs:
                                f"{getattr(image, 'dtype', type(image))} {getattr(image, 'shape', '')}")
 
     def _preprocess(self, image: np.ndarray) -> torch.Tensor:
-        """HxWx3 uint8 RGB -> (1, 3, S, S) normalised pixel values, bit for bit what transformers'
-        SAM2 processors (Sam2ImageProcessor, Sam2VideoVideoProcessor; transformers 5.23) compute
-        from the same frame on the same device:
-        - the channel-first uint8 image resized to S x S as torchvision's resize does it
-          (bilinear, antialiased): with the native uint8 kernel on a CPU with AVX2 or AVX512,
-          otherwise (GPU, other CPUs) in float32 and rounded back to uint8;
-        - rescale and normalise fused into (x - mean/rescale) / (std/rescale) in float32, i.e.
-          (x - 255 mean) / (255 std), not (x/255 - mean) / std: the two differ by a rounding step
-          that random and real weights alike can amplify into different masks.
-        Written here because the processors need torchvision, which this package cannot depend on."""
-        array = np.ascontiguousarray(image)
-        if not array.flags.writeable:
-            array = array.copy()  # torch.from_numpy warns about read-only memory (e.g. a ROS message buffer)
-        x = torch.from_numpy(array)
-        if self.device.type == "cuda":
-            # Through page-locked memory: the copy to the GPU then runs asynchronously.
-            x = x.pin_memory().to(self.device, non_blocking=True)
-        x = x.permute(2, 0, 1).contiguous().to(self.device)[None]
-        size = (self.image_size, self.image_size)
-        if tuple(x.shape[-2:]) != size:
-            if x.device.type == "cpu" and torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
-                x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
-            else:
-                x = F.interpolate(x.float(), size=size, mode="bilinear", antialias=True, align_corners=False)
-                x = x.round_().to(torch.uint8)
-        x = (x.to(torch.float32) - self.mean) / self.std
-        return x.to(self.dtype)
+        """HxWx3 uint8 RGB -> (1, 3, S, S) normalised pixel values (`pixel_values`)."""
+        return pixel_values(image, self.image_size, self.mean, self.std, self.device, self.dtype)
 
     def _to_image(self, logits: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
         """(K, h, w) low-resolution mask logits -> (K, H, W) bool masks at the frame size."""
