@@ -73,6 +73,15 @@ def test_a_fixed_phrase_overrides_the_command(checkpoint, cows):
 
 
 # ---- loading ---------------------------------------------------------------------------------
+def test_a_closed_grounder_refuses_with_a_grounding_error(checkpoint, cows):
+    from steerseg_ros.grounding.base import GroundingError
+
+    grounder = make(checkpoint)
+    grounder.close()
+    with pytest.raises(GroundingError, match="closed"):
+        grounder.ground(keyframes(cows, 1), "the cow")
+
+
 def test_missing_weights_say_how_to_get_the_gated_checkpoint(tmp_path):
     with pytest.raises(ModelUnavailableError) as e:
         make(tmp_path / "nowhere")

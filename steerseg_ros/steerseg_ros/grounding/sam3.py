@@ -237,6 +237,8 @@ class Sam3Grounder(Grounder):
                                        c.mask_threshold)
 
     def ground(self, keyframes: Sequence[Frame], command: str) -> GroundingResult:
+        if self.instances is None:
+            raise GroundingError("the grounder was closed")
         if not keyframes:
             raise GroundingError("no keyframes to ground on")
         phrase = self.config.phrase.strip() or noun_phrase(command)
