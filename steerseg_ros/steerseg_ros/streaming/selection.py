@@ -2,9 +2,9 @@
 
 Owns `SelectionConfig`, `Tracklet`, and `select`, which the pipeline calls between the grounder
 and the tracker. Each point prompt gives a candidate mask on its keyframe (the tracker's
-`segment`, or the mask the grounder made itself: SAM 3's instances); overlapping candidates are suppressed; each survivor is propagated over the other
-keyframes (forward, then backward) into a tracklet; tracklets are ranked by one of two scorers
-(METHOD.md):
+`segment`, or the mask the grounder made itself: SAM 3's instances); overlapping candidates are
+suppressed; each survivor is propagated over the other keyframes (forward, then backward) into a
+tracklet; tracklets are ranked by one of two scorers (METHOD.md):
 
 - "decaf": s_trk = (s_sam + V_p + s_ac) / 3, with s_ac the attention-consistency score; keep
   the tracklets with s_trk above a threshold, else the best one.
