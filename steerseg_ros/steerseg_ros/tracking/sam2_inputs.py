@@ -1,7 +1,8 @@
 """What a SAM2 model call is fed, shared by both SAM2 backends (transformers' and Meta's).
 
-Owns `Sam2FrameInputs` (a mixin): the frame check, the pre-processing written to match
-transformers' SAM2 processors bit for bit, point and mask prompts scaled to the model's input,
+Owns `pixel_values`, the pre-processing written to match transformers' SAM2 and SAM 3
+processors bit for bit (the SAM 3 concept grounder uses it too), and `Sam2FrameInputs` (a
+mixin): the frame check, point and mask prompts scaled to the model's input,
 low-resolution logits back to frame-sized masks, and the bounded per-frame feature cache that
 lets the image encoder run once per frame. Also `processor_normalization`, the mean and std a
 transformers checkpoint's processor config gives, and `tracked_result`, how both backends turn a
