@@ -202,8 +202,19 @@ def test_overlay_drawn_by_the_drawing_node_over_dds_and_the_tracker_unaffected(t
         assert rp.wait_until(lambda: recorder.node.count_subscribers("/mask") >= 2, 60.0), drawer.text()[-3000:]
         # The first frames go out once the tracker, the drawing node and the watcher all hear them.
         manifest, log, _ = _play(tmp_path, domain, recorder, frames, command, 3)
-        # The watcher's best-effort camera frames may be lost now and then: most, not all.
-        assert rp.wait_until(lambda: len(watcher.overlays) >= 0.9 * len(manifest), 30.0), \
+        # An overlay for every frame from the drawing node's first one on. Its first frames can
+        # be lost while the tracker's mask and tracks publishers are still matching its
+        # subscriptions (discovery, which nothing here can wait on: the counts this participant
+        # sees are its own view of the graph); a soak pass beside a busy core lost frames 0-3 so.
+        def drawn_from_first() -> bool:
+            with watcher.lock:
+                got = [e["stamp_ns"] in watcher.overlays for e in manifest]
+            if not any(got):
+                return False
+            first = got.index(True)
+            return first <= len(got) // 4 and sum(got[first:]) >= 0.95 * (len(got) - first)
+
+        assert rp.wait_until(drawn_from_first, 30.0), \
             (f"{len(watcher.overlays)} overlays for {len(manifest)} frames: missing "
              f"{[e['index'] for e in manifest if e['stamp_ns'] not in watcher.overlays]}, images missing "
              f"{[e['index'] for e in manifest if e['stamp_ns'] not in watcher.images]}\n{drawer.text()[-3000:]}")
