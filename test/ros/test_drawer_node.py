@@ -208,7 +208,8 @@ def test_overlay_drawn_by_the_drawing_node_over_dds_and_the_tracker_unaffected(t
         # sees are its own view of the graph); a soak pass beside a busy core lost frames 0-3 so.
         def drawn_from_first() -> bool:
             with watcher.lock:
-                got = [e["stamp_ns"] in watcher.overlays for e in manifest]
+                # A frame counts once both its overlay and its markers (published after it) are here.
+                got = [e["stamp_ns"] in watcher.overlays and e["stamp_ns"] in watcher.markers for e in manifest]
             if not any(got):
                 return False
             first = got.index(True)
@@ -250,7 +251,7 @@ def test_overlay_drawn_by_the_drawing_node_over_dds_and_the_tracker_unaffected(t
         expected = render.overlay_labels(image[..., ::-1].copy(), masks[stamp], shown, 0.5)
         assert np.array_equal(overlay, expected), f"the overlay at {stamp} differs from the renderer's"
         drawn += bool(shown)
-        assert stamp in watcher.markers
+        assert stamp in watcher.markers, f"no markers for the overlay at {stamp}"
     assert compared >= 0.7 * len(manifest) and drawn >= 1, (compared, drawn)
     assert "Traceback" not in drawer_log and "Traceback" not in log and "Traceback" not in log_alone
 
