@@ -25,6 +25,8 @@ PKG = REPO / "steerseg_ros"
 # The state each lifecycle transition leads to when it succeeds.
 TRANSITION_GOALS = {"configure": "inactive", "activate": "active", "deactivate": "inactive",
                     "cleanup": "unconfigured", "shutdown": "finalized"}
+TRANSITION_STARTS = {"configure": "unconfigured", "activate": "inactive", "deactivate": "active",
+                     "cleanup": "inactive"}
 
 
 def node_command() -> list[str]:
@@ -144,24 +146,39 @@ class Recorder:
 
     def change_state(self, transition: str, timeout: float = 30.0) -> bool:
         """Ask the node for a lifecycle transition ("configure", "activate", ...), as a
-        lifecycle manager or launch does."""
+        lifecycle manager or launch does. Fast DDS can lose a request sent just after the
+        service was discovered (its request reader not matched yet) and a response likewise
+        ("failed to send response (timeout)", seen in CI): when no answer comes within a few
+        seconds the node's state says what happened, and the request is sent again while the
+        node is still in the state the transition starts from (a lost request: a soak pass
+        beside a busy core waited out 60 s on one, the node never having heard it)."""
         from lifecycle_msgs.srv import ChangeState
 
+        goal = TRANSITION_GOALS.get(transition)
+        start = TRANSITION_STARTS.get(transition)
+        deadline = time.monotonic() + timeout
         client = self.node.create_client(ChangeState, f"/{NODE_NAME}/change_state")
         try:
             if not client.wait_for_service(timeout_sec=timeout):
                 return False
-            request = ChangeState.Request()
-            request.transition.label = transition
-            future = client.call_async(request)
-            done = threading.Event()
-            future.add_done_callback(lambda _f: done.set())
-            if not done.wait(timeout):
-                # Fast DDS may drop a service response when the client's response reader is not
-                # matched yet ("failed to send response (timeout)", seen in CI): the transition
-                # happened all the same. The node's state says whether it did.
-                return self.state(timeout=15.0) == TRANSITION_GOALS.get(transition)
-            return bool(future.result().success)
+            future = None
+            while True:
+                if future is None:
+                    request = ChangeState.Request()
+                    request.transition.label = transition
+                    future = client.call_async(request)
+                    done = threading.Event()
+                    future.add_done_callback(lambda _f, d=done: d.set())
+                left = deadline - time.monotonic()
+                if done.wait(max(0.1, min(10.0, left))):
+                    return bool(future.result().success) or self.state(timeout=15.0) == goal
+                current = self.state(timeout=15.0)
+                if current == goal:
+                    return True
+                if time.monotonic() >= deadline:
+                    return False
+                if current == start:
+                    future = None  # never heard: ask again (a transition under way is waited for)
         finally:
             self.node.destroy_client(client)
 
