@@ -41,10 +41,10 @@ from transformers import AutoTokenizer, Sam3Model
 from steerseg_ros.frame import Frame
 from steerseg_ros.grounding.base import (Grounder, GroundingError, GroundingResult, ModelUnavailableError,
                                          PointPrompt)
+from steerseg_ros.grounding.vlm import DTYPES, resolve_device
 from steerseg_ros.tracking.sam2_inputs import pixel_values, processor_normalization
 from steerseg_ros.tracking.sam3 import SAM3_MEAN, SAM3_MODEL, SAM3_STD, missing_weights_message
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # Sam3Processor pads every phrase to this many tokens (its __call__: padding="max_length").
 TEXT_TOKENS = 32
 
@@ -124,15 +124,6 @@ class Instances:
     scores: np.ndarray
     probabilities: np.ndarray
     presence: float
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise GroundingError(f"device {name!r} asked for, but no CUDA device is available")
-    return device
 
 
 class Sam3Instances:

@@ -48,7 +48,6 @@ from steerseg_ros.grounding.vlm_inputs import (FAMILIES, SOFT_TOKEN, PromptBatch
                                                encode_prompt, encode_video, frame_size, load_processor,
                                                resize_rgb, video_size)
 from steerseg_ros.grounding.prompts import points_in_cell_order
-from steerseg_ros.grounding.sam3 import Sam3GrounderConfig, Sam3Instances, instance_points, noun_phrase
 
 log = logging.getLogger("steerseg_ros.grounding.vlm")
 
@@ -365,6 +364,8 @@ class VLMGrounder(Grounder):
         self.frames_per_step = vp.temporal_patch_size
         self.sam3 = None
         if config.sam3_candidates.strip():
+            from steerseg_ros.grounding.sam3 import Sam3Instances  # it imports this module
+
             self.sam3 = Sam3Instances(config.sam3_candidates.strip(), device=str(self.device),
                                       local_files_only=config.local_files_only)
         self._lock = threading.Lock()
@@ -593,9 +594,9 @@ class VLMGrounder(Grounder):
         in_view = None
         if self.sam3 is not None:
             with stage("sam3"):
-                points, presence = self._sam3_points(keyframes, class_word or command)
+                points, presence, present = self._sam3_points(keyframes, class_word or command)
             text += f"\nSAM 3 candidates for {class_word or command!r}: {len(points)} (presence {presence:.3f})"
-            if presence < Sam3GrounderConfig.presence_threshold:
+            if not present:
                 in_view, in_view_score = False, presence
         if cfg.in_view_check != "none" and in_view is None:
             if cfg.in_view_check == "attention":
@@ -613,15 +614,18 @@ class VLMGrounder(Grounder):
         result.validate()
         return result
 
-    def _sam3_points(self, keyframes: list[Frame], words: str) -> tuple[list[PointPrompt], float]:
+    def _sam3_points(self, keyframes: list[Frame], words: str) -> tuple[list[PointPrompt], float, bool]:
         """The hybrid's candidates: SAM 3's instances of the class word (its leading noun phrase)
-        on each keyframe, as points carrying their masks; and SAM 3's highest presence
-        probability over the keyframes (below the sam3 grounder's default threshold the concept
-        is not in view)."""
+        on each keyframe, as points carrying their masks; SAM 3's highest presence probability
+        over the keyframes; and whether that reaches the sam3 grounder's default threshold
+        (below it the concept is not in view)."""
+        from steerseg_ros.grounding.sam3 import Sam3GrounderConfig, instance_points, noun_phrase
+
         phrase = noun_phrase(words)
         found = [self.sam3(f.image, phrase) for f in keyframes]
         points = [p for k, i in enumerate(found) for p in instance_points(i, k, Sam3GrounderConfig.max_instances)]
-        return points, max(i.presence for i in found)
+        presence = max(i.presence for i in found)
+        return points, presence, presence >= Sam3GrounderConfig.presence_threshold
 
     def _points(self, fused: np.ndarray, keyframes: list[Frame]) -> list[PointPrompt]:
         cfg = self.config
