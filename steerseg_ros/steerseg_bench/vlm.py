@@ -49,7 +49,8 @@ def _build(shape: str, family: str, num_layers: Optional[int], vision_depth: Opt
     import torch
 
     from steerseg_testing import tiny_vlm as tiny_models
-    from steerseg_ros.grounding.vlm import VLMGrounder, VLMGrounderConfig, resolve_device, resolve_dtype
+    from steerseg_ros.devices import resolve_device
+    from steerseg_ros.grounding.vlm import VLMGrounder, VLMGrounderConfig, resolve_dtype
     from steerseg_ros.grounding.vlm_inputs import model_class_for, processor_class
 
     if shape == "tiny":

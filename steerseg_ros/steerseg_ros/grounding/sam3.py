@@ -38,10 +38,10 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoTokenizer, Sam3Model
 
+from steerseg_ros.devices import DTYPES, resolve_device
 from steerseg_ros.frame import Frame
 from steerseg_ros.grounding.base import (Grounder, GroundingError, GroundingResult, ModelUnavailableError,
                                          PointPrompt)
-from steerseg_ros.grounding.vlm import DTYPES, resolve_device
 from steerseg_ros.tracking.sam2_inputs import pixel_values, processor_normalization
 from steerseg_ros.tracking.sam3 import SAM3_MEAN, SAM3_MODEL, SAM3_STD, missing_weights_message
 
@@ -133,7 +133,7 @@ class Sam3Instances:
 
     def __init__(self, model: str, device: str = "auto", dtype: str = "float32", local_files_only: bool = False,
                  score_threshold: float = 0.3, mask_threshold: float = 0.5):
-        self.device = resolve_device(device)
+        self.device = resolve_device(device, GroundingError)
         self.dtype = DTYPES[dtype]
         self.score_threshold, self.mask_threshold = score_threshold, mask_threshold
         try:

@@ -38,6 +38,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from steerseg_ros.devices import DTYPES, resolve_device
 from steerseg_ros.frame import Frame
 from steerseg_ros.grounding import questions, vlm_methods
 from steerseg_ros.grounding.attention import AttentionRollout, RolloutConfig, default_layer_start
@@ -48,6 +49,7 @@ from steerseg_ros.grounding.vlm_inputs import (FAMILIES, SOFT_TOKEN, PromptBatch
                                                encode_prompt, encode_video, frame_size, load_processor,
                                                resize_rgb, video_size)
 from steerseg_ros.grounding.prompts import points_in_cell_order
+from steerseg_ros.grounding.sam3 import Sam3GrounderConfig, Sam3Instances, instance_points, noun_phrase
 
 log = logging.getLogger("steerseg_ros.grounding.vlm")
 
@@ -55,7 +57,6 @@ MODES = ("decaf", "steerseg")
 IN_VIEW_CHECKS = ("none", "question", "attention")
 # A generated text whose first word is complete: letters followed by something else.
 _WORD_ENDED = re.compile(r"^[^A-Za-z]*[A-Za-z][A-Za-z\-]*[^A-Za-z\-]")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -195,15 +196,6 @@ class VLMGrounderConfig:
             raise ValueError("in_view_question must contain {expression}")
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise GroundingError(f"device {name!r} asked for, but no CUDA device is available")
-    return device
-
-
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -243,7 +235,7 @@ def load_model(config: VLMGrounderConfig):
     if model_type not in FAMILIES:
         raise GroundingError(f"model {config.model!r} is a {model_type!r}; the grounder supports "
                              f"{', '.join(FAMILIES)} checkpoints")
-    device = resolve_device(config.device)
+    device = resolve_device(config.device, GroundingError)
     dtype = resolve_dtype(config.dtype, device)
     model_cls = getattr(transformers, model_config.architectures[0]) if model_config.architectures else None
     if model_cls is None or not model_cls.__name__.endswith("ForConditionalGeneration"):
@@ -364,8 +356,6 @@ class VLMGrounder(Grounder):
         self.frames_per_step = vp.temporal_patch_size
         self.sam3 = None
         if config.sam3_candidates.strip():
-            from steerseg_ros.grounding.sam3 import Sam3Instances  # it imports this module
-
             self.sam3 = Sam3Instances(config.sam3_candidates.strip(), device=str(self.device),
                                       local_files_only=config.local_files_only)
         self._lock = threading.Lock()
@@ -619,7 +609,6 @@ class VLMGrounder(Grounder):
         on each keyframe, as points carrying their masks; SAM 3's highest presence probability
         over the keyframes; and whether that reaches the sam3 grounder's default threshold
         (below it the concept is not in view)."""
-        from steerseg_ros.grounding.sam3 import Sam3GrounderConfig, instance_points, noun_phrase
 
         phrase = noun_phrase(words)
         found = [self.sam3(f.image, phrase) for f in keyframes]

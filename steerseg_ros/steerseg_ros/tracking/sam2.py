@@ -53,6 +53,7 @@ import numpy as np
 import torch
 from transformers import Sam2VideoInferenceSession, Sam2VideoModel
 
+from steerseg_ros.devices import DTYPES
 from steerseg_ros.frame import Frame
 from steerseg_ros.grounding.base import ModelUnavailableError
 from steerseg_ros.tracking.base import MaskCandidate, ObjectMask, ObjectState, Tracker, TrackerError
@@ -77,7 +78,6 @@ MODEL_ALIASES = {
     "sam2-base-plus": "facebook/sam2-hiera-base-plus",
     "sam2-large": "facebook/sam2-hiera-large",
 }
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 ENCODERS = ("torch", "onnx", "tensorrt")
 AUTOCAST = {"none": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # What compile=True compiles: the image encoder and the modules every object step runs.

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from transformers.utils import cached_file
 
+from steerseg_ros.devices import resolve_device
 from steerseg_ros.frame import Frame
 from steerseg_ros.tracking.base import ObjectMask, TrackerError
 
@@ -127,12 +128,7 @@ class Sam2FrameInputs:
 
     @staticmethod
     def _resolve_device(name: str) -> torch.device:
-        if name == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        device = torch.device(name)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise TrackerError(f"device {name!r} asked for, but torch sees no CUDA GPU; use device cpu or auto")
-        return device
+        return resolve_device(name, TrackerError)
 
     def _check_frame(self, frame: Frame) -> None:
         image = frame.image
