@@ -26,8 +26,9 @@ from steerseg_ros.offline.following_scenes import KINDS, SceneConfig, build_scen
 from steerseg_ros.streaming import backends
 from steerseg_ros.streaming.pipeline import PipelineConfig
 
-FIGURES = ("first_mask_s", "first_good_mask_s", "J&F", "false_following_share", "reacquisition_median_s",
-           QUICK_KEY, "id_switches", "wrong_object_share")
+FIGURES = ("first_mask_s", "first_mask_in_time_share", "first_good_mask_s", "J&F", "J&F_answered",
+           "false_following_share", "reacquisition_median_s", QUICK_KEY, "reacquired_in_time_share", "id_switches",
+           "wrong_object_share")
 
 
 def _list(text: str) -> list[str]:

@@ -97,3 +97,26 @@ def test_frame_record_from_pipeline_output_uses_the_visible_tracks():
                             [View(1, TrackState.TRACKING, OBJECT), View(2, TrackState.LOST, ELSEWHERE)])
     r = FrameRecord.from_output(output)
     assert r.track_ids == (1,) and np.array_equal(r.mask, OBJECT)
+
+
+def test_figures_against_the_latency_leave_out_what_no_answer_could_reach():
+    # L = 0.2 s: the answer can land on frame 2 at the earliest; frames 0-1 are empty by force.
+    published = [EMPTY, EMPTY] + [OBJECT] * 3 + [EMPTY] * 5
+    gts = [OBJECT, OBJECT, OBJECT, OBJECT, OBJECT, EMPTY, EMPTY, EMPTY, EMPTY, OBJECT]
+    whole = [np.count_nonzero(OBJECT)] * 10
+    s = score_following("s", [FrameRecord(m, (1,) if m.any() else ()) for m in published], gts, whole, FPS,
+                        latency_s=0.2)
+    assert math.isclose(s.j, 3 / 6)  # every visible frame
+    assert math.isclose(s.j_answered, 3 / 4)  # frames 2, 3, 4 and 9
+    # Goals at L: a first mask within L + 1 s, re-acquisition within L + 1.5 s.
+    late = scene([OBJECT] * 3 + [EMPTY] * 4 + [EMPTY] * 2 + [OBJECT])  # re-acquired after 0.2 s
+    slow = scene([EMPTY] * 9 + [OBJECT])  # first mask at 0.9 s, re-acquired after 0.2 s
+    for s in (late, slow):
+        s.latency_s = 0.0
+    t = total([late, slow], quick_s=0.1)
+    assert math.isclose(t["first_mask_in_time_share"], 1.0)
+    assert t["reacquired_in_time_share"] == 0.0  # 0.2 s > 0 + 0.1 s
+    for s in (late, slow):
+        s.latency_s = 0.15
+    t = total([late, slow], quick_s=0.1)
+    assert t["reacquired_in_time_share"] == 1.0  # 0.2 s <= 0.15 + 0.1 s

@@ -1,6 +1,8 @@
 """Following through losses and late answers in the streaming core (no ROS): a doubted mask is not
-published (UNSEEN), a LOST track re-grounds at once and then on the lost cadence, looking at the
-newest keyframes only; a target found only on an older keyframe is checked on the live frame; a
+published (UNSEEN), a doubted track re-grounds after unseen_regrounding_s and a LOST one at once,
+then on the lost cadence, looking at the newest keyframes only; a doubted track gives way at once
+to the object found elsewhere, and keeps its id when found inside its last confident mask; after
+"not in view" a doubted track is not published again until a grounding confirms it; a target found only on an older keyframe is checked on the live frame; a
 catch-up that ends on a doubted mask gives a LOST track; the object found again keeps its id; a
 grounding's answer lands `grounding_latency_s` of camera time after it was asked for; and a
 grounding can be asked for out of schedule.
@@ -15,9 +17,9 @@ import numpy as np
 from steerseg_ros.grounding.base import GroundingResult
 from steerseg_ros.grounding.prompts import points_from_maps
 from steerseg_ros.streaming.pipeline import PipelineState, TrackState
-from steerseg_ros.tracking.base import ObjectMask
+from steerseg_ros.tracking.base import MaskCandidate, ObjectMask
 
-from test_pipeline import FPS, H, W, DiskTracker, Feed, PeakGrounder, config, setup  # noqa: F401 (setup: fixture)
+from test_pipeline import FPS, H, W, DiskTracker, Feed, PeakGrounder, config, disk, setup  # noqa: F401 (setup: fixture)
 
 from steerseg_ros.streaming.pipeline import Pipeline
 
@@ -102,7 +104,9 @@ def calls_per_frame(feed, grounder, n):
 
 def test_a_lost_track_regrounds_on_the_frame_it_is_lost_then_every_lost_retry_s():
     grounder, tracker = PeakGrounder(), DoubtingTracker()
-    p, feed = make(grounder, tracker, lost_timeout_s=0.5, lost_retry_s=0.3, grounding_retry_s=5.0)
+    # unseen_regrounding_s at the lost timeout: only LOST tracks re-ground.
+    p, feed = make(grounder, tracker, lost_timeout_s=0.5, lost_retry_s=0.3, grounding_retry_s=5.0,
+                   unseen_regrounding_s=0.5)
     try:
         p.set_command("the cup")
         feed(3)
@@ -119,6 +123,77 @@ def test_a_lost_track_regrounds_on_the_frame_it_is_lost_then_every_lost_retry_s(
         assert set(states[:lost_at]) == {TrackState.UNSEEN}
         assert [i - lost_at for i, a in enumerate(asked) if a] == [0, 3, 6, 9][:len(range(lost_at, 15, 3))]
         assert p.state == PipelineState.LOST
+    finally:
+        p.close()
+
+
+def test_a_doubted_track_regrounds_after_unseen_regrounding_s_without_waiting_to_be_lost():
+    grounder, tracker = PeakGrounder(), DoubtingTracker()
+    p, feed = make(grounder, tracker, lost_timeout_s=1.0, lost_retry_s=0.3, grounding_retry_s=5.0,
+                   unseen_regrounding_s=0.2, lost_window_s=0.3, buffer_size=64)
+    try:
+        p.set_command("the cup")
+        feed(3)
+        tracker.step_score = tracker.score = 0.1
+        grounder.find_nothing = True
+        states, asked = [], []
+        for _ in range(14):
+            before = len(grounder.calls)
+            states.append(feed().tracks[0].state)
+            asked.append(len(grounder.calls) > before)
+        lost_at = states.index(TrackState.LOST)
+        assert set(states[:lost_at]) == {TrackState.UNSEEN} and lost_at >= 9
+        # UNSEEN from frame 0: grounded 0.2 s (2 frames) later, then every 0.3 s, and at once
+        # again on the frame it is LOST.
+        on = [i for i, a in enumerate(asked) if a]
+        assert on[:3] == [2, 5, 8] and lost_at in on, (on, lost_at)
+        # Each of them looked at the newest frames only (0.3 s at 10 fps), not the 3 s window.
+        for _, seqs in grounder.calls[1:]:
+            assert seqs[-1] - seqs[0] <= 3, seqs
+    finally:
+        p.close()
+
+
+def test_a_doubted_track_is_replaced_at_once_by_a_look_now_grounding_that_finds_the_object_elsewhere():
+    grounder, tracker = PeakGrounder(), DoubtingTracker()
+    p, feed = make(grounder, tracker, lost_timeout_s=2.0, lost_retry_s=0.3, unseen_regrounding_s=0.0,
+                   replace_after=3, regrounding_period_s=0.0)
+    try:
+        p.set_command("the cup")
+        feed(3)
+        first = next(iter(p._tracks))
+        # The tracker doubts its mask; the object is found elsewhere (a disk that does not touch it).
+        tracker.step_score = 0.1
+        tracker.sure_of_new = True
+        grounder.where = ELSEWHERE
+        outs = [feed() for _ in range(3)]
+        # Not held out against replace_after (3) groundings as a confident track would be: the
+        # first grounding after the doubt replaced it, and the new track is published.
+        ended = [t for o in outs for t in o.tracks if t.state == TrackState.REPLACED]
+        assert [t.id for t in ended] == [first]
+        live = [t for t in outs[-1].tracks if t.state != TrackState.REPLACED]
+        assert len(live) == 1 and live[0].id != first and live[0].state == TrackState.TRACKING
+        assert p.stats["regroundings_disputed"] == 0
+    finally:
+        p.close()
+
+
+def test_a_doubted_track_found_again_inside_its_last_confident_mask_keeps_its_id():
+    grounder, tracker = PeakGrounder(), DoubtingTracker()
+    p, feed = make(grounder, tracker, lost_timeout_s=2.0, lost_retry_s=0.3, unseen_regrounding_s=0.0,
+                   regrounding_period_s=0.0)
+    try:
+        p.set_command("the cup")
+        feed(3)
+        first = next(iter(p._tracks))
+        tracker.step_score = 0.1
+        tracker.sure_of_new = True
+        # The grounding segments a disk of half the radius, inside the old one (IoU 0.25).
+        tracker.segment = lambda frame, points, labels: [MaskCandidate(disk(*points[0], r=3), 0.9)]
+        outs = [feed() for _ in range(3)]
+        assert not [t for o in outs for t in o.tracks if t.state == TrackState.REPLACED]
+        assert [(t.id, t.state) for t in outs[-1].tracks] == [(first, TrackState.TRACKING)]
+        assert p.stats["tracks_regained"] == 1
     finally:
         p.close()
 
@@ -161,6 +236,69 @@ def test_a_target_found_only_on_an_old_keyframe_is_published_only_once_the_live_
         outs = [feed() for _ in range(4)]
         assert p.stats["regroundings_verified"] >= 1 and p.stats["tracks_reacquired"] >= 1
         assert [t.id for t in outs[-1].visible_tracks()] == [lost_id]
+    finally:
+        p.close()
+
+
+class AbsentGrounder(OldKeyframeGrounder):
+    """With `absent`, says the object is not in view (every keyframe); with `absent_live`, only
+    when it grounds one frame alone (the live-frame check)."""
+
+    def __init__(self):
+        super().__init__()
+        self.absent = False
+        self.absent_live = False
+
+    def ground(self, keyframes, command):
+        result = super().ground(keyframes, command)
+        if self.absent or (self.absent_live and len(keyframes) == 1):
+            result.maps[:] = 0.0
+            result.points, result.in_view, result.in_view_score = [], False, 0.0
+        return result
+
+
+def test_a_doubted_track_stays_unpublished_after_not_in_view_until_a_grounding_confirms_it():
+    grounder, tracker = AbsentGrounder(), DoubtingTracker()
+    p, feed = make(grounder, tracker, buffer_size=64, lost_timeout_s=0.5, lost_retry_s=0.3,
+                   unseen_regrounding_s=0.0)
+    try:
+        p.set_command("the cup")
+        feed(3)
+        first = next(iter(p._tracks))
+        # Hidden: the tracker doubts its mask and the grounder says "not in view".
+        tracker.step_score = 0.1
+        grounder.absent = True
+        feed(4)
+        assert p.stats["tracks_held_not_in_view"] == 1
+        # The tracker's confidence climbs back by itself (on whatever covers the object): while
+        # the grounder still says "not in view", nothing is published.
+        tracker.step_score = 0.9
+        outs = [feed() for _ in range(8)]
+        assert not any(o.visible_tracks() for o in outs)
+        assert outs[-1].tracks[0].state in (TrackState.UNSEEN, TrackState.LOST)
+        # The object back: a grounding finds it, and it is published again under its id.
+        grounder.absent = False
+        tracker.sure_of_new = True
+        outs = [feed() for _ in range(4)]
+        assert [t.id for t in outs[-1].visible_tracks()] == [first]
+    finally:
+        p.close()
+
+
+def test_a_live_frame_check_that_says_not_in_view_holds_the_doubted_track():
+    grounder, tracker = AbsentGrounder(), DoubtingTracker()
+    p, feed = make(grounder, tracker, buffer_size=64, lost_timeout_s=0.5, lost_retry_s=0.3)
+    try:
+        lose(p, feed, grounder, tracker)
+        # Found on an old keyframe only; on the live frame alone the grounder says "not in view".
+        grounder.find_nothing = False
+        grounder.only_old = True
+        grounder.absent_live = True
+        feed(4)
+        assert p.stats["regroundings_unverified"] >= 1 and p.stats["tracks_held_not_in_view"] == 1
+        # Its confidence climbing back publishes nothing.
+        tracker.step_score = 0.9
+        assert not any(feed().visible_tracks() for _ in range(6))
     finally:
         p.close()
 

@@ -32,10 +32,11 @@ from steerseg_ros.tracking.base import Tracker
 LATENCIES = (0.0, 0.5, 1.0, 2.0, 4.0)
 QUICK_KEY = f"reacquired_within_{QUICK_REACQUISITION_S:g}s_share"
 # The columns of the printed tables (every figure is in the CSV and JSON).
-TABLE_COLUMNS = ("first_mask_s", "first_good_mask_s", "J&F", "false_following", "false_following_share",
-                 "reacquisition_s", "id_switches", "wrong_object")
-TOTAL_COLUMNS = ("scenes", "first_mask_s", "first_good_mask_s", "J&F", "false_following_share",
-                 "reacquisition_median_s", QUICK_KEY, "id_switches", "wrong_object_share")
+TABLE_COLUMNS = ("first_mask_s", "first_good_mask_s", "J&F", "J&F_answered", "false_following",
+                 "false_following_share", "reacquisition_s", "id_switches", "wrong_object")
+TOTAL_COLUMNS = ("scenes", "first_mask_s", "first_mask_in_time_share", "first_good_mask_s", "J&F", "J&F_answered",
+                 "false_following_share", "reacquisition_median_s", QUICK_KEY, "reacquired_in_time_share",
+                 "id_switches", "wrong_object_share")
 
 
 @dataclass
@@ -114,7 +115,8 @@ def run_sweep(scenes: Sequence[FollowingScene], grounders: Sequence[GrounderSpec
             try:
                 for latency in latencies:
                     records, stats = run_scene(scene, grounder, tracker, config, latency, frames)
-                    score = score_following(scene.name, records, gts, scene.whole_area, scene.fps)
+                    score = score_following(scene.name, records, gts, scene.whole_area, scene.fps,
+                                            latency_s=latency)
                     scores.setdefault((spec.label, latency), []).append((scene, score))
                     rows.append({"grounder": spec.label, "latency_s": latency, "kind": scene.kind,
                                  "split": _split(scene.sequence), **score.row(), **stats})
@@ -162,10 +164,13 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {r['scene']} | {r['grounder']} | {r['latency_s']:g} | "
                      + " | ".join(_fmt(r[c]) for c in TABLE_COLUMNS) + " |")
     lines += ["", "Times in seconds of camera time from the command (first_mask_s: any published mask; "
-              "first_good_mask_s: IoU >= 0.5). J&F on frames where the object is visible. false_following: "
+              "first_good_mask_s: IoU >= 0.5; first_mask_in_time_share: scenes with a first mask within L + 1 s). "
+              "J&F on frames where the object is visible (J&F_answered: from L after the command on, when "
+              "an answer can have landed). false_following: "
               "frames with a published mask while the object is hidden (share: of the hidden frames). "
               "reacquisition_s: per hidden episode, from the object fully back to IoU >= 0.5 (never: not "
-              "before the scene ended). wrong_object: published masks with IoU < 0.1 on a visible object."]
+              "before the scene ended; reacquired_in_time_share: within L + 1.5 s). wrong_object: published "
+              "masks with IoU < 0.1 on a visible object."]
     return "\n".join(lines) + "\n"
 
 
@@ -196,9 +201,9 @@ def write_plot(result: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = (("first_good_mask_s", "first mask IoU>=0.5 (s)"), ("J&F", "J&F, object visible"),
+    panels = (("first_good_mask_s", "first mask IoU>=0.5 (s)"), ("J&F_answered", "J&F, object visible, from L on"),
               ("false_following_share", "false following (share of hidden)"),
-              (QUICK_KEY, f"re-acquired within {QUICK_REACQUISITION_S:g} s (share)"),
+              ("reacquired_in_time_share", f"re-acquired within L + {QUICK_REACQUISITION_S:g} s (share)"),
               ("reacquisition_median_s", "re-acquisition, median (s)"),
               ("wrong_object_share", "wrong object (share of visible)"))
     totals = [t for t in result["totals"] if t["group"] == "all"]

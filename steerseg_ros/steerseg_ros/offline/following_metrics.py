@@ -7,6 +7,10 @@ The figures:
 - first_mask_s: camera time from the command to the first published mask; first_good_mask_s to
   the first with IoU >= 0.5 (NaN: never).
 - J, F, J&F on the frames where the object is visible (the DAVIS definitions, offline/metrics.py).
+- J&F_answered: the same from the first frame on which an answer to the command can have landed
+  (the grounding latency L after the command) to the end. At L > 0 the frames before it can
+  hold no mask whatever the pipeline does (2 s of a 12 s scene at L = 2), so this is the figure
+  that shows what a late answer costs the tracking itself.
 - false_following: frames with a published mask while the object is hidden, as a count and as a
   share of the hidden frames. A robot would follow whatever that mask is on.
 - reacquisition_s, per hidden episode: from the first frame after it on which the object is
@@ -75,10 +79,17 @@ class FollowingScore:
     id_switches: int = 0
     wrong_object: int = 0
     iou: list[float] = field(default_factory=list, repr=False)
+    latency_s: float = 0.0
+    j_answered: float = float("nan")
+    f_answered: float = float("nan")
 
     @property
     def jf(self) -> float:
         return (self.j + self.f) / 2
+
+    @property
+    def jf_answered(self) -> float:
+        return (self.j_answered + self.f_answered) / 2
 
     @property
     def false_following_share(self) -> float:
@@ -94,6 +105,7 @@ class FollowingScore:
         return {
             "scene": self.scene, "frames": self.frames, "first_mask_s": self.first_mask_s,
             "first_good_mask_s": self.first_good_mask_s, "J": self.j, "F": self.f, "J&F": self.jf,
+            "J&F_answered": self.jf_answered,
             "visible_frames": self.visible_frames, "hidden_frames": self.hidden_frames,
             "false_following": self.false_following, "false_following_share": self.false_following_share,
             "episodes": len(self.reacquisition_s), "reacquired": len(reacq),
@@ -110,10 +122,12 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def score_following(scene: str, records: Sequence[FrameRecord], gts: Sequence[np.ndarray],
-                    whole_area: Sequence[int], fps: float, command_frame: int = 0) -> FollowingScore:
+                    whole_area: Sequence[int], fps: float, command_frame: int = 0,
+                    latency_s: float = 0.0) -> FollowingScore:
     """One scene's figures. records[i] is what was published on frame i, gts[i] the object's
     visible ground truth there, whole_area[i] its whole area (fully back: the visible area
-    reaches it); frame i is at i / fps seconds and the command was given on `command_frame`."""
+    reaches it); frame i is at i / fps seconds and the command was given on `command_frame`;
+    an answer lands `latency_s` of camera time after it was asked for."""
     n = len(records)
     if not n == len(gts) == len(whole_area):
         raise ValueError(f"{scene}: {n} records, {len(gts)} ground-truth masks, {len(whole_area)} areas")
@@ -126,12 +140,17 @@ def score_following(scene: str, records: Sequence[FrameRecord], gts: Sequence[np
         hits = np.flatnonzero(flags[command_frame:])
         return hits[0] / fps if hits.size else float("nan")
 
+    def jf(frames: np.ndarray) -> tuple[float, float]:
+        if not frames.size:
+            return float("nan"), float("nan")
+        score = metrics.score_object(scene, 1, [records[i].mask for i in frames], [gts[i] for i in frames])
+        return score.j, score.f
+
     visible = np.flatnonzero(~hidden)
-    if visible.size:
-        score = metrics.score_object(scene, 1, [records[i].mask for i in visible], [gts[i] for i in visible])
-        j, f = score.j, score.f
-    else:
-        j = f = float("nan")
+    j, f = jf(visible)
+    # The first frame at or after the command's stamp plus the latency (1e-9: 2 s at 15 fps is frame 30).
+    answered = command_frame + math.ceil(latency_s * fps - 1e-9)
+    j_answered, f_answered = jf(visible[visible >= answered])
 
     fully_back = gt_area >= np.maximum(np.asarray(whole_area), 1)
     good = iou >= GOOD_IOU
@@ -158,14 +177,18 @@ def score_following(scene: str, records: Sequence[FrameRecord], gts: Sequence[np
         first_good_mask_s=after_command(good), j=j, f=f, visible_frames=int((~hidden).sum()),
         hidden_frames=int(hidden.sum()), false_following=int((published & hidden).sum()),
         reacquisition_s=reacquisition, id_switches=switches,
-        wrong_object=int((published & ~hidden & (iou < WRONG_IOU)).sum()), iou=iou.tolist())
+        wrong_object=int((published & ~hidden & (iou < WRONG_IOU)).sum()), iou=iou.tolist(),
+        latency_s=latency_s, j_answered=j_answered, f_answered=f_answered)
 
 
 def total(scores: Iterable[FollowingScore], quick_s: float = QUICK_REACQUISITION_S) -> dict:
     """Several scenes' figures together: counts summed, shares over all frames of their kind,
     J and F and the first-mask times averaged over scenes (each scene counts once, as each object
     does in DAVIS), re-acquisition over all hidden episodes (the share within `quick_s` counts
-    the episodes never re-acquired as failures)."""
+    the episodes never re-acquired as failures). Against the latency L the scenes ran at (one L
+    for all, else NaN): `first_mask_in_time_share`, scenes whose first published mask came
+    within L + 1 s of the command, and `reacquired_in_time_share`, episodes re-acquired within
+    L + `quick_s` (issue 20's goals at L > 0)."""
     scores = list(scores)
 
     def mean(values) -> float:
@@ -177,13 +200,18 @@ def total(scores: Iterable[FollowingScore], quick_s: float = QUICK_REACQUISITION
     episodes = [x for s in scores for x in s.reacquisition_s]
     reacq = [x for x in episodes if not math.isnan(x)]
     j, f = mean([s.j for s in scores]), mean([s.f for s in scores])
+    ja, fa = mean([s.j_answered for s in scores]), mean([s.f_answered for s in scores])
+    latencies = {s.latency_s for s in scores}
+    latency = latencies.pop() if len(latencies) == 1 else float("nan")
     return {
         "scenes": len(scores), "frames": sum(s.frames for s in scores),
         "first_mask_s": mean([s.first_mask_s for s in scores]),
         "first_mask_never": sum(math.isnan(s.first_mask_s) for s in scores),
         "first_good_mask_s": mean([s.first_good_mask_s for s in scores]),
         "first_good_mask_never": sum(math.isnan(s.first_good_mask_s) for s in scores),
-        "J": j, "F": f, "J&F": (j + f) / 2,
+        "first_mask_in_time_share": (sum(s.first_mask_s <= latency + 1.0 for s in scores) / len(scores)
+                                     if scores else float("nan")),
+        "J": j, "F": f, "J&F": (j + f) / 2, "J&F_answered": (ja + fa) / 2,
         "visible_frames": visible, "hidden_frames": hidden,
         "false_following": sum(s.false_following for s in scores),
         "false_following_share": sum(s.false_following for s in scores) / hidden if hidden else float("nan"),
@@ -192,6 +220,8 @@ def total(scores: Iterable[FollowingScore], quick_s: float = QUICK_REACQUISITION
         "reacquisition_median_s": float(np.median(reacq)) if reacq else float("nan"),
         f"reacquired_within_{quick_s:g}s_share": (sum(x <= quick_s for x in reacq) / len(episodes)
                                                   if episodes else float("nan")),
+        "reacquired_in_time_share": (sum(x <= latency + quick_s for x in reacq) / len(episodes)
+                                     if episodes else float("nan")),
         "id_switches": sum(s.id_switches for s in scores),
         "wrong_object": sum(s.wrong_object for s in scores),
         "wrong_object_share": sum(s.wrong_object for s in scores) / visible if visible else float("nan"),
@@ -199,8 +229,8 @@ def total(scores: Iterable[FollowingScore], quick_s: float = QUICK_REACQUISITION
 
 
 def score_scene(scene, records: Sequence[FrameRecord], command_frame: int = 0,
-                gts: Optional[Sequence[np.ndarray]] = None) -> FollowingScore:
+                gts: Optional[Sequence[np.ndarray]] = None, latency_s: float = 0.0) -> FollowingScore:
     """score_following for a FollowingScene (its ground truth rendered unless given)."""
     if gts is None:
         gts = [scene.gt(i) for i in range(len(scene))]
-    return score_following(scene.name, records, gts, scene.whole_area, scene.fps, command_frame)
+    return score_following(scene.name, records, gts, scene.whole_area, scene.fps, command_frame, latency_s)

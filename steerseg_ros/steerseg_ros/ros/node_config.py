@@ -34,7 +34,7 @@ _CHOICE_FIELDS = ("backend", "fallback_to_builtin")
 LIVE_NODE_FIELDS = ("overlay_alpha", "draw_unsubscribed", "follow_feedback_hz", "stats_period_s")
 LIVE_PIPELINE_FIELDS = ("keyframes", "min_keyframes", "regrounding_period_s", "grounding_retry_s",
                         "lost_timeout_s", "lost_retry_s", "lost_window_s", "grounding_latency_s",
-                        "min_confidence", "reconcile_iou", "time_jump_reset_s",
+                        "unseen_regrounding_s", "min_confidence", "reconcile_iou", "time_jump_reset_s",
                         "max_command_chars", "max_targets", "selection")
 LIVE_DEPTH_FIELDS = ("pairing_tolerance_s", "wait_s", "queue_size", "object_points_max", "max_speed_mps")
 

@@ -35,11 +35,11 @@ from steerseg_ros.tracking.base import Tracker
 # The pipeline's parts log under its logger: one name to filter or raise for the whole streaming logic.
 log = logging.getLogger("steerseg_ros.streaming.pipeline")
 
-# Groundings that must find the object where it is now, not where it was: after a loss, and
-# when the node asked because the track's 3D position jumped (it may have slid onto another
-# object). They look at the newest frames only, and what they find only on older keyframes is
-# checked on the live frame.
-LOOK_NOW = ("lost", "3d_jump")
+# Groundings that must find the object where it is now, not where it was: after a loss, when
+# the tracker doubts a track's mask (UNSEEN), and when the node asked because the track's 3D
+# position jumped (it may have slid onto another object). They look at the newest frames only,
+# and what they find only on older keyframes is checked on the live frame.
+LOOK_NOW = ("lost", "unseen", "3d_jump")
 
 
 @dataclass
@@ -167,7 +167,7 @@ class GroundingWorker:
         return keyframes
 
     def _due(self, target: Target, frame: Frame) -> Optional[str]:
-        """Why a grounding of this target is due on this frame ("command", "lost",
+        """Why a grounding of this target is due on this frame ("command", "lost", "unseen",
         "regrounding", or the reason it was asked for out of schedule); None when it is not."""
         if self.grounding(target.id):
             return None
@@ -179,13 +179,18 @@ class GroundingWorker:
             if since is not None and since < self.config.grounding_retry_s:
                 return None
             return "command"
-        # TargetBook.set_lost stamps every track it makes LOST (lost_ns).
+        # TargetBook.set_lost stamps every track it makes LOST (lost_ns); TargetBook.update the
+        # first frame of an UNSEEN run (unseen_ns), which counts once it is unseen_regrounding_s old.
         lost = [t.lost_ns for t in tracks if t.state == TrackState.LOST]
-        if lost:
-            # At once when a track went lost since the last try, then every lost_retry_s.
-            if since is None or target.last_attempt_ns < max(lost):
-                return "lost"
-            return "lost" if since >= self.config.lost_retry_s else None
+        dwell = round(self.config.unseen_regrounding_s * NS_PER_S)
+        unseen = [t.unseen_ns + dwell for t in tracks if t.state == TrackState.UNSEEN and t.unseen_ns is not None
+                  and frame.stamp_ns - t.unseen_ns >= dwell]
+        for reason, stamps in (("lost", lost), ("unseen", unseen)):
+            if stamps:
+                # At once when a track went lost (unseen) since the last try, then every lost_retry_s.
+                if since is None or target.last_attempt_ns < max(stamps):
+                    return reason
+                return reason if since >= self.config.lost_retry_s else None
         if self.config.regrounding_period_s > 0 and since is not None and since >= self.config.regrounding_period_s:
             return "regrounding"
         return None
@@ -333,9 +338,13 @@ class GroundingWorker:
         if not chosen:
             self.stats["groundings_empty"] += 1
             log.info("grounding %r found no target", job.command)
+            if result.in_view is False:
+                self._hold_doubted(job)
             return
-        seeds = self._verified(job, result, self._seed(job, result, chosen))
+        seeds, absent_live = self._verified(job, result, self._seed(job, result, chosen))
         if not seeds:  # nothing that held up on the live frame: as if nothing was found
+            if absent_live:
+                self._hold_doubted(job)
             return
         with self.book.lock:
             if not self._job_current(job):
@@ -343,7 +352,8 @@ class GroundingWorker:
             for cand, state, budget in seeds:
                 if state is not None:
                     self.catch_up(state, upto=self.book.last_stepped_seq, budget=budget)
-            self.reconcile(job.target, job.command, result, seeds, self.catch_up)
+            self.reconcile(job.target, job.command, result, seeds, self.catch_up,
+                           look_now=job.reason in LOOK_NOW)
 
     def _ground(self, job: Job) -> Optional[Landing]:
         """The job's grounding and the candidates chosen from it, due to land
@@ -368,22 +378,33 @@ class GroundingWorker:
             return None
         return Landing(job, result, chosen, job.end_stamp_ns + round(self.config.grounding_latency_s * NS_PER_S))
 
-    def _verified(self, job: Job, result: GroundingResult, seeds: list[Seed]) -> list[Seed]:
+    def _hold_doubted(self, job: Job) -> None:
+        """The grounder says the object is not in view: the target's doubted tracks stay
+        unpublished until a grounding confirms them (TargetBook.hold_doubted)."""
+        with self.book.lock:
+            if self._job_current(job) and self.book.hold_doubted(job.target):
+                log.info("grounding %r: not in view, so the doubted tracks stay unpublished until a "
+                         "grounding confirms them", job.command)
+
+    def _verified(self, job: Job, result: GroundingResult, seeds: list[Seed]) -> tuple[list[Seed], bool]:
         """After a loss, a target the grounding found only on older keyframes (its candidate
         came from one, not from the newest) is checked on the frame it has been caught up to:
         the same grounder on that frame alone must put its peak on the caught-up mask. The
         catch-up from an old keyframe is what carried lost tracks into whatever then covered
-        the object. Seeds that fail are dropped and counted."""
+        the object. Seeds that fail are dropped and counted. Also returns whether the grounder
+        said, on a live frame, that the object is not in view."""
         if job.reason not in LOOK_NOW:
-            return seeds
+            return seeds, False
         newest = len(result.keyframes) - 1
-        kept = []
+        kept, absent = [], False
         for cand, state, budget in seeds:
             if state is None or cand.keyframe_index == newest:
                 kept.append((cand, state, budget))
                 continue
             live = self.buffer.get(state.seq)
-            if live is not None and self._seen_on(live, job.command, state.result.mask):
+            seen = self._seen_on(live, job.command, state.result.mask) if live is not None else False
+            absent = absent or seen is None
+            if seen:
                 self.stats["regroundings_verified"] += 1
                 kept.append((cand, state, budget))
             else:
@@ -391,17 +412,17 @@ class GroundingWorker:
                 log.info("grounding %r after a loss: its target, found on a keyframe %.2f s old, is not "
                          "where the grounder looks on the live frame: dropped", job.command,
                          (result.keyframes[-1].stamp_ns - result.keyframes[cand.keyframe_index].stamp_ns) / NS_PER_S)
-        return kept
+        return kept, absent
 
-    def _seen_on(self, frame: Frame, command: str, mask: np.ndarray) -> bool:
-        """Whether the grounder, on `frame` alone, puts the peak of its map on `mask` (and does
-        not say the object is out of view). On the map's own grid: a cell the mask touches."""
+    def _seen_on(self, frame: Frame, command: str, mask: np.ndarray) -> Optional[bool]:
+        """Whether the grounder, on `frame` alone, puts the peak of its map on `mask`; None when
+        it says the object is not in view there. On the map's own grid: a cell the mask touches."""
         if not mask.any():
             return False
         check = self.grounder.ground([frame], command)
         check.validate()
         if check.in_view is False:
-            return False
+            return None
         grid = check.maps[0]
         touched = selection.pool_to_grid(mask, grid.shape) > 0
         return bool(touched.flat[int(np.argmax(grid))])

@@ -88,6 +88,12 @@ class PipelineConfig:
         "it stays lost (grounding_retry_s is for failed or empty first groundings). 0.5 suits the "
         "built-in grounder (a grounding takes well under that); with a VLM grounder set it to "
         "about one grounding's time (e.g. 1-2 s on a desktop GPU): a shorter one only queues.")})
+    unseen_regrounding_s: float = field(default=0.0, metadata={"help": (
+        "A track UNSEEN (the tracker doubts its mask) for this many seconds has its target "
+        "re-grounded as a LOST one is (the newest frames, then every lost_retry_s), without waiting "
+        "for lost_timeout_s: a doubted mask on an object still in view is replaced by a grounded one "
+        "that much sooner, and a re-grounding that finds the object elsewhere replaces the doubted "
+        "track at once. 0: at once; lost_timeout_s or more: only LOST tracks.")})
     lost_window_s: float = field(default=1.0, metadata={"help": (
         "A re-grounding after a loss takes its keyframes from the last this many seconds (not "
         "the keyframes.window_s window): it looks for the object where it is now. A target it "
@@ -147,7 +153,7 @@ class PipelineConfig:
         if not 1 <= self.min_keyframes <= self.keyframes.count:
             raise ValueError(f"min_keyframes must be in 1..{self.keyframes.count}, got {self.min_keyframes}")
         for name in ("regrounding_period_s", "grounding_retry_s", "lost_timeout_s", "time_jump_reset_s",
-                     "grounding_latency_s", "lost_retry_s"):
+                     "grounding_latency_s", "lost_retry_s", "unseen_regrounding_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("min_confidence", "reconcile_iou"):

@@ -47,14 +47,15 @@ def seed_keyframe(buffer: FrameBuffer, result: GroundingResult, cand: selection.
     return cand.keyframe_index if k is None else k
 
 
-def keyframe_overlap(t: Track, cand: selection.Tracklet, result: GroundingResult) -> Optional[float]:
-    """Mask IoU of a track and a grounded target on the keyframe the target came from;
-    failing that on the newest keyframe both cover; None when they share none."""
+def keyframe_overlap(t: Track, cand: selection.Tracklet, result: GroundingResult,
+                     measure: Callable = selection.mask_iou) -> Optional[float]:
+    """Mask IoU (or `measure`) of a track and a grounded target on the keyframe the target came
+    from; failing that on the newest keyframe both cover; None when they share none."""
     order = [cand.keyframe_index] + list(range(len(result.keyframes) - 1, -1, -1))
     for k in order:
         new, old = cand.mask_on(k), t.mask_at(result.keyframes[k].seq)
         if new is not None and old is not None:
-            return selection.mask_iou(old, new)
+            return measure(old, new)
     return None
 
 
@@ -90,22 +91,25 @@ class Reconciler:
         self.book, self.buffer, self.tracker, self.config, self.stats = book, buffer, tracker, config, stats
 
     def __call__(self, target_id: int, command: str, result: GroundingResult, seeds: list[Seed],
-                 catch_up: Callable) -> None:
+                 catch_up: Callable, look_now: bool = False) -> None:
         """A target that overlaps a live track on its keyframe keeps that track's id. Otherwise
         it is another object: it replaces the live tracks it did not confirm once they are LOST
         or `replace_after` re-groundings in a row have disagreed with them; until then the
         disagreeing target is dropped and the tracks go on (a re-grounding that is wrong once
         must not swap what the robot follows). Only the tracks of `target_id` take part: another
         target's tracks are never confirmed or replaced by this grounding. `catch_up`: the
-        pipeline's CatchUp, for a seed whose confirmed track was lost meanwhile."""
+        pipeline's CatchUp, for a seed whose confirmed track was lost meanwhile. `look_now`: a
+        grounding asked for because a track was doubted or lost (LOOK_NOW), which an UNSEEN track
+        does not hold out against: the tracker itself doubts it, and this grounding looked for
+        the object where it is now."""
         unmatched = {tid: t for tid, t in self.book.tracks.items() if t.target == target_id}
-        matches = self._match(unmatched, result, seeds, catch_up)
-        matches = self._hold_disputed(unmatched, matches)
+        matches = self._match(unmatched, result, seeds, catch_up, look_now)
+        matches = self._hold_disputed(unmatched, matches, look_now)
         self._attach(matches, target_id, command, result)
         self._replace(unmatched, target_id)
 
     def _match(self, unmatched: dict[int, Track], result: GroundingResult, seeds: list[Seed],
-               catch_up: Callable) -> list[Match]:
+               catch_up: Callable, look_now: bool = False) -> list[Match]:
         """Each seed with the live track it overlaps best, if by `reconcile_iou`; that track
         leaves `unmatched`."""
         matches = []
@@ -116,6 +120,9 @@ class Reconciler:
                 if iou > best_iou:
                     best_id, best_iou = tid, iou
             confirmed = best_id is not None and best_iou >= self.config.reconcile_iou
+            if not confirmed and look_now:
+                best_id = self._regained(unmatched, cand, result)
+                confirmed = best_id is not None
             if not confirmed:
                 best_id = self._reacquired(unmatched, cand, result)
                 confirmed = best_id is not None
@@ -127,6 +134,23 @@ class Reconciler:
                 catch_up(state, upto=self.book.last_stepped_seq, budget=budget)
             matches.append((state, unmatched.pop(best_id) if confirmed else None, best_iou))
         return matches
+
+    def _regained(self, unmatched: dict[int, Track], cand: selection.Tracklet,
+                  result: GroundingResult) -> Optional[int]:
+        """The target's one doubted track (UNSEEN or LOST) when a grounding that looked for the
+        object where it is now found it, on a keyframe where the track was last confident,
+        mostly inside the track's mask or the other way round (`reconcile_iou` of the smaller
+        one): the same object, segmented to another extent by the grounding than by the tracker
+        (IoU alone called the built-in tracker's half-right masks another object, and the
+        follower's id changed). None otherwise."""
+        doubted = [t for t in unmatched.values() if t.state in (TrackState.UNSEEN, TrackState.LOST)]
+        if len(doubted) != 1 or len(unmatched) != 1:
+            return None
+        inside = keyframe_overlap(doubted[0], cand, result, selection.mask_containment)
+        if inside is None or inside < self.config.reconcile_iou:
+            return None
+        self.stats["tracks_regained"] += 1
+        return doubted[0].id
 
     def _reacquired(self, unmatched: dict[int, Track], cand: selection.Tracklet,
                     result: GroundingResult) -> Optional[int]:
@@ -141,16 +165,17 @@ class Reconciler:
         self.stats["tracks_reacquired"] += 1
         return lost[0].id
 
-    def _hold_disputed(self, unmatched: dict[int, Track], matches: list[Match]) -> list[Match]:
-        """The unconfirmed tracks that hold on (confident, and fewer than `replace_after`
-        disagreements in a row) leave `unmatched`; while any does, the targets found instead
-        are dropped. Returns the matches that go on."""
+    def _hold_disputed(self, unmatched: dict[int, Track], matches: list[Match], look_now: bool = False) -> list[Match]:
+        """The unconfirmed tracks that hold on (not LOST, nor UNSEEN when `look_now`, and fewer
+        than `replace_after` disagreements in a row) leave `unmatched`; while any does, the
+        targets found instead are dropped. Returns the matches that go on."""
         if not unmatched:
             return matches
         for t in unmatched.values():
             t.disagreements += 1
+        doubted = (TrackState.LOST, TrackState.UNSEEN) if look_now else (TrackState.LOST,)
         holding = [t for t in unmatched.values()
-                   if t.state != TrackState.LOST and t.disagreements < self.config.replace_after]
+                   if t.state not in doubted and t.disagreements < self.config.replace_after]
         if not holding:
             return matches
         self.stats["regroundings_disputed"] += 1
@@ -177,6 +202,7 @@ class Reconciler:
                 self.stats["tracks_started"] += 1
                 log.info("new track %d for %r (best overlap with a live track: IoU %.2f)", t.id, command, iou)
             t.disagreements = 0
+            t.held = False
             t.label = result.class_word or t.label
             t.last_grounding_ns = stamp
             if state is None:  # confirmed, and it keeps its live state

@@ -110,6 +110,13 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     return np.count_nonzero(a & b) / union if union else 0.0
 
 
+def mask_containment(a: np.ndarray, b: np.ndarray) -> float:
+    """The share of the smaller mask inside the other: 1 when one holds the other, whatever
+    their sizes (the same object segmented to a different extent: a part, or with its shadow)."""
+    smaller = min(np.count_nonzero(a), np.count_nonzero(b))
+    return np.count_nonzero(a & b) / smaller if smaller else 0.0
+
+
 def _propagate(result: GroundingResult, tracker: Tracker, t: Tracklet) -> None:
     """Fill t.masks by propagating t.mask from its keyframe forward, then backward."""
     frames = result.keyframes

@@ -126,6 +126,13 @@ class Track:
     # Stamp of the frame it went LOST on (None while it is not LOST): a LOST track re-grounds
     # at once, then every lost_retry_s.
     lost_ns: Optional[int] = None
+    # Stamp of the first frame of its current run without a confident mask (None while it has
+    # one): an UNSEEN track re-grounds after unseen_regrounding_s.
+    unseen_ns: Optional[int] = None
+    # The grounder said its object is not in view while the tracker doubted this track: no mask of
+    # it counts as confident (published) until a grounding confirms it again. A doubted track
+    # whose confidence climbs back by itself is then on whatever covers the object.
+    held: bool = False
     # Packed confident masks of recent frames by sequence number, to compare a re-grounding
     # with this track on the keyframe it used. Only confident ones: a mask the tracker itself
     # doubted (on an occluder, say) says nothing about where the object was. Bounded by the
@@ -239,23 +246,37 @@ class TargetBook:
         """A track's mask on a frame: remembered, and its state (LOST after `lost_timeout_s`
         without a confident mask) updated."""
         t.mask, t.score = mask, score
-        confident = self.confident(score, mask)
+        confident = self.confident(score, mask, t)
         if confident:
             t.remember(frame.seq, mask)
             while len(t.history) > self.history:
                 t.history.popleft()
             t.last_confident_ns = frame.stamp_ns
         lost = frame.stamp_ns - t.last_confident_ns > self.config.lost_timeout_s * NS_PER_S
+        if not confident and t.unseen_ns is None:
+            t.unseen_ns = frame.stamp_ns
         if lost:
             self.set_lost(t, frame.stamp_ns)
         elif not confident:
             t.state = TrackState.UNSEEN
         else:
             t.state = TrackState.REGROUNDING if regrounding else TrackState.TRACKING
-            t.lost_ns = None
+            t.lost_ns = t.unseen_ns = None
 
-    def confident(self, score: float, mask: np.ndarray) -> bool:
-        return score >= self.config.min_confidence and bool(mask.any())
+    def confident(self, score: float, mask: np.ndarray, t: Optional[Track] = None) -> bool:
+        """A mask the tracker is sure of (and, for a track `t`, not one held by "not in view")."""
+        return score >= self.config.min_confidence and bool(mask.any()) and not (t is not None and t.held)
+
+    def hold_doubted(self, target_id: int) -> int:
+        """The grounder found the target's object not in view: its doubted tracks (UNSEEN, LOST)
+        are held until a grounding confirms them again. Returns how many."""
+        held = 0
+        for t in self.tracks_of(target_id):
+            if t.state in (TrackState.UNSEEN, TrackState.LOST) and not t.held:
+                t.held = True
+                held += 1
+        self.stats["tracks_held_not_in_view"] += held
+        return held
 
     def set_lost(self, t: Track, stamp_ns: int, why: str = "") -> None:
         if t.state != TrackState.LOST:
