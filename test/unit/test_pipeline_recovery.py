@@ -154,8 +154,18 @@ def test_a_doubted_track_regrounds_after_unseen_regrounding_s_without_waiting_to
         p.close()
 
 
-def test_a_doubted_track_is_replaced_at_once_by_a_look_now_grounding_that_finds_the_object_elsewhere():
-    grounder, tracker = PeakGrounder(), DoubtingTracker()
+class SeenGrounder(PeakGrounder):
+    """Says the object is in view wherever it marks it (an in-view answer, as the honest oracle,
+    a VLM with in_view_check or SAM 3 give)."""
+
+    def ground(self, keyframes, command):
+        result = super().ground(keyframes, command)
+        result.in_view = bool(result.points)
+        return result
+
+
+def test_a_doubted_track_is_replaced_at_once_by_a_look_now_grounding_that_sees_the_object_elsewhere():
+    grounder, tracker = SeenGrounder(), DoubtingTracker()
     p, feed = make(grounder, tracker, lost_timeout_s=2.0, lost_retry_s=0.3, unseen_regrounding_s=0.0,
                    replace_after=3, regrounding_period_s=0.0)
     try:
@@ -174,6 +184,30 @@ def test_a_doubted_track_is_replaced_at_once_by_a_look_now_grounding_that_finds_
         live = [t for t in outs[-1].tracks if t.state != TrackState.REPLACED]
         assert len(live) == 1 and live[0].id != first and live[0].state == TrackState.TRACKING
         assert p.stats["regroundings_disputed"] == 0
+    finally:
+        p.close()
+
+
+def test_a_doubted_track_holds_against_a_grounder_that_cannot_say_whether_the_object_is_in_view():
+    grounder, tracker = PeakGrounder(), DoubtingTracker()  # no in-view answer: always finds something
+    p, feed = make(grounder, tracker, lost_timeout_s=1.0, lost_retry_s=0.3, unseen_regrounding_s=0.0,
+                   replace_after=3, regrounding_period_s=0.0)
+    try:
+        p.set_command("the cup")
+        feed(3)
+        first = next(iter(p._tracks))
+        tracker.step_score = 0.1
+        tracker.sure_of_new = True
+        grounder.where = ELSEWHERE
+        outs = [feed() for _ in range(6)]
+        # Re-grounded while UNSEEN, but what it found elsewhere waits: nothing replaced, nothing
+        # published while the track is doubted.
+        assert p.stats["regroundings_disputed"] >= 1
+        assert not any(t.state == TrackState.REPLACED for o in outs for t in o.tracks)
+        assert not any(o.visible_tracks() for o in outs)
+        # Once it is LOST, the object found elsewhere replaces it.
+        outs = [feed() for _ in range(8)]
+        assert [t.id for o in outs for t in o.tracks if t.state == TrackState.REPLACED] == [first]
     finally:
         p.close()
 
