@@ -91,10 +91,11 @@ class PipelineConfig:
     unseen_regrounding_s: float = field(default=0.0, metadata={"help": (
         "A track UNSEEN (the tracker doubts its mask) for this many seconds has its target "
         "re-grounded as a LOST one is (the newest frames, then every lost_retry_s), without waiting "
-        "for lost_timeout_s: a doubted mask on an object still in view is replaced by a grounded one "
-        "that much sooner, and one that finds the object elsewhere and says it is in view (a grounder "
-        "with an in-view answer) replaces the doubted track at once. 0: at once; lost_timeout_s or "
-        "more: only LOST tracks.")})
+        "for lost_timeout_s, when the grounder answers whether the object is in view (the oracle, a "
+        "VLM with grounder.in_view_check, SAM 3; not the built-in grounder, which always finds "
+        "something): a doubted mask on an object still in view is replaced by a grounded one that "
+        "much sooner, and the object found elsewhere replaces the doubted track at once. 0: at "
+        "once; lost_timeout_s or more: only LOST tracks.")})
     lost_window_s: float = field(default=1.0, metadata={"help": (
         "A re-grounding after a loss takes its keyframes from the last this many seconds (not "
         "the keyframes.window_s window): it looks for the object where it is now. A target it "

@@ -159,6 +159,9 @@ class Target:
     groundings: int = 0
     # Why a grounding was asked for out of schedule (`Pipeline.request_grounding`); "" when not.
     requested: str = ""
+    # Whether its last grounding answered "is the object in view" (GroundingResult.in_view not
+    # None): only then is a doubted (UNSEEN) track re-grounded before it is LOST.
+    answers_in_view: bool = False
 
 
 class TargetBook:
