@@ -105,7 +105,8 @@ class Reconciler:
         now and knows it is there. A grounder with no in-view answer (the built-in one, an
         attention map) always finds something, also while the object is hidden: against it the
         doubted track holds as a confident one does, until it is LOST (replacing it at once
-        doubled the built-in grounder's false following in the following benchmark)."""
+        raised the built-in grounder's false following on the following scenes from 33% to 55%
+        of the hidden frames)."""
         unmatched = {tid: t for tid, t in self.book.tracks.items() if t.target == target_id}
         matches = self._match(unmatched, result, seeds, catch_up, look_now)
         matches = self._hold_disputed(unmatched, matches, look_now and result.in_view is True)
