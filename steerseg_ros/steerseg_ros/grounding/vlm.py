@@ -609,7 +609,6 @@ class VLMGrounder(Grounder):
         on each keyframe, as points carrying their masks; SAM 3's highest presence probability
         over the keyframes; and whether that reaches the sam3 grounder's default threshold
         (below it the concept is not in view)."""
-
         phrase = noun_phrase(words)
         found = [self.sam3(f.image, phrase) for f in keyframes]
         points = [p for k, i in enumerate(found) for p in instance_points(i, k, Sam3GrounderConfig.max_instances)]

@@ -16,7 +16,7 @@ from typing import Callable, Optional
 from steerseg_ros.grounding.base import GroundingResult
 from steerseg_ros.streaming import selection
 from steerseg_ros.streaming.buffer import FrameBuffer
-from steerseg_ros.streaming.targets import CONFIDENT_STATES, TargetBook, Track, TrackState
+from steerseg_ros.streaming.targets import CONFIDENT_STATES, DOUBTED_STATES, TargetBook, Track, TrackState
 from steerseg_ros.tracking.base import ObjectState, Tracker
 
 # The pipeline's parts log under its logger: one name to filter or raise for the whole streaming logic.
@@ -148,7 +148,7 @@ class Reconciler:
         one): the same object, segmented to another extent by the grounding than by the tracker
         (IoU alone called the built-in tracker's half-right masks another object, and the
         follower's id changed). None otherwise."""
-        doubted = [t for t in unmatched.values() if t.state in (TrackState.UNSEEN, TrackState.LOST)]
+        doubted = [t for t in unmatched.values() if t.state in DOUBTED_STATES]
         if len(doubted) != 1 or len(unmatched) != 1:
             return None
         inside = keyframe_overlap(doubted[0], cand, result, selection.mask_containment)
@@ -179,7 +179,7 @@ class Reconciler:
             return matches
         for t in unmatched.values():
             t.disagreements += 1
-        doubted = (TrackState.LOST, TrackState.UNSEEN) if seen_now else (TrackState.LOST,)
+        doubted = DOUBTED_STATES if seen_now else (TrackState.LOST,)
         holding = [t for t in unmatched.values()
                    if t.state not in doubted and t.disagreements < self.config.replace_after]
         if not holding:

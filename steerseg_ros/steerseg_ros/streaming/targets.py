@@ -50,6 +50,8 @@ class TrackState(enum.IntEnum):
 # The states with a confident mask on the frame: the only tracks that are drawn, labelled, placed
 # in 3D and followed.
 CONFIDENT_STATES = (TrackState.TRACKING, TrackState.REGROUNDING)
+# A track whose mask the tracker doubts: not published; a grounding may hold or replace it.
+DOUBTED_STATES = (TrackState.UNSEEN, TrackState.LOST)
 
 
 @dataclass
@@ -275,7 +277,7 @@ class TargetBook:
         are held until a grounding confirms them again. Returns how many."""
         held = 0
         for t in self.tracks_of(target_id):
-            if t.state in (TrackState.UNSEEN, TrackState.LOST) and not t.held:
+            if t.state in DOUBTED_STATES and not t.held:
                 t.held = True
                 held += 1
         self.stats["tracks_held_not_in_view"] += held
