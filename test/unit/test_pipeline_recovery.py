@@ -102,26 +102,35 @@ def calls_per_frame(feed, grounder, n):
     return on
 
 
+def hide_and_watch(p, feed, grounder, tracker, n):
+    """Start following, then hide the object (the tracker doubts its mask, the grounder finds
+    nothing) for n frames: the track's state on each, and the frames (from 0) on which a
+    grounding was asked for."""
+    p.set_command("the cup")
+    feed(3)
+    tracker.step_score = tracker.score = 0.1
+    grounder.find_nothing = True
+    states, on = [], []
+    for i in range(n):
+        before = len(grounder.calls)
+        states.append(feed().tracks[0].state)
+        if len(grounder.calls) > before:
+            on.append(i)
+    return states, on
+
+
 def test_a_lost_track_regrounds_on_the_frame_it_is_lost_then_every_lost_retry_s():
     grounder, tracker = PeakGrounder(), DoubtingTracker()
     # unseen_regrounding_s at the lost timeout: only LOST tracks re-ground.
     p, feed = make(grounder, tracker, lost_timeout_s=0.5, lost_retry_s=0.3, grounding_retry_s=5.0,
                    unseen_regrounding_s=0.5)
     try:
-        p.set_command("the cup")
-        feed(3)
-        tracker.step_score = tracker.score = 0.1
-        grounder.find_nothing = True
-        states, asked = [], []
-        for _ in range(15):
-            before = len(grounder.calls)
-            states.append(feed().tracks[0].state)
-            asked.append(len(grounder.calls) > before)
+        states, on = hide_and_watch(p, feed, grounder, tracker, 15)
         lost_at = states.index(TrackState.LOST)
         # UNSEEN (not published) until the lost timeout, then LOST: grounded on that very frame,
         # then every 0.3 s (3 frames at 10 fps), not after grounding_retry_s (5 s).
         assert set(states[:lost_at]) == {TrackState.UNSEEN}
-        assert [i - lost_at for i, a in enumerate(asked) if a] == [0, 3, 6, 9][:len(range(lost_at, 15, 3))]
+        assert [i - lost_at for i in on] == [0, 3, 6, 9][:len(range(lost_at, 15, 3))]
         assert p.state == PipelineState.LOST
     finally:
         p.close()
@@ -142,20 +151,11 @@ def test_a_doubted_track_regrounds_after_unseen_regrounding_s_without_waiting_to
     p, feed = make(grounder, tracker, lost_timeout_s=1.0, lost_retry_s=0.3, grounding_retry_s=5.0,
                    unseen_regrounding_s=0.2, lost_window_s=0.3, buffer_size=64)
     try:
-        p.set_command("the cup")
-        feed(3)
-        tracker.step_score = tracker.score = 0.1
-        grounder.find_nothing = True
-        states, asked = [], []
-        for _ in range(14):
-            before = len(grounder.calls)
-            states.append(feed().tracks[0].state)
-            asked.append(len(grounder.calls) > before)
+        states, on = hide_and_watch(p, feed, grounder, tracker, 14)
         lost_at = states.index(TrackState.LOST)
         assert set(states[:lost_at]) == {TrackState.UNSEEN} and lost_at >= 9
         # UNSEEN from frame 0: grounded 0.2 s (2 frames) later, then every 0.3 s, and at once
         # again on the frame it is LOST.
-        on = [i for i, a in enumerate(asked) if a]
         assert on[:3] == [2, 5, 8] and lost_at in on, (on, lost_at)
         # Each of them looked at the newest frames only (0.3 s at 10 fps), not the 3 s window.
         for _, seqs in grounder.calls[1:]:
