@@ -360,6 +360,28 @@ def test_a_catch_up_that_ends_on_a_doubted_mask_gives_a_lost_track_and_publishes
         p.close()
 
 
+def test_a_confirmed_track_keeps_its_live_state_when_its_re_seeded_catch_up_fails():
+    grounder, tracker = PeakGrounder(), DoubtingTracker()
+    # Every re-grounding confirms the track and re-seeds it from its keyframe, 0.3 s back.
+    p, feed = make(grounder, tracker, regrounding_period_s=0.5, grounding_latency_s=0.3,
+                   reseed_confirmed=True, lost_timeout_s=5.0)
+    try:
+        p.set_command("the cup")
+        feed(6)
+        [first] = [t.id for t in feed().visible_tracks()]
+        # From now on every catch-up ends on a mask the tracker doubts, while the live track
+        # stays confident: the catch-up failed, not the track.
+        tracker.advance_score = 0.2
+        confirmed = p.stats["tracks_confirmed"]
+        outs = [feed() for _ in range(20)]
+        assert p.stats["tracks_confirmed"] >= confirmed + 2
+        assert p.stats["catch_ups_failed_live_kept"] >= 2
+        assert all([t.id for t in o.visible_tracks()] == [first] for o in outs)
+        assert not any(t.state == TrackState.LOST for o in outs for t in o.tracks)
+    finally:
+        p.close()
+
+
 def test_an_answer_lands_grounding_latency_s_of_camera_time_after_it_was_asked_for():
     for latency, frames in ((0.0, 0), (0.5, 5), (1.2, 12)):
         grounder, tracker = PeakGrounder(), DiskTracker()

@@ -215,9 +215,17 @@ class Reconciler:
                 self.stats["tracks_confirmed_as_they_are"] += 1
                 t.last_confident_ns = max(t.last_confident_ns, stamp)
                 continue
+            confident = self.book.confident(state.result.score, state.result.mask)
+            if not confident and self._live_state_better(t, state):
+                # The grounding confirmed the track, but its own mask, caught up from an older
+                # keyframe, ended on a mask the tracker doubts more than the live one: the
+                # catch-up failed, not the track (on the following scenes, re-seeding anyway
+                # lost confidently tracked objects for a re-grounding's round trip).
+                self.stats["catch_ups_failed_live_kept"] += 1
+                continue
             self.tracker.attach(t.id, state)
             last = self.buffer.get(state.seq)
-            if not self.book.confident(state.result.score, state.result.mask):
+            if not confident:
                 # Caught up into something the tracker doubts (the object hidden now, or the
                 # chase gone astray): never published; LOST, so the target re-grounds soon.
                 self.stats["catch_ups_not_confident"] += 1
@@ -228,6 +236,12 @@ class Reconciler:
             t.last_confident_ns = max(t.last_confident_ns, stamp)
             if last is not None:
                 self.book.update(t, last, state.result.mask, state.result.score, False)
+
+    def _live_state_better(self, t: Track, state: ObjectState) -> bool:
+        """Whether a confirmed track's live state, on the frame its catch-up ended on, is scored
+        above the catch-up's (a LOST track's live mask is one the tracker gave up on: never)."""
+        return (t.state != TrackState.LOST and state.seq == self.book.last_stepped_seq
+                and t.score > state.result.score)
 
     def _replace(self, unmatched: dict[int, Track], target_id: int) -> None:
         """Live tracks this grounding did not confirm were a different object: replaced."""
