@@ -91,6 +91,17 @@ def lose(p, feed, grounder, tracker, frames=12):
     return outs
 
 
+def follow_then_doubt(p, feed, tracker):
+    """Start following, then let the tracker doubt the track's mask (while trusting the tracks
+    started from now on); the followed track's id."""
+    p.set_command("the cup")
+    feed(3)
+    first = next(iter(p._tracks))
+    tracker.step_score = 0.1
+    tracker.sure_of_new = True
+    return first
+
+
 def calls_per_frame(feed, grounder, n):
     """Feed n frames; the indices (from 0) of the frames on which a grounding was asked for."""
     on = []
@@ -169,13 +180,8 @@ def test_a_doubted_track_is_replaced_at_once_by_a_look_now_grounding_that_sees_t
     p, feed = make(grounder, tracker, lost_timeout_s=2.0, lost_retry_s=0.3, unseen_regrounding_s=0.0,
                    replace_after=3, regrounding_period_s=0.0)
     try:
-        p.set_command("the cup")
-        feed(3)
-        first = next(iter(p._tracks))
-        # The tracker doubts its mask; the object is found elsewhere (a disk that does not touch it).
-        tracker.step_score = 0.1
-        tracker.sure_of_new = True
-        grounder.where = ELSEWHERE
+        first = follow_then_doubt(p, feed, tracker)
+        grounder.where = ELSEWHERE  # the object found elsewhere (a disk that does not touch it)
         outs = [feed() for _ in range(3)]
         # Not held out against replace_after (3) groundings as a confident track would be: the
         # first grounding after the doubt replaced it, and the new track is published.
@@ -193,11 +199,7 @@ def test_a_grounder_that_cannot_say_whether_the_object_is_in_view_regrounds_a_do
     p, feed = make(grounder, tracker, lost_timeout_s=1.0, lost_retry_s=0.3, unseen_regrounding_s=0.0,
                    replace_after=3, regrounding_period_s=0.0)
     try:
-        p.set_command("the cup")
-        feed(3)
-        first = next(iter(p._tracks))
-        tracker.step_score = 0.1
-        tracker.sure_of_new = True
+        first = follow_then_doubt(p, feed, tracker)
         grounder.where = ELSEWHERE
         calls = len(grounder.calls)
         outs = [feed() for _ in range(8)]
@@ -220,11 +222,7 @@ def test_a_doubted_track_found_again_inside_its_last_confident_mask_keeps_its_id
     p, feed = make(grounder, tracker, lost_timeout_s=2.0, lost_retry_s=0.3, unseen_regrounding_s=0.0,
                    regrounding_period_s=0.0)
     try:
-        p.set_command("the cup")
-        feed(3)
-        first = next(iter(p._tracks))
-        tracker.step_score = 0.1
-        tracker.sure_of_new = True
+        first = follow_then_doubt(p, feed, tracker)
         # The grounding segments a disk of half the radius, inside the old one (IoU 0.25).
         tracker.segment = lambda frame, points, labels: [MaskCandidate(disk(*points[0], r=3), 0.9)]
         outs = [feed() for _ in range(3)]
