@@ -199,7 +199,8 @@ class Reconciler:
         other matches start new tracks."""
         stamp = result.keyframes[-1].stamp_ns
         for state, t, iou in matches:
-            if t is not None:
+            confirmed = t is not None
+            if confirmed:
                 self.stats["tracks_confirmed"] += 1
                 log.info("grounding confirmed track %d (IoU %.2f)", t.id, iou)
             else:
@@ -216,7 +217,7 @@ class Reconciler:
                 t.last_confident_ns = max(t.last_confident_ns, stamp)
                 continue
             confident = self.book.confident(state.result.score, state.result.mask)
-            if not confident and self._live_state_better(t, state):
+            if confirmed and not confident and self._live_state_better(t, state):
                 # The grounding confirmed the track, but its own mask, caught up from an older
                 # keyframe, ended on a mask the tracker doubts more than the live one: the
                 # catch-up failed, not the track (on the following scenes, re-seeding anyway
